@@ -1,0 +1,7 @@
+"""icam: explain predictions on medical images with ICAM / ICAM-reg (Bass et al., 2020, 2023)."""
+
+from .config import Config, load_config
+from .model import ICAM
+
+__version__ = "0.1.0"
+__all__ = ["ICAM", "Config", "load_config", "__version__"]

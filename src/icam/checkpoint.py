@@ -1,0 +1,61 @@
+"""Checkpoints: written atomically, read without unpickling arbitrary objects.
+
+A checkpoint is a dict of state dicts, numbers and strings only, so ``torch.load(...,
+weights_only=True)`` reads it. It is written to a temporary file in the same folder and
+renamed into place: a crash never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+FORMAT = "icam-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
+    """A checkpoint file, or ``<run>/checkpoints/<which>.pt`` for a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / "checkpoints" / f"{which}.pt"
+        if not candidate.is_file():
+            raise CheckpointError(f"{path} is a folder without checkpoints/{which}.pt; "
+                                  "expected an icam run folder or a checkpoint file")
+        return candidate
+    if not path.is_file():
+        raise CheckpointError(f"no such checkpoint or run folder: {path}")
+    return path
+
+
+def load_checkpoint(path: str | Path, which: str = "last") -> dict:
+    path = resolve_checkpoint(path, which)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same explanation
+        raise CheckpointError(f"{path} is not a readable icam checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an icam checkpoint (expected format {FORMAT!r})")
+    return state

@@ -1,0 +1,128 @@
+"""The ``icam`` command line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .checkpoint import CheckpointError
+from .config import ConfigError, load_config, to_yaml
+
+app = typer.Typer(
+    help="Explain predictions on medical images with ICAM / ICAM-reg.\n\n"
+         "Example: icam train --set train.steps=500  (a short run on the built-in squares benchmark)",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+DEBUG = typer.Option(False, "--debug", help="show the full traceback on errors")
+
+USER_ERRORS = (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ValueError)
+
+
+def friendly_errors(command):
+    """A user's mistake is one readable line and a hint, not a traceback (--debug shows it)."""
+    @functools.wraps(command)
+    def wrapper(*args, debug: bool = False, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except USER_ERRORS as e:
+            if debug:
+                traceback.print_exc()
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            if isinstance(e, ConfigError):
+                typer.echo("hint: `icam config --print-defaults` lists every key with its default", err=True)
+            elif not debug:
+                typer.echo("hint: run again with --debug for the full traceback", err=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def _overrides(options: dict[str, object], sets: list[str]) -> list[str]:
+    """CLI flags become config overrides; explicit --set entries come last and win."""
+    return [f"{key}={value}" for key, value in options.items() if value is not None] + list(sets)
+
+
+@app.command("train")
+def train_command(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (defaults for missing keys)"),
+    set_: list[str] = typer.Option([], "--set", help="override a key, e.g. --set loss.fa_map_l1=5 (repeatable)"),
+    steps: Optional[int] = typer.Option(None, help="training iterations (train.steps)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="folder for run folders (out_dir)"),
+    name: Optional[str] = typer.Option(None, help="run folder name (default: a timestamp)"),
+    seed: Optional[int] = typer.Option(None, help="random seed"),
+    accelerator: Optional[str] = typer.Option(None, help="cpu | gpu | auto"),
+    devices: Optional[str] = typer.Option(None, help="devices per node (processes), or auto"),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="nodes (with torchrun or SLURM)"),
+    precision: Optional[str] = typer.Option(None, help="32-true | bf16-mixed | 16-mixed"),
+    resume: Optional[Path] = typer.Option(None, help="continue this run folder from its last checkpoint"),
+    init_from: Optional[Path] = typer.Option(
+        None, "--init-from", help="start from these weights (a run folder's best checkpoint, or a .pt file), "
+                                  "e.g. to fine-tune a classification run with the regression loss"),
+    stop_at: Optional[int] = typer.Option(
+        None, "--stop-at", help="checkpoint and stop after this step (continue later with --resume)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    debug: bool = DEBUG,
+):
+    """Train ICAM (or ICAM-reg, when the data has targets) and write a run folder.
+
+    Example: icam train --steps 2000 --set data.image_size=128 --precision bf16-mixed
+    """
+    friendly_errors(_train)(config, set_, steps, out_dir, name, seed, accelerator, devices, num_nodes, precision,
+                            resume, init_from, stop_at, quiet, debug=debug)
+
+
+def _train(config, set_, steps, out_dir, name, seed, accelerator, devices, num_nodes, precision, resume,
+           init_from, stop_at, quiet):
+    from .train import train
+
+    if resume is not None:
+        if config is not None:
+            raise ConfigError("--resume uses the run's own config.yaml; drop --config (use --set to change a key)")
+        config = resume / "config.yaml"
+        if not config.is_file():
+            raise FileNotFoundError(f"{resume} is not an icam run folder (no config.yaml)")
+    flags = {"train.steps": steps, "out_dir": out_dir, "name": name, "seed": seed,
+             "runtime.accelerator": accelerator, "runtime.devices": devices, "runtime.num_nodes": num_nodes,
+             "runtime.precision": precision}
+    cfg = load_config(config, _overrides(flags, set_))
+    summary = train(cfg, resume=resume, init_from=init_from, stop_at=stop_at, show_progress=not quiet)
+    if summary is None:  # not the main process
+        return
+    val = summary["validation"]
+    parts = [f"{k} {val[k]:.3f}" for k in ("accuracy", "balanced_accuracy", "mae", "ncc") if k in val]
+    state = "finished" if summary["finished"] else f"stopped at step {summary['step']} (continue with --resume)"
+    typer.echo(f"training {state}: {summary['step']} steps, {summary['seconds_per_step']:.3f} s/step")
+    typer.echo(f"validation: {', '.join(parts)}")
+    if summary["selection"]:
+        best = summary["selection"]
+        typer.echo(f"best {best['metric']} {best['value']:.3f} at step {best['step']} (checkpoints/best.pt)")
+    typer.echo(f"run folder: {summary['run_dir']}")
+
+
+@app.command("config")
+def config_command(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config to check and resolve"),
+    set_: list[str] = typer.Option([], "--set", help="override a key (repeatable)"),
+    print_defaults: bool = typer.Option(False, "--print-defaults", help="print the default config"),
+    debug: bool = DEBUG,
+):
+    """Print the full resolved config (or the defaults), after validating it.
+
+    Example: icam config --print-defaults > my.yaml; icam config -c my.yaml --set train.steps=100
+    """
+    def show():
+        cfg = load_config(None if print_defaults else config, [] if print_defaults else set_)
+        typer.echo(to_yaml(cfg), nl=False)
+    friendly_errors(show)(debug=debug)
+
+
+def main() -> None:  # pragma: no cover - `python -m icam.cli`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

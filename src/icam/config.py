@@ -1,0 +1,210 @@
+"""One YAML config holds every hyperparameter; pydantic validates it.
+
+``load_config(path, overrides=["train.steps=500", ...])`` merges a YAML file and
+``key=value`` overrides (values parsed as YAML) over the defaults. An unknown or ill-typed
+key raises :class:`ConfigError`, naming the key and the valid ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SquaresData(Section):
+    """The squares benchmark of VA-GAN/ICAM: class 1 adds a central box and a second box at
+    one of two places (subtypes A and B) to smooth noise; ground truth is the boxes' mask."""
+
+    kind: Literal["squares"] = "squares"
+    image_size: int = Field(64, ge=16, description="side in pixels/voxels, a multiple of 16")
+    spatial_dims: Literal[2, 3] = 2
+    n_train: int = Field(2000, ge=2)
+    n_val: int = Field(200, ge=2)
+    n_test: int = Field(200, ge=2)
+    effect: float = Field(100.0, description="intensity added inside the boxes (background sd is 50)")
+    continuous_target: bool = Field(
+        False, description="give each image a target in [0, 1] that scales the boxes' intensity; "
+                           "the class is then derived from `class_thresholds` (default 0.5)")
+    class_thresholds: list[float] | None = Field(
+        None, description="derive the class from the target: class k where target ≥ k thresholds")
+    seed: int | None = Field(None, description="data seed; the run's seed when null")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.image_size % 16:
+            raise ValueError(f"image_size must be a multiple of 16, got {self.image_size}")
+        return self
+
+
+class ModelConfig(Section):
+    width: int = Field(16, ge=4, description="base channel width (the paper's 16: ~3 M parameters in 2D)")
+    num_classes: int | None = Field(None, ge=2, description="inferred from the data when null")
+
+
+class LossWeights(Section):
+    """λ of every term (paper eq. 5 and its appendix). Names match ``icam.losses``' terms."""
+
+    content_adversarial: float = Field(1.0, ge=0, description="λDc: content discriminator vs content encoder")
+    domain_adversarial: float = Field(1.0, ge=0, description="λD: real/fake GAN loss, both discriminators")
+    domain_classification_discriminator: float = Field(
+        1.0, ge=0, description="λD_BCE in D's update: D classifies real images")
+    domain_classification: float = Field(
+        5.0, ge=0, description="λD_BCE in G's update: D must see translations as their target class")
+    classification: float = Field(10.0, ge=0, description="λBCE: cross-entropy of fC1 on the attribute mean")
+    regression: float = Field(
+        10.0, ge=0, description="smooth L1 of fC2 on standardised targets; used only when the data has targets")
+    kl_attribute: float = Field(0.01, ge=0, description="λKL on KL(z_a ‖ N(0, I)), a per-element mean")
+    content_l2: float = Field(0.01, ge=0, description="L2 on z_c (DRIT's / the authors' code)")
+    fa_map_l1: float = Field(10.0, ge=0, description="λM on ‖translated − input‖₁")
+    latent_regression: float = Field(1.0, ge=0, description="λza on ‖Ea(G(z_c, z_rand)) − z_rand‖₁")
+    reconstruction_l1: float = Field(100.0, ge=0)
+    reconstruction_l2: float = Field(100.0, ge=0)
+    cycle_l1: float = Field(100.0, ge=0)
+    cycle_l2: float = Field(100.0, ge=0)
+
+
+class TrainConfig(Section):
+    steps: int = Field(2000, ge=1, description="iterations, each 2×Dc + D + encoders/generator")
+    images_per_class: int = Field(1, ge=1, description="images of each class in every batch")
+    lr: float = Field(1e-4, gt=0)
+    content_discriminator_lr: float = Field(4e-5, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = Field(1e-4, ge=0, description="L2 penalty in Adam, as the paper's code")
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    lr_decay_start: float = Field(0.5, ge=0, le=1, description="fraction of steps after which `linear` decays to 0")
+    content_discriminator_grad_clip: float | None = Field(5.0, gt=0)
+    rejection_candidates: int = Field(
+        16, ge=1, description="random attributes drawn per image and step; the first of its class is used")
+    log_every: int = Field(25, ge=1)
+    validate_every: int = Field(250, ge=1)
+    image_every: int = Field(500, ge=1, description="TensorBoard image grids")
+    checkpoint_every: int = Field(500, ge=1)
+    selection: Literal["auto", "balanced_accuracy", "mae", "ncc"] = Field(
+        "auto", description="model selection metric; auto: mae if regressing, else ncc if "
+                            "ground-truth maps exist, else balanced_accuracy")
+    num_workers: int = Field(0, ge=0)
+
+
+class ValidationConfig(Section):
+    batch_size: int = Field(32, ge=1)
+    fa_samples: int = Field(4, ge=1, description="attributes averaged into each validation FA map")
+    min_probability: float | None = Field(0.9, gt=0, lt=1, description="rejection threshold for those attributes")
+
+
+class RuntimeConfig(Section):
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | Literal["auto"] = 1
+    num_nodes: int = Field(1, ge=1)
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    compile: bool = Field(False, description="torch.compile the networks (slow start, faster steps)")
+    channels_last: bool = Field(False, description="channels-last memory format (helps bf16 convs)")
+
+
+class Config(Section):
+    seed: int = 0
+    out_dir: str = Field("runs", description="run folders are created inside")
+    name: str | None = Field(None, description="run folder name; a timestamp when null")
+    data: SquaresData = SquaresData()
+    model: ModelConfig = ModelConfig()
+    loss: LossWeights = LossWeights()
+    train: TrainConfig = TrainConfig()
+    validation: ValidationConfig = ValidationConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+class ConfigError(ValueError):
+    """A config problem, worded for the person who wrote the config."""
+
+
+def _fields_at(path: tuple, model: type[BaseModel] = Config) -> list[str]:
+    """The valid keys of the section at ``path`` (for error messages)."""
+    for part in path:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _explain(error: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for e in error.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(e["loc"][:-1])
+            lines.append(f"unknown key '{key}'; valid keys here: {', '.join(valid)}")
+        else:
+            lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
+    return ConfigError(f"invalid config ({source}):\n  " + "\n  ".join(lines))
+
+
+def _set(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set '{dotted}': '{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    tree: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.steps=500)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': cannot parse the value: {e}") from None
+        _set(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = (_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict)
+                       else value)
+    return merged
+
+
+def build_config(tree: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise _explain(e, source) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    tree: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (data:, model:, train:, …)")
+        source = str(path)
+    if overrides:
+        tree = _merge(tree, parse_overrides(list(overrides)))
+        source += " + --set overrides"
+    return build_config(tree, source)
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

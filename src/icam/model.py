@@ -1,0 +1,228 @@
+"""The ICAM module: encode, predict, decode, translate, and sample class attributes.
+
+An image x is split into a content latent z_c (class-irrelevant anatomy) and an attribute
+latent z_a ~ N(mu, exp(logvar)) (class-relevant). The classifier fC1 and the regressor fC2
+read the attribute mean. Translating x to class k keeps z_c(x) and swaps in an attribute of
+class k; the feature-attribution map is ``translate(x, k) - x``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .nets import AttributeEncoder, ContentEncoder, Generator
+from .nets.blocks import init_weights
+
+LATENT_STRIDE = 16  # the attribute latent is 1 channel at 1/16 of the input's side
+
+
+@dataclass
+class Prediction:
+    probabilities: torch.Tensor  # (B, K)
+    predicted_class: torch.Tensor  # (B,)
+    target: torch.Tensor  # (B,) regressed value in the target's original units
+    attribute_mean: torch.Tensor  # (B, nz)
+
+
+@dataclass
+class AttributeSample:
+    """Attributes drawn from N(0, I) and accepted by the classifier (rejection sampling)."""
+
+    attribute: torch.Tensor  # (rows, nz)
+    accepted: torch.Tensor  # (rows,) bool; False where no candidate passed and the best one was used
+    hits: torch.Tensor  # scalar: candidates that passed the test
+    drawn: int  # candidates drawn in all
+
+    @property
+    def acceptance_rate(self) -> float:
+        return float(self.hits) / self.drawn
+
+    @property
+    def fallback(self) -> bool:
+        """True if any row holds a candidate that did not pass (the classifier rarely predicts its class)."""
+        return not bool(self.accepted.all())
+
+
+@dataclass
+class TrainingOutputs:
+    """Everything the losses of one encoder/generator update need."""
+
+    content: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    class_logits: torch.Tensor
+    regression: torch.Tensor  # standardised units
+    translated: torch.Tensor  # G(z_c(x_i), z_a(x_partner(i))): x_i moved to its partner's class
+    reconstructed: torch.Tensor  # G(z_c(x_i), z_a(x_i))
+    randomly_translated: torch.Tensor  # G(z_c(x_i), random attribute of the partner's class)
+    cycle_reconstructed: torch.Tensor  # x_i rebuilt from the translations (cross-cycle)
+    random_attribute_estimate: torch.Tensor  # mu of Ea(randomly_translated), to regress the random attribute
+
+
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+class ICAM(nn.Module):
+    """ICAM / ICAM-reg for 2D or 3D images (``image_shape`` of 2 or 3 sides, each divisible by 16)."""
+
+    def __init__(self, image_shape: tuple[int, ...] | list[int], num_classes: int = 2,
+                 in_channels: int = 1, width: int = 16):
+        super().__init__()
+        image_shape = tuple(int(s) for s in image_shape)
+        if len(image_shape) not in (2, 3):
+            raise ValueError(f"image_shape must have 2 or 3 sides, got {image_shape}")
+        if any(s % LATENT_STRIDE or s <= 0 for s in image_shape):
+            raise ValueError(f"every side of image_shape must be a positive multiple of {LATENT_STRIDE}, "
+                             f"got {image_shape}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        self.hparams = dict(image_shape=list(image_shape), num_classes=num_classes,
+                            in_channels=in_channels, width=width)
+        self.image_shape = image_shape
+        self.spatial_dims = len(image_shape)
+        self.num_classes = num_classes
+        self.latent_shape = tuple(s // LATENT_STRIDE for s in image_shape)
+        self.latent_size = math.prod(self.latent_shape)
+
+        self.content_encoder = ContentEncoder(self.spatial_dims, in_channels, width)
+        self.attribute_encoder = AttributeEncoder(self.spatial_dims, in_channels, width)
+        self.classifier = nn.Linear(self.latent_size, num_classes)  # fC1
+        self.regressor = nn.Linear(self.latent_size, 1)  # fC2 (ICAM-reg), on standardised targets
+        self.generator = Generator(self.spatial_dims, self.content_encoder.out_channels, in_channels, width)
+        # The regressor learns standardised targets; these map its output back to original units.
+        self.register_buffer("target_mean", torch.tensor(0.0))
+        self.register_buffer("target_std", torch.tensor(1.0))
+        init_weights(self)
+
+    @property
+    def content_shape(self) -> tuple[int, ...]:
+        return tuple(s // 4 for s in self.image_shape)
+
+    # -- the parts ---------------------------------------------------------------------------
+
+    def encode_content(self, x: torch.Tensor) -> torch.Tensor:
+        return self.content_encoder(x)
+
+    def encode_attribute(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of the attribute latent, each (B, nz)."""
+        return self.attribute_encoder(x)
+
+    def decode(self, content: torch.Tensor, attribute: torch.Tensor) -> torch.Tensor:
+        return self.generator(content, attribute.view(-1, 1, *self.latent_shape))
+
+    def standardise_target(self, target: torch.Tensor) -> torch.Tensor:
+        return (target - self.target_mean) / self.target_std
+
+    def regress(self, attribute: torch.Tensor) -> torch.Tensor:
+        """The regressed target, in original units, for attribute vectors (B, nz)."""
+        return self.regressor(attribute).squeeze(1) * self.target_std + self.target_mean
+
+    def predict(self, x: torch.Tensor) -> Prediction:
+        mu, _ = self.encode_attribute(x)
+        probabilities = F.softmax(self.classifier(mu).float(), dim=1)
+        return Prediction(probabilities, probabilities.argmax(1), self.regress(mu).float(), mu)
+
+    # -- translation -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_attribute(self, target_class: int | torch.Tensor, n: int = 1,
+                         min_probability: float | None = None, candidates_per_row: int = 32,
+                         max_candidates: int | None = 100_000,
+                         generator: torch.Generator | None = None) -> AttributeSample:
+        """Draw attribute vectors from N(0, I) that the classifier assigns to ``target_class``.
+
+        ``target_class`` is one class (then ``n`` rows) or a tensor of classes (one row each).
+        Each round draws ``candidates_per_row`` candidates for every row still missing one,
+        classifies them all in one call and keeps the first that passes (argmax is the class
+        and, if given, its probability ≥ ``min_probability``). Rounds stop when every row is
+        filled or ``max_candidates`` are spent; rows still empty take their most probable
+        candidate and are marked in ``accepted``. ``max_candidates=None`` runs one round
+        with no host synchronisation (the training loop's setting).
+        """
+        device = self.classifier.weight.device
+        classes = (torch.full((n,), int(target_class), device=device) if isinstance(target_class, int)
+                   else target_class.to(device).long().flatten())
+        if classes.numel() and (classes.min() < 0 or classes.max() >= self.num_classes):
+            raise ValueError(f"target classes must lie in [0, {self.num_classes - 1}]")
+        attribute = torch.zeros(len(classes), self.latent_size, device=device)
+        accepted = torch.zeros(len(classes), dtype=torch.bool, device=device)
+        hits, drawn = torch.zeros((), device=device), 0
+        rows = torch.arange(len(classes), device=device)
+        while len(rows):
+            z, ok, row_hits = self._rejection_round(classes[rows], candidates_per_row, min_probability,
+                                                    generator)
+            attribute[rows], accepted[rows] = z, ok
+            hits, drawn = hits + row_hits, drawn + len(rows) * candidates_per_row
+            if max_candidates is None or drawn >= max_candidates:
+                break
+            rows = rows[~ok]
+        return AttributeSample(attribute, accepted, hits, drawn)
+
+    def _rejection_round(self, classes: torch.Tensor, candidates: int, min_probability: float | None,
+                         generator: torch.Generator | None):
+        z = torch.randn(len(classes), candidates, self.latent_size, device=classes.device,
+                        generator=generator)
+        probabilities = F.softmax(self.classifier(z).float(), dim=-1)  # (rows, candidates, K)
+        target_probability = probabilities.gather(
+            -1, classes.view(-1, 1, 1).expand(-1, candidates, 1)).squeeze(-1)
+        passed = probabilities.argmax(-1) == classes.view(-1, 1)
+        if min_probability is not None:
+            passed &= target_probability >= min_probability
+        any_passed = passed.any(1)
+        # The first passing candidate is an unbiased draw from the accepted region; the most
+        # probable one is only the fallback for rows where none passed.
+        choice = torch.where(any_passed, passed.int().argmax(1), target_probability.argmax(1))
+        return z[torch.arange(len(classes), device=z.device), choice], any_passed, passed.sum()
+
+    @torch.no_grad()
+    def translate(self, x: torch.Tensor, target_class: int | torch.Tensor | None = None,
+                  attribute: torch.Tensor | None = None, min_probability: float | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """x moved to ``target_class`` (a rejection-sampled attribute per image) or to ``attribute``."""
+        if (target_class is None) == (attribute is None):
+            raise ValueError("give exactly one of target_class or attribute")
+        if attribute is None:
+            classes = (torch.full((len(x),), target_class, device=x.device)
+                       if isinstance(target_class, int) else target_class)
+            attribute = self.sample_attribute(classes, min_probability=min_probability,
+                                              generator=generator).attribute
+        return self.decode(self.encode_content(x), attribute.to(x.dtype))
+
+    # -- training ----------------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor, partner: torch.Tensor,
+                random_attribute: torch.Tensor) -> TrainingOutputs:
+        """The encoder/generator computation of one training step.
+
+        Image i is translated with the attribute of image ``partner[i]`` (of another class) and
+        with ``random_attribute[i]`` (sampled for the partner's class); it is also rebuilt from
+        its own latents, and from the translations (cross-cycle: the translation that kept its
+        content, and the one that took its attribute). One generator call serves all three
+        first-pass decodings.
+        """
+        n = images.shape[0]
+        inverse = torch.empty_like(partner)
+        inverse[partner] = torch.arange(n, device=partner.device)
+
+        content = self.encode_content(images)
+        mu, logvar = self.encode_attribute(images)
+        attribute = reparameterise(mu, logvar)
+        decoded = self.decode(torch.cat([content] * 3),
+                              torch.cat([attribute[partner], attribute, random_attribute.to(attribute.dtype)]))
+        translated, reconstructed, randomly_translated = decoded.split(n)
+
+        cycle_mu, cycle_logvar = self.encode_attribute(torch.cat([translated, randomly_translated]))
+        cycle_attribute = reparameterise(cycle_mu[:n], cycle_logvar[:n])
+        cycle_reconstructed = self.decode(self.encode_content(translated), cycle_attribute[inverse])
+        return TrainingOutputs(
+            content=content, mu=mu, logvar=logvar,
+            class_logits=self.classifier(mu), regression=self.regressor(mu).squeeze(1),
+            translated=translated, reconstructed=reconstructed, randomly_translated=randomly_translated,
+            cycle_reconstructed=cycle_reconstructed, random_attribute_estimate=cycle_mu[n:],
+        )

@@ -1,0 +1,120 @@
+"""Dimension-agnostic building blocks shared by every ICAM network.
+
+Each block takes ``spatial_dims`` (2 or 3) and picks the matching PyTorch layer, so the
+2D and 3D models are the same code. Padding is reflective, as in the authors' networks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def layer_type(name: str, spatial_dims: int) -> type[nn.Module]:
+    """``layer_type("Conv", 3)`` → ``nn.Conv3d``; also for InstanceNorm, AvgPool, ConvTranspose."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    return getattr(nn, f"{name}{spatial_dims}d")
+
+
+def conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int,
+         stride: int = 1, padding: int = 0, bias: bool = True) -> nn.Module:
+    return layer_type("Conv", spatial_dims)(
+        in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+        padding_mode="reflect" if padding else "zeros", bias=bias)
+
+
+def instance_norm(spatial_dims: int, channels: int) -> nn.Module:
+    return layer_type("InstanceNorm", spatial_dims)(channels, affine=False)
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv → optional InstanceNorm → LeakyReLU (slope 0 gives ReLU)."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int,
+                 stride: int = 1, padding: int = 0, norm: bool = False, negative_slope: float = 0.01):
+        layers = [conv(spatial_dims, in_channels, out_channels, kernel_size, stride, padding)]
+        if norm:
+            layers.append(instance_norm(spatial_dims, out_channels))
+        layers.append(nn.LeakyReLU(negative_slope) if negative_slope else nn.ReLU())
+        super().__init__(*layers)
+
+
+class InstanceNormResBlock(nn.Module):
+    """Two 3×3 convs with InstanceNorm and a ReLU between them, plus the input.
+
+    With one input channel the skip connection broadcasts it over all output channels
+    (the generator's attribute stem relies on this, as the authors' network does).
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int | None = None):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        if in_channels not in (1, out_channels):
+            raise ValueError("a residual block keeps its width or broadcasts a single channel")
+        self.body = nn.Sequential(
+            conv(spatial_dims, in_channels, out_channels, 3, padding=1),
+            instance_norm(spatial_dims, out_channels),
+            nn.ReLU(),
+            conv(spatial_dims, out_channels, out_channels, 3, padding=1),
+            instance_norm(spatial_dims, out_channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class DownResBlock(nn.Module):
+    """Residual down-sampling block of the attribute encoder (BicycleGAN's encoder block).
+
+    Main path: LeakyReLU(0.2) → 3×3 conv → LeakyReLU(0.2) → 3×3 conv → 2× average pool;
+    shortcut: 2× average pool → 1×1 conv. No normalisation.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int):
+        super().__init__()
+        pool = layer_type("AvgPool", spatial_dims)
+        self.main = nn.Sequential(
+            nn.LeakyReLU(0.2),
+            conv(spatial_dims, in_channels, in_channels, 3, padding=1),
+            nn.LeakyReLU(0.2),
+            conv(spatial_dims, in_channels, out_channels, 3, padding=1),
+            pool(2),
+        )
+        self.shortcut = nn.Sequential(pool(2), conv(spatial_dims, in_channels, out_channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x) + self.shortcut(x)
+
+
+class UpBlock(nn.Module):
+    """×2 up-sampling: transposed conv (k4, s2) → LayerNorm over (C, space) → LeakyReLU.
+
+    GroupNorm with one group is exactly a per-sample LayerNorm with a per-channel affine.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            layer_type("ConvTranspose", spatial_dims)(in_channels, out_channels, 4, stride=2,
+                                                      padding=1, bias=False),
+            nn.GroupNorm(1, out_channels),
+            nn.LeakyReLU(0.01),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class GaussianNoise(nn.Module):
+    """Adds N(0, 1) noise in training mode only, so evaluation is deterministic."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.randn_like(x) if self.training else x
+
+
+def init_weights(module: nn.Module) -> None:
+    """N(0, 0.02) for every (transposed) convolution's weights, as in the paper's code."""
+    for m in module.modules():
+        if isinstance(m, (nn.modules.conv._ConvNd,)):
+            nn.init.normal_(m.weight, 0.0, 0.02)

@@ -1,0 +1,59 @@
+"""The two kinds of discriminator: on images (real/fake + class) and on the content latent."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import ConvNormAct, conv
+
+
+def _halvings(shape: tuple[int, ...], smallest: int, most: int) -> int:
+    """How many stride-2 convs fit while the smallest side stays at least ``smallest`` before each."""
+    side, count = min(shape), 0
+    while side >= smallest and count < most:
+        side, count = (side + 1) // 2, count + 1
+    return count
+
+
+class DomainDiscriminator(nn.Module):
+    """Image → (real/fake logit (B,), class logits (B, K)).
+
+    Up to six stride-2 3×3 convs (w, 2w, … capped at 16w), fewer for small inputs, then two
+    1×1 heads averaged over space (PatchGAN-style).
+    """
+
+    def __init__(self, spatial_dims: int, image_shape: tuple[int, ...], num_classes: int,
+                 in_channels: int = 1, width: int = 16, layers: int = 6, norm: bool = False):
+        super().__init__()
+        blocks, channels = [], in_channels
+        # InstanceNorm needs more than one element per channel, so stop at side 2 with it.
+        for i in range(_halvings(image_shape, smallest=4 if norm else 2, most=layers)):
+            out = width * min(2 ** i, 16)
+            blocks.append(ConvNormAct(spatial_dims, channels, out, 3, stride=2, padding=1, norm=norm))
+            channels = out
+        self.features = nn.Sequential(*blocks)
+        self.adversarial_head = conv(spatial_dims, channels, 1, 1, bias=False)
+        self.class_head = conv(spatial_dims, channels, num_classes, 1, bias=False)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(image)
+        return (self.adversarial_head(features).flatten(1).mean(1),
+                self.class_head(features).flatten(2).mean(2))
+
+
+class ContentDiscriminator(nn.Module):
+    """z_c → class logits. The content encoder is trained to make these uninformative."""
+
+    def __init__(self, spatial_dims: int, content_shape: tuple[int, ...], channels: int,
+                 num_classes: int, layers: int = 3, norm: bool = True):
+        super().__init__()
+        # Stop halving at side 2: InstanceNorm needs more than one element per channel.
+        blocks = [ConvNormAct(spatial_dims, channels, channels, 3, stride=2, padding=1, norm=norm)
+                  for _ in range(_halvings(content_shape, smallest=4, most=layers))]
+        blocks.append(ConvNormAct(spatial_dims, channels, channels, 3, padding=1))
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, content: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(content).flatten(2).mean(2))

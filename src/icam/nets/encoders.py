@@ -1,0 +1,49 @@
+"""The two encoders: content (class-irrelevant, spatial, wide) and attribute (class-relevant).
+
+Shapes for an input of side S (every side must divide by 16), base width w:
+- content: w → 2w → 4w channels, S → S/2 → S/4; four residual blocks; z_c is 4w × S/4.
+- attribute: w → 2w → 3w channels, S/2 → S/4 → S/8; two heads give mu and logvar, each
+  1 × S/16 (8×8 for 128², 8×10×8 for 128×160×128), returned flattened.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import ConvNormAct, DownResBlock, GaussianNoise, InstanceNormResBlock, conv
+
+
+class ContentEncoder(nn.Module):
+    def __init__(self, spatial_dims: int, in_channels: int = 1, width: int = 16, res_blocks: int = 4):
+        super().__init__()
+        self.out_channels = 4 * width
+        self.layers = nn.Sequential(
+            ConvNormAct(spatial_dims, in_channels, width, 3, padding=1),
+            ConvNormAct(spatial_dims, width, 2 * width, 3, stride=2, padding=1, norm=True, negative_slope=0),
+            ConvNormAct(spatial_dims, 2 * width, 4 * width, 3, stride=2, padding=1, norm=True,
+                        negative_slope=0),
+            *[InstanceNormResBlock(spatial_dims, 4 * width) for _ in range(res_blocks)],
+            # Noise on z_c during training keeps G from reading fine detail off the content
+            # code alone, so the attribute has to carry what differs between classes.
+            GaussianNoise(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class AttributeEncoder(nn.Module):
+    def __init__(self, spatial_dims: int, in_channels: int = 1, width: int = 16):
+        super().__init__()
+        self.trunk = nn.Sequential(
+            conv(spatial_dims, in_channels, width, 4, stride=2, padding=1),
+            DownResBlock(spatial_dims, width, 2 * width),
+            DownResBlock(spatial_dims, 2 * width, 3 * width),
+        )
+        self.mu_head = DownResBlock(spatial_dims, 3 * width, 1)
+        self.logvar_head = DownResBlock(spatial_dims, 3 * width, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.trunk(x)
+        return self.mu_head(features).flatten(1), self.logvar_head(features).flatten(1)

@@ -1,0 +1,109 @@
+"""Run folders: everything needed to reproduce and inspect one training run.
+
+<out_dir>/<name>/
+  config.yaml        the full resolved config (seed included)
+  provenance.json    package versions, git commit, command line, host, start time
+  metrics.jsonl      one JSON object per log / validation event
+  tensorboard/       every loss term, validation metrics, image grids
+  checkpoints/       last.pt, best.pt
+  summary.json       final metrics, written when training ends
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import secrets
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from .config import Config, to_yaml
+
+PACKAGES = ("icam", "torch", "numpy", "lightning-fabric", "pydantic", "monai", "nibabel", "nilearn", "captum")
+
+
+def create_run_dir(out_dir: str | Path, name: str | None = None) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if name:
+        path = out_dir / name
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise FileExistsError(f"run folder {path} exists; pick another name or use --resume {path}") from None
+        return path
+    while True:  # a timestamp plus a random suffix: two runs started in the same second never collide
+        path = out_dir / f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
+def git_state(directory: Path) -> dict:
+    def git(*args):
+        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None}
+    if not commit:
+        return {"commit": None}
+    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def write_run_files(run_dir: Path, config: Config, extra: dict | None = None) -> None:
+    (run_dir / "config.yaml").write_text(to_yaml(config))
+    provenance = {
+        "seed": config.seed,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": sys.argv,
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "git": git_state(Path(__file__).resolve().parent),
+        **(extra or {}),
+    }
+    (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2))
+
+
+def record_resume(run_dir: Path, step: int) -> None:
+    """Append to provenance.json that (and how, from which code) the run was continued."""
+    path = run_dir / "provenance.json"
+    provenance = json.loads(path.read_text()) if path.exists() else {}
+    provenance.setdefault("resumed", []).append({
+        "at_step": step, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": sys.argv, "git": git_state(Path(__file__).resolve().parent)})
+    path.write_text(json.dumps(provenance, indent=2))
+
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

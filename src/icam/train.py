@@ -1,0 +1,495 @@
+"""The training loop: the paper's update order, and nothing else.
+
+Each iteration takes three class-balanced batches (every class in every batch):
+  1, 2. the content discriminator Dc learns to read the class off z_c (twice);
+  3.    the two domain discriminators learn real vs. translated images (and the class of
+        real images); then the encoders and generator take one step on the full objective
+        against the updated discriminators.
+Randomness is derived from (seed, rank, step) and the data order from the batch number,
+so a resumed run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from lightning_fabric import Fabric
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+
+from . import losses
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config
+from .data import ClassBalancedBatchSampler, build_cohorts
+from .evaluate import SELECTION_DIRECTION, selection_metric, summarise, validation_statistics
+from .model import ICAM
+from .nets import ContentDiscriminator, DomainDiscriminator
+from .report.grids import translation_grid
+from .run import MetricsLog, create_run_dir, record_resume, write_run_files
+
+
+class DomainDiscriminators(nn.Module):
+    """The two image discriminators of the paper's code: one judges translations made with
+    encoded attributes, the other translations made with randomly sampled attributes."""
+
+    def __init__(self, spatial_dims: int, image_shape, num_classes: int, in_channels: int, width: int):
+        super().__init__()
+        self.encoded = DomainDiscriminator(spatial_dims, image_shape, num_classes, in_channels, width)
+        self.random = DomainDiscriminator(spatial_dims, image_shape, num_classes, in_channels, width)
+
+    def forward(self, real: torch.Tensor, translated: torch.Tensor, randomly_translated: torch.Tensor):
+        """(adversarial, class) logits on [real; fake] for each discriminator, in one call each."""
+        n = len(real)
+        encoded_adv, encoded_cls = self.encoded(torch.cat([real, translated]))
+        random_adv, random_cls = self.random(torch.cat([real, randomly_translated]))
+        return ((encoded_adv[:n], encoded_cls[:n]), encoded_adv[n:],
+                (random_adv[:n], random_cls[:n]), random_adv[n:])
+
+
+@contextmanager
+def frozen(*modules: nn.Module):
+    """No gradients for these modules' parameters: the generator's step must not compute
+    (or synchronise) discriminator gradients it throws away."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    return ((seed * 2**20 + rank) * 2**32 + step) % 2**63
+
+
+def lr_factor(schedule: str, steps: int, decay_start: float):
+    start = int(decay_start * steps)
+
+    def factor(step: int) -> float:
+        if schedule == "linear":
+            return 1.0 if step < start else max(0.0, (steps - step) / max(1, steps - start))
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+        return 1.0
+    return factor
+
+
+class StopRequested:
+    """SIGTERM (SLURM's time limit) or Ctrl-C: finish the current step, checkpoint, exit."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        for s in self._previous:
+            try:
+                signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            try:
+                signal.signal(s, handler)
+            except ValueError:
+                pass
+
+
+class Trainer:
+    """Holds the networks, optimisers and schedules of one run and performs its updates."""
+
+    def __init__(self, config: Config, fabric: Fabric, model: ICAM, train_set, val_set=None,
+                 run_dir: Path | None = None, show_progress: bool = True):
+        self.config, self.fabric = config, fabric
+        self.train_set, self.val_set = train_set, val_set
+        self.run_dir = run_dir
+        self.show_progress = show_progress and fabric.is_global_zero
+        cfg = config.train
+        self.regressing = config.loss.regression > 0 and bool((~torch.isnan(train_set.targets)).any())
+        self.selection = selection_metric(cfg.selection, self.regressing,
+                                          val_set is not None and val_set.has_gt_maps)
+        if self.selection == "mae" and not self.regressing:
+            raise ValueError("train.selection=mae needs a regression target in the data and loss.regression > 0")
+        if self.selection == "ncc" and (val_set is None or not val_set.has_gt_maps):
+            raise ValueError("train.selection=ncc needs ground-truth maps in the validation data")
+
+        width = config.model.width
+        domain = DomainDiscriminators(model.spatial_dims, model.image_shape, model.num_classes,
+                                      train_set.in_channels, width)
+        content = ContentDiscriminator(model.spatial_dims, model.content_shape,
+                                       model.content_encoder.out_channels, model.num_classes)
+        if self.regressing:
+            targets = train_set.targets[~torch.isnan(train_set.targets)]
+            model.target_mean.fill_(float(targets.mean()))
+            model.target_std.fill_(float(targets.std()) if len(targets) > 1 and targets.std() > 0 else 1.0)
+        else:
+            model.regressor.requires_grad_(False)  # unused: DDP must not wait for its gradients
+
+        self.memory_format = None
+        if config.runtime.channels_last:
+            self.memory_format = torch.channels_last if model.spatial_dims == 2 else torch.channels_last_3d
+            for net in (model, domain, content):
+                net.to(memory_format=self.memory_format)
+        if config.runtime.compile:
+            for net in (model.content_encoder, model.attribute_encoder, model.generator,
+                        domain.encoded, domain.random, content):
+                net.compile()
+
+        def adam(params, lr):
+            return torch.optim.Adam([p for p in params if p.requires_grad], lr=lr, betas=tuple(cfg.betas),
+                                    weight_decay=cfg.weight_decay)
+        optimizers = (adam(model.parameters(), cfg.lr), adam(domain.parameters(), cfg.lr),
+                      adam(content.parameters(), cfg.content_discriminator_lr))
+        self.model, self.generator_optimizer = fabric.setup(model, optimizers[0])
+        self.domain_discriminators, self.domain_optimizer = fabric.setup(domain, optimizers[1])
+        self.content_discriminator, self.content_optimizer = fabric.setup(content, optimizers[2])
+        factor = lr_factor(cfg.lr_schedule, cfg.steps, cfg.lr_decay_start)
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(o, factor) for name, o in
+                           (("generator", self.generator_optimizer), ("domain_discriminators", self.domain_optimizer),
+                            ("content_discriminator", self.content_optimizer))}
+        self.step = 0
+        self.best: dict | None = None
+        self._running: dict[str, torch.Tensor] = {}
+        self._running_count = 0
+
+    # -- the raw networks (for calls that must not go through the DDP wrapper) ------------
+
+    @property
+    def raw_model(self) -> ICAM:
+        return self.model.module
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"model": self.model.module, "domain_discriminators": self.domain_discriminators.module,
+                "content_discriminator": self.content_discriminator.module}
+
+    def optimizers(self) -> dict:
+        return {"generator": self.generator_optimizer, "domain_discriminators": self.domain_optimizer,
+                "content_discriminator": self.content_optimizer}
+
+    # -- the updates -------------------------------------------------------------------------
+
+    def _prepare(self, batch: dict) -> dict:
+        batch = self.fabric.to_device(batch)
+        if self.memory_format is not None:
+            batch["image"] = batch["image"].contiguous(memory_format=self.memory_format)
+        return batch
+
+    def update_content_discriminator(self, batch: dict) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            content = self.raw_model.encode_content(batch["image"])
+        terms = losses.content_discriminator_terms(self.content_discriminator(content), batch["label"])
+        self.content_optimizer.zero_grad(set_to_none=True)
+        self.fabric.backward(losses.weighted_sum(terms, self.config.loss))
+        if self.config.train.content_discriminator_grad_clip:
+            self.fabric.clip_gradients(self.content_discriminator, self.content_optimizer,
+                                       max_norm=self.config.train.content_discriminator_grad_clip)
+        self.content_optimizer.step()
+        return {"discriminator/content": terms["content_adversarial"]}
+
+    def update_discriminators_and_generator(self, batch: dict) -> dict[str, torch.Tensor]:
+        images, labels = batch["image"], batch["label"]
+        n, per_class = len(labels), self.config.train.images_per_class
+        # Batches hold classes in order, per_class images each: rolling by per_class pairs every
+        # image with one of the next class (the other class when K = 2).
+        partner = (torch.arange(n, device=labels.device) + per_class) % n
+        translated_labels = labels[partner]
+        sample = self.raw_model.sample_attribute(translated_labels, max_candidates=None,
+                                                 candidates_per_row=self.config.train.rejection_candidates)
+        out = self.model(images, partner, sample.attribute)
+
+        real_enc, fake_enc, real_rand, fake_rand = self.domain_discriminators(
+            images, out.translated.detach(), out.randomly_translated.detach())
+        encoded_terms = losses.domain_discriminator_terms(real_enc, fake_enc, labels)
+        random_terms = losses.domain_discriminator_terms(real_rand, fake_rand, labels)
+        d_terms = {name: encoded_terms[name] + random_terms[name] for name in encoded_terms}
+        self.domain_optimizer.zero_grad(set_to_none=True)
+        self.fabric.backward(losses.weighted_sum(d_terms, self.config.loss))
+        self.domain_optimizer.step()
+
+        domain = self.domain_discriminators.module
+        with frozen(domain, self.content_discriminator.module):
+            g_terms = losses.generator_terms(
+                out, images, labels, translated_labels,
+                self.raw_model.standardise_target(batch["target"]) if self.regressing else None,
+                sample.attribute, domain.encoded(out.translated), domain.random(out.randomly_translated),
+                self.content_discriminator.module(out.content))
+            total = losses.weighted_sum(g_terms, self.config.loss)
+            self.generator_optimizer.zero_grad(set_to_none=True)
+            self.fabric.backward(total)
+        self.generator_optimizer.step()
+
+        logged = {f"generator/{k}": v for k, v in g_terms.items()}
+        logged.update({f"discriminator/{k}": v for k, v in d_terms.items()})
+        logged["generator/total"] = total
+        logged["train/accuracy"] = (out.class_logits.argmax(1) == labels).float().mean()
+        logged["train/attribute_acceptance"] = sample.hits / sample.drawn
+        logged["train/attribute_fallback"] = (~sample.accepted).float().mean()
+        return logged
+
+    def train_step(self, batches: list[dict]) -> dict[str, torch.Tensor]:
+        """One iteration: Dc twice, then D, then encoders + generator (three batches)."""
+        with self.fabric.autocast():
+            logged = {}
+            for batch in batches[:2]:
+                logged.update(self.update_content_discriminator(self._prepare(batch)))
+            logged.update(self.update_discriminators_and_generator(self._prepare(batches[2])))
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        self.step += 1
+        return {k: v.detach() for k, v in logged.items()}
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def batches(self):
+        """Class-balanced training batches from the current step on, in threes."""
+        sampler = ClassBalancedBatchSampler(
+            self.train_set.labels, self.config.train.images_per_class, seed=self.config.seed,
+            rank=self.fabric.global_rank, world_size=self.fabric.world_size, start_batch=3 * self.step)
+        loader = iter(DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.config.train.num_workers,
+                                 persistent_workers=self.config.train.num_workers > 0))
+        while True:
+            yield [next(loader) for _ in range(3)]
+
+    # -- validation, checkpoints --------------------------------------------------------------
+
+    def validate(self) -> dict[str, float]:
+        v = self.config.validation
+        stats = validation_statistics(self.raw_model, self.val_set, batch_size=v.batch_size,
+                                      fa_samples=v.fa_samples, min_probability=v.min_probability,
+                                      seed=self.config.seed, rank=self.fabric.global_rank,
+                                      world_size=self.fabric.world_size, device=self.fabric.device,
+                                      autocast=self.fabric.autocast)
+        return summarise(self.fabric.all_reduce(stats, reduce_op="sum") if self.fabric.world_size > 1 else stats)
+
+    def improved(self, metrics: dict[str, float]) -> bool:
+        value = metrics.get(self.selection)
+        if value is None or math.isnan(value):
+            return False
+        if self.best is None or SELECTION_DIRECTION[self.selection] * (value - self.best["value"]) > 0:
+            self.best = {"metric": self.selection, "value": value, "step": self.step}
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "config": self.config.model_dump(mode="json"),
+            "model_hparams": self.raw_model.hparams,
+            "regressing": self.regressing,
+            "best": self.best,
+            **{name: net.state_dict() for name, net in self.networks().items()},
+            "optimizers": {name: o.state_dict() for name, o in self.optimizers().items()},
+            "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
+        }
+
+    def load_state_dict(self, state: dict, weights_only: bool = False) -> None:
+        """Restore a checkpoint; ``weights_only`` takes the networks alone (``--init-from``)."""
+        if state["model_hparams"] != self.raw_model.hparams:
+            raise ValueError(f"checkpoint model {state['model_hparams']} does not match this config's "
+                             f"{self.raw_model.hparams}")
+        target_stats = (self.raw_model.target_mean.clone(), self.raw_model.target_std.clone())
+        for name, net in self.networks().items():
+            net.load_state_dict(state[name])
+        if weights_only:  # fine-tuning: this data's target scale, a fresh optimiser state
+            self.raw_model.target_mean.copy_(target_stats[0])
+            self.raw_model.target_std.copy_(target_stats[1])
+            return
+        for name, o in self.optimizers().items():
+            o.load_state_dict(state["optimizers"][name])
+        for name, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][name])
+        self.step, self.best = state["step"], state["best"]
+
+    def save(self, name: str) -> None:
+        if self.run_dir is not None and self.fabric.is_global_zero:
+            save_checkpoint(self.state_dict(), self.run_dir / "checkpoints" / f"{name}.pt")
+        self.fabric.barrier()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def fit(self, stop_at: int | None = None) -> dict:
+        """Train to ``train.steps`` (or stop after ``stop_at``); returns the final summary."""
+        cfg, fabric = self.config.train, self.fabric
+        zero = fabric.is_global_zero and self.run_dir is not None
+        writer = SummaryWriter(str(self.run_dir / "tensorboard")) if zero else None
+        log = MetricsLog(self.run_dir / "metrics.jsonl") if zero else None
+        last_stop = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+        metrics: dict[str, float] = {}
+        started, start_step = time.time(), self.step
+        progress = _progress(self.show_progress, cfg.steps, self.step)
+        with StopRequested() as stop, progress:
+            for batches in self.batches():
+                if self.step >= last_stop:
+                    break
+                torch.manual_seed(step_seed(self.config.seed, fabric.global_rank, self.step))
+                logged = self.train_step(batches)
+                self._accumulate(logged)
+                progress.advance()
+                if self.step % cfg.log_every == 0 or self.step == last_stop:
+                    record = {**self._flush(), "train/lr": self.schedulers["generator"].get_last_lr()[0]}
+                    progress.describe(record)
+                    if zero:
+                        log.write({"step": self.step, "split": "train", **record})
+                        for k, v in record.items():
+                            writer.add_scalar(k, v, self.step)
+                    if fabric.world_size > 1:  # every rank must stop at the same step
+                        stop.requested = bool(fabric.all_reduce(torch.tensor(float(stop.requested)),
+                                                                reduce_op="max"))
+                if self.val_set is not None and (self.step % cfg.validate_every == 0 or self.step == last_stop):
+                    metrics = self.validate()
+                    better = self.improved(metrics)
+                    if zero:
+                        log.write({"step": self.step, "split": "val", **metrics})
+                        for k, v in metrics.items():
+                            writer.add_scalar(f"val/{k}", v, self.step)
+                    if better:
+                        self.save("best")
+                if zero and (self.step % cfg.image_every == 0 or self.step == last_stop) and self.val_set is not None:
+                    writer.add_image("val/translations", translation_grid(self.raw_model, self.val_set,
+                                                                          seed=self.config.seed,
+                                                                          device=fabric.device), self.step)
+                if self.step % cfg.checkpoint_every == 0 or self.step == last_stop or stop.requested:
+                    self.save("last")
+                if stop.requested:
+                    break
+        if writer is not None:
+            writer.close()
+        summary = {
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "step": self.step,
+            "steps": cfg.steps,
+            "finished": self.step >= cfg.steps,
+            "wall_seconds": round(time.time() - started, 2),
+            "seconds_per_step": round((time.time() - started) / max(1, self.step - start_step), 4),
+            "world_size": fabric.world_size,
+            "regressing": self.regressing,
+            "selection": self.best,
+            "validation": metrics,
+        }
+        if fabric.world_size > 1:
+            summary["rank_max_abs_weight_difference"] = self.rank_weight_difference()
+        if zero:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def rank_weight_difference(self) -> float:
+        """Largest |w_rank − w_rank0| over every weight: 0 when DDP kept the ranks in step."""
+        flat = torch.cat([p.detach().float().flatten() for net in self.networks().values()
+                          for p in net.parameters()])
+        with warnings.catch_warnings():  # Fabric's all_gather uses an API torch now calls deprecated
+            warnings.simplefilter("ignore", UserWarning)
+            gathered = self.fabric.all_gather(flat)
+        return float((gathered - gathered[0]).abs().max())
+
+    def _accumulate(self, logged: dict[str, torch.Tensor]) -> None:
+        for k, v in logged.items():
+            self._running[k] = self._running.get(k, 0) + v.float()
+        self._running_count += 1
+
+    def _flush(self) -> dict[str, float]:
+        """Means since the last flush: one host synchronisation per log interval, not per step."""
+        values = torch.stack(list(self._running.values())) / max(1, self._running_count)
+        record = dict(zip(self._running, values.tolist()))
+        self._running, self._running_count = {}, 0
+        return record
+
+
+class _progress:
+    """A rich progress bar (step, rate, ETA, latest losses), or nothing on other ranks."""
+
+    def __init__(self, enabled: bool, total: int, completed: int):
+        self.enabled = enabled
+        if enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+            self.task = self.bar.add_task("train", total=total, completed=completed, rate="", info="")
+            self.started, self.start_step = time.time(), completed
+
+    def __enter__(self):
+        if self.enabled:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+    def advance(self):
+        if self.enabled:
+            self.bar.advance(self.task)
+
+    def describe(self, record: dict[str, float]):
+        if self.enabled:
+            done = self.bar.tasks[0].completed - self.start_step
+            rate = done / max(1e-9, time.time() - self.started)
+            info = (f"G {record.get('generator/total', float('nan')):.2f}  "
+                    f"D {record.get('discriminator/domain_adversarial', float('nan')):.2f}  "
+                    f"acc {record.get('train/accuracy', float('nan')):.2f}")
+            self.bar.update(self.task, rate=f"{rate:.2f} it/s", info=info)
+
+
+def build_fabric(config: Config) -> Fabric:
+    rt = config.runtime
+    if rt.precision.startswith("bf16") and rt.accelerator == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn("this CPU has no bf16 instructions (AVX-512 BF16 / AMX): bf16-mixed convolutions fall back "
+                      "to a slow path here (measured 17x slower than 32-true); use --precision 32-true",
+                      stacklevel=2)
+    return Fabric(accelerator=rt.accelerator, devices=rt.devices, num_nodes=rt.num_nodes, precision=rt.precision)
+
+
+def train(config: Config, *, resume: str | Path | None = None, init_from: str | Path | None = None,
+          stop_at: int | None = None, show_progress: bool = True) -> dict:
+    """Train ICAM as ``config`` says; returns the summary (also in the run folder's summary.json)
+    on the main process, None on the others.
+
+    ``resume``: a run folder to continue from its last checkpoint (its config should be the
+    one the run was started with). ``init_from``: a run folder or checkpoint whose network
+    weights start this run (ICAM-reg fine-tuning from a classification run).
+    """
+    fabric = build_fabric(config)
+    fabric.launch()
+    fabric.seed_everything(config.seed, verbose=False)
+    cohorts = build_cohorts(config.data, config.seed)
+    train_set = cohorts["train"]
+    num_classes = int(train_set.labels.max()) + 1
+    if config.model.num_classes not in (None, num_classes):
+        raise ValueError(f"model.num_classes is {config.model.num_classes} but the training labels are "
+                         f"0..{num_classes - 1}")
+    model = ICAM(train_set.image_shape, num_classes, train_set.in_channels, config.model.width)
+
+    if resume is not None:
+        run_dir = Path(resume)
+    else:
+        run_dir = Path(fabric.broadcast(str(create_run_dir(config.out_dir, config.name))
+                                        if fabric.is_global_zero else None))
+        if fabric.is_global_zero:
+            write_run_files(run_dir, config, {"init_from": str(init_from) if init_from else None})
+    trainer = Trainer(config, fabric, model, train_set, cohorts["val"], run_dir, show_progress)
+    if resume is not None:
+        trainer.load_state_dict(load_checkpoint(run_dir, "last"))
+        if fabric.is_global_zero:
+            record_resume(run_dir, trainer.step)
+    elif init_from is not None:
+        trainer.load_state_dict(load_checkpoint(init_from, "best"), weights_only=True)
+    summary = trainer.fit(stop_at=stop_at)
+    return summary if fabric.is_global_zero else None

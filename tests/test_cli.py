@@ -1,0 +1,64 @@
+"""The `icam` command line: training, multi-process DDP, and errors a new user meets."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from icam.cli import app
+
+from .conftest import TINY
+
+runner = CliRunner()
+
+
+def sets(*items):
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def test_train_prints_validation_and_the_run_folder(tmp_path):
+    result = runner.invoke(app, ["train", "-q", "--out", str(tmp_path), "--name", "r", *sets(*TINY)])
+    assert result.exit_code == 0, result.output
+    assert "validation: accuracy" in result.stdout
+    assert f"run folder: {tmp_path / 'r'}" in result.stdout
+    assert (tmp_path / "r" / "checkpoints" / "last.pt").is_file()
+
+    again = runner.invoke(app, ["train", "-q", "--out", str(tmp_path), "--name", "r", *sets(*TINY)])
+    assert again.exit_code == 2 and "exists" in again.stderr and "Traceback" not in again.output
+
+
+def test_stop_and_resume_from_the_command_line(tmp_path):
+    args = ["train", "-q", "--out", str(tmp_path), "--name", "r", *sets(*TINY)]
+    stopped = runner.invoke(app, [*args, "--stop-at", "2"])
+    assert stopped.exit_code == 0 and "stopped at step 2" in stopped.stdout
+    resumed = runner.invoke(app, ["train", "-q", "--resume", str(tmp_path / "r")])
+    assert resumed.exit_code == 0, resumed.output
+    assert "training finished: 4 steps" in resumed.stdout
+
+
+def test_errors_are_one_line_with_a_hint(tmp_path):
+    missing = runner.invoke(app, ["train", "--resume", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "not an icam run folder" in missing.stderr
+    both = runner.invoke(app, ["train", "--resume", str(tmp_path), "--config", "x.yaml"])
+    assert both.exit_code == 2 and "drop --config" in both.stderr
+    bad_init = runner.invoke(app, ["train", "-q", "--out", str(tmp_path), "--init-from", str(tmp_path / "no.pt"),
+                                   *sets(*TINY)])
+    assert bad_init.exit_code == 2 and "no such checkpoint" in bad_init.stderr
+    for result in (missing, both, bad_init):
+        assert "Traceback" not in result.output
+
+
+def test_two_process_ddp_keeps_the_ranks_identical(tmp_path):
+    # The real launcher path: rank 0 re-runs this command line for rank 1 (gloo on CPU).
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "icam.cli", "train", "-q", "--out", str(tmp_path), "--name", "ddp",
+           "--devices", "2", *sets(*TINY, "train.steps=3")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == 3
+    assert summary["rank_max_abs_weight_difference"] == 0.0
+    assert Path(tmp_path / "ddp" / "checkpoints" / "last.pt").is_file()

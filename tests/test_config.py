@@ -1,0 +1,64 @@
+"""One YAML config, validated, with --set overrides and readable errors."""
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from icam.cli import app
+from icam.config import Config, ConfigError, load_config, to_yaml
+
+runner = CliRunner()
+
+
+def test_defaults_are_the_papers():
+    config = load_config()
+    assert config.loss.content_adversarial == 1 and config.loss.domain_adversarial == 1
+    assert config.loss.classification == 10 and config.loss.kl_attribute == 0.01
+    assert config.loss.fa_map_l1 == 10 and config.loss.latent_regression == 1
+    assert config.loss.reconstruction_l1 == config.loss.cycle_l2 == 100
+    assert config.loss.domain_classification_discriminator == 1 and config.loss.domain_classification == 5
+    assert config.train.lr == 1e-4 and config.train.content_discriminator_lr == 4e-5
+    assert tuple(config.train.betas) == (0.5, 0.999)
+
+
+def test_yaml_file_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 3\ntrain:\n  steps: 10\n  lr: 0.001\n")
+    config = load_config(path, ["train.steps=20", "data.image_size=128", "runtime.precision=bf16-mixed"])
+    assert (config.seed, config.train.steps, config.train.lr) == (3, 20, 0.001)
+    assert config.data.image_size == 128 and config.runtime.precision == "bf16-mixed"
+
+
+def test_unknown_key_names_the_key_and_the_valid_ones():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["train.stpes=5"])
+    message = str(e.value)
+    assert "train.stpes" in message and "steps" in message and "images_per_class" in message
+
+
+def test_ill_typed_value_names_the_key():
+    with pytest.raises(ConfigError, match=r"'train\.steps'.*'many'"):
+        load_config(None, ["train.steps=many"])
+    with pytest.raises(ConfigError, match="image_size"):
+        load_config(None, ["data.image_size=60"])
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.steps"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_print_defaults_round_trips():
+    result = runner.invoke(app, ["config", "--print-defaults"])
+    assert result.exit_code == 0
+    assert Config.model_validate(yaml.safe_load(result.stdout)) == Config()
+    assert to_yaml(Config()) == result.stdout
+
+
+def test_cli_config_error_is_one_line_and_a_hint():
+    result = runner.invoke(app, ["config", "--set", "loss.fa_map=3"])
+    assert result.exit_code == 2
+    assert "unknown key 'loss.fa_map'" in result.stderr and "fa_map_l1" in result.stderr
+    assert "Traceback" not in result.output and "hint:" in result.stderr

@@ -1,0 +1,73 @@
+"""Shapes and structure of the ICAM networks, 2D and 3D, K ≥ 2 classes."""
+
+import pytest
+import torch
+
+from icam.model import ICAM
+from icam.nets import ContentDiscriminator, DomainDiscriminator
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (32, 48), (16, 16, 16), (16, 32, 16)])
+def test_shapes_for_three_classes(shape):
+    model = ICAM(shape, num_classes=3, width=4)
+    x = torch.rand(2, 1, *shape) * 2 - 1
+    content = model.encode_content(x)
+    mu, logvar = model.encode_attribute(x)
+    latent = tuple(s // 16 for s in shape)
+    assert content.shape == (2, 16, *(s // 4 for s in shape))
+    assert mu.shape == logvar.shape == (2, torch.Size(latent).numel())
+    assert model.decode(content, mu).shape == x.shape
+    prediction = model.predict(x)
+    assert prediction.probabilities.shape == (2, 3)
+    assert torch.allclose(prediction.probabilities.sum(1), torch.ones(2))
+    assert prediction.target.shape == (2,)
+
+    domain = DomainDiscriminator(len(shape), shape, 3, width=4)
+    adversarial, classes = domain(x)
+    assert adversarial.shape == (2,) and classes.shape == (2, 3)
+    assert ContentDiscriminator(len(shape), model.content_shape, 16, 3)(content).shape == (2, 3)
+
+
+def test_training_forward_outputs_match_inputs():
+    model = ICAM((32, 32), num_classes=3, width=4)
+    x = torch.rand(6, 1, 32, 32)
+    partner = (torch.arange(6) + 2) % 6
+    out = model(x, partner, torch.randn(6, model.latent_size))
+    for image in (out.translated, out.reconstructed, out.randomly_translated, out.cycle_reconstructed):
+        assert image.shape == x.shape
+        assert image.abs().max() <= 1  # tanh output
+    assert out.random_attribute_estimate.shape == (6, model.latent_size)
+
+
+def test_paper_sized_models_have_the_reference_parameter_counts():
+    # The authors' code: Ec 318,720, Ea 75,207, G 412,701 used, D 983,168 (2D); total about 3 M / 9 M.
+    model = ICAM((128, 128))
+    assert count(model.content_encoder) == 318_720
+    assert count(model.attribute_encoder) + count(model.classifier) + count(model.regressor) == 75_207
+    assert count(model.generator) == 412_701
+    assert count(DomainDiscriminator(2, (128, 128), 2)) == 983_168
+    model3d = ICAM((128, 160, 128))
+    assert model3d.latent_shape == (8, 10, 8)
+    total3d = count(model3d) + 2 * count(DomainDiscriminator(3, (128, 160, 128), 2)) + count(
+        ContentDiscriminator(3, model3d.content_shape, 64, 2))
+    assert 8.5e6 < total3d < 9.5e6
+
+
+@pytest.mark.parametrize("shape, message", [((60, 64), "multiple of 16"), ((64,), "2 or 3 sides")])
+def test_bad_shapes_are_clear_errors(shape, message):
+    with pytest.raises(ValueError, match=message):
+        ICAM(shape)
+
+
+def test_eval_mode_is_deterministic_and_training_adds_content_noise():
+    model = ICAM((32, 32), width=4)
+    x = torch.rand(2, 1, 32, 32)
+    model.eval()
+    assert torch.equal(model.encode_content(x), model.encode_content(x))
+    assert torch.equal(model.predict(x).probabilities, model.predict(x).probabilities)
+    model.train()
+    assert not torch.equal(model.encode_content(x), model.encode_content(x))

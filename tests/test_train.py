@@ -1,0 +1,135 @@
+"""Training end to end: learning, run folders, checkpoints, resume, fine-tuning."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from icam.checkpoint import CheckpointError, load_checkpoint
+from icam.data import build_cohorts
+from icam.model import ICAM
+from icam.run import read_metrics
+from icam.train import train
+
+
+def test_a_tiny_model_learns_to_classify_squares(tiny_config):
+    # Bright boxes (effect 300, 6 background sd) keep this within a test's budget; the paper's
+    # effect of 100 needs a few hundred steps (the benchmark's job, not a test's).
+    config = tiny_config("train.steps=60", "train.validate_every=60", "train.images_per_class=8",
+                         "train.lr=1e-3", "data.effect=300", "data.n_train=400", "data.n_val=200")
+    summary = train(config, show_progress=False)
+    assert summary["validation"]["accuracy"] >= 0.95
+    losses = [r["generator/total"] for r in read_metrics(summary["run_dir"]) if r["split"] == "train"]
+    assert losses[-1] < losses[0]
+
+
+def test_run_folder_holds_what_reproduces_and_explains_the_run(tiny_config):
+    summary = train(tiny_config("seed=7"), show_progress=False)
+    run = Path(summary["run_dir"])
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["seed"] == 7 and config["loss"]["fa_map_l1"] == 10
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["seed"] == 7 and "torch" in provenance["packages"] and "commit" in provenance["git"]
+    records = read_metrics(run)
+    train_records = [r for r in records if r["split"] == "train"]
+    assert {"generator/fa_map_l1", "generator/cycle_l2", "discriminator/content",
+            "discriminator/domain_adversarial", "train/attribute_acceptance"} <= set(train_records[0])
+    assert [r["step"] for r in records if r["split"] == "val"] == [2, 4]
+    assert "ncc" in records[-1] and "balanced_accuracy" in records[-1]
+    assert list((run / "tensorboard").iterdir())
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.pt", "best.pt"}  # no temporary files
+    assert json.loads((run / "summary.json").read_text())["step"] == 4
+
+
+def test_the_learning_rate_schedule_steps(tiny_config):
+    summary = train(tiny_config("train.lr_schedule=linear", "train.lr_decay_start=0.5"), show_progress=False)
+    lrs = [r["train/lr"] for r in read_metrics(summary["run_dir"]) if r["split"] == "train"]
+    assert lrs == [1e-4, 0.0]  # constant for the first half, linear to zero by the last step
+
+
+def test_checkpoint_round_trip_gives_the_same_outputs(tiny_config):
+    config = tiny_config()
+    summary = train(config, show_progress=False)
+    state = load_checkpoint(summary["run_dir"], "last")
+    assert state["step"] == 4 and set(state["optimizers"]) == {"generator", "domain_discriminators",
+                                                               "content_discriminator"}
+    model = ICAM(**state["model_hparams"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    again = ICAM(**state["model_hparams"])
+    again.load_state_dict(load_checkpoint(summary["run_dir"], "last")["model"])
+    again.eval()
+    x = build_cohorts(config.data, config.seed)["val"].images[:4]
+    assert torch.equal(model.predict(x).probabilities, again.predict(x).probabilities)
+    g1, g2 = (torch.Generator().manual_seed(0) for _ in range(2))
+    assert torch.equal(model.translate(x, 1, generator=g1), again.translate(x, 1, generator=g2))
+
+
+def test_resume_continues_exactly(tiny_config):
+    full = train(tiny_config("name=full", "train.steps=6"), show_progress=False)
+    half = train(tiny_config("name=half", "train.steps=6"), stop_at=3, show_progress=False)
+    assert half["step"] == 3 and not half["finished"]
+    resumed = train(tiny_config("name=half", "train.steps=6"), resume=half["run_dir"], show_progress=False)
+    assert resumed["step"] == 6 and resumed["finished"]
+    a, b = load_checkpoint(full["run_dir"]), load_checkpoint(resumed["run_dir"])
+    for net in ("model", "domain_discriminators", "content_discriminator"):
+        for name, tensor in a[net].items():
+            assert torch.equal(tensor, b[net][name]), f"{net}.{name}"
+    assert a["optimizers"]["generator"]["state"][0]["exp_avg"].equal(b["optimizers"]["generator"]["state"][0]["exp_avg"])
+    assert resumed["validation"] == full["validation"]
+    assert json.loads((Path(half["run_dir"]) / "provenance.json").read_text())["resumed"][0]["at_step"] == 3
+
+
+def test_regression_fine_tuning_from_a_classification_run(tiny_config):
+    common = ["data.continuous_target=true", "data.effect=300", "data.n_val=64", "train.images_per_class=4",
+              "train.lr=1e-3"]
+    classification = train(tiny_config(*common, "loss.regression=0", "train.steps=4"), show_progress=False)
+    assert not classification["regressing"]
+    finetune = tiny_config(*common, "train.steps=60", "train.validate_every=60")
+    summary = train(finetune, init_from=classification["run_dir"], show_progress=False)
+    assert summary["regressing"] and summary["selection"]["metric"] == "mae"
+    state = load_checkpoint(summary["run_dir"], "best")
+    targets = build_cohorts(finetune.data, finetune.seed)["train"].targets
+    assert state["model"]["target_mean"] == pytest.approx(float(targets.mean()))
+    # clearly better than always predicting the training mean
+    val_targets = build_cohorts(finetune.data, finetune.seed)["val"].targets
+    assert summary["validation"]["mae"] < 0.75 * float((val_targets - targets.mean()).abs().mean())
+
+
+def test_init_from_a_model_of_another_shape_is_refused(tiny_config):
+    small = train(tiny_config(), show_progress=False)
+    with pytest.raises(ValueError, match="does not match"):
+        train(tiny_config("model.width=8"), init_from=small["run_dir"], show_progress=False)
+
+
+def test_loading_garbage_is_a_clear_error(tmp_path):
+    bad = tmp_path / "x.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable icam checkpoint"):
+        load_checkpoint(bad)
+    torch.save({"weights": torch.zeros(1)}, bad)
+    with pytest.raises(CheckpointError, match="not an icam checkpoint"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="without checkpoints"):
+        load_checkpoint(tmp_path)
+
+
+def test_three_class_3d_training_runs(tmp_path):
+    from icam.config import load_config
+    from icam.data import InMemoryCohort
+    from icam.train import Trainer, build_fabric
+
+    config = load_config(None, ["model.width=4", "runtime.accelerator=cpu", "train.steps=2"])
+    cohort = InMemoryCohort(torch.rand(12, 1, 16, 16, 16) * 2 - 1, torch.arange(12) % 3,
+                            gt_maps=torch.rand(12, 1, 16, 16, 16))
+    fabric = build_fabric(config)
+    trainer = Trainer(config, fabric, ICAM((16, 16, 16), 3, width=4), cohort, cohort, None, show_progress=False)
+    batches = trainer.batches()
+    logged = trainer.train_step(next(batches))
+    assert all(torch.isfinite(v) for v in logged.values())
+    metrics = trainer.validate()
+    assert 0 <= metrics["accuracy"] <= 1 and "ncc" in metrics
