@@ -91,7 +91,9 @@ def main():
         "speedup_fastest_vs_fp32": (round(results["fp32"]["median_s"] / results[fastest]["median_s"], 2)
                                     if "fp32" in results else None),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_kernels": torch.ops.mkldnn._is_mkldnn_bf16_supported(),
     }
     print(json.dumps(line))
 
