@@ -21,7 +21,7 @@ def test_squares_are_balanced_scaled_and_have_ground_truth():
 
 def test_both_subtypes_occur_in_every_split():
     cohorts = build_cohorts(SquaresData(n_train=20, n_val=8, n_test=8), seed=0)
-    for split, cohort in cohorts.items():
+    for split, cohort in cohorts.splits.items():
         maps = cohort.gt_maps[cohort.labels == 1, 0]
         rows_with_box = maps.sum(2) > 0  # (n, H): which rows hold a box
         upper = rows_with_box[:, :20].any(1)  # subtype B: second box above the centre

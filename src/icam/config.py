@@ -8,10 +8,10 @@ key raises :class:`ConfigError`, naming the key and the valid ones.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -41,6 +41,82 @@ class SquaresData(Section):
         if self.image_size % 16:
             raise ValueError(f"image_size must be a multiple of 16, got {self.image_size}")
         return self
+
+
+def _check_shape(shape: list[int]) -> list[int]:
+    if len(shape) not in (2, 3) or any(s <= 0 or s % 16 for s in shape):
+        raise ValueError(f"shape needs 2 or 3 sides, each a positive multiple of 16; got {shape}")
+    return shape
+
+
+Fractions = tuple[float, float, float]
+
+
+class BrainSynthData(Section):
+    """The built-in synthetic ageing cohort on MNI152 anatomy (see ``icam synth --help``).
+    2D cohorts are rendered in memory; 3D cohorts are written once to ``cache_dir`` as NIfTI
+    and read through the CSV path."""
+
+    kind: Literal["brain-synth"] = "brain-synth"
+    shape: list[int] = Field([128, 128], description="2 sides: axial slices; 3 sides: volumes")
+    n_subjects: int = Field(2000, ge=6)
+    slices_per_subject: int = Field(1, ge=1, description="2D: axial slices per subject, 4 mm apart")
+    split_fractions: Fractions = (0.8, 0.1, 0.1)
+    seed: int | None = Field(None, description="cohort seed; the run's seed when null")
+    cache_dir: str = Field(".icam-cache", description="where 3D cohorts are written")
+
+    _shape = field_validator("shape")(_check_shape)
+
+
+class CsvColumns(Section):
+    """Column names of the cohort table."""
+
+    image: str = "image"
+    label: str = "label"
+    target: str = "target"
+    subject: str = "subject"
+    split: str = "split"
+    mask: str = "mask"
+    gt_map: str = "gt_map"
+
+
+class Augmentation(Section):
+    enabled: bool = False
+    rotate_degrees: float = Field(5.0, ge=0)
+    scale: float = Field(0.05, ge=0, description="relative zoom range, ±")
+    translate_voxels: float = Field(4.0, ge=0)
+    intensity: float = Field(0.1, ge=0, description="random intensity scale and shift, ±")
+    probability: float = Field(0.5, ge=0, le=1)
+
+
+class CsvData(Section):
+    """Your own cohort: a CSV with one row per image (paths relative to the CSV) and NIfTI files."""
+
+    kind: Literal["csv"] = "csv"
+    csv: str = Field(..., description="path of the cohort table")
+    columns: CsvColumns = CsvColumns()
+    shape: list[int] = Field(..., description="model input shape: 3 sides for volumes, 2 for slices")
+    spacing: list[float] | None = Field(None, description="resample to this voxel size (mm) before fitting the shape")
+    orientation: str | None = Field("RAS", description="reorient every image to these axis codes")
+    fit: Literal["pad_crop", "resize"] = Field("pad_crop", description="how images reach `shape`")
+    intensity: Literal["minmax", "minmax01", "cohort", "none"] = Field(
+        "minmax", description="minmax: per image to [-1, 1]; minmax01: to [0, 1]; cohort: one range for all "
+                              "images (intensity_range, or the training images' clip_percentiles) to [-1, 1]")
+    clip_percentiles: tuple[float, float] | None = Field(None, description="clip to these percentiles first")
+    intensity_range: tuple[float, float] | None = None
+    slice_axis: Literal[0, 1, 2] = Field(2, description="2D models: the axis slices are taken across (2 = axial)")
+    slice_range: tuple[float, float] = Field((0.5, 0.5), description="2D: fraction of that axis to take slices from")
+    slices_per_subject: int = Field(1, ge=1, description="2D: slices per image, evenly spread in slice_range")
+    class_thresholds: list[float] | None = Field(
+        None, description="derive the class from the target: class k where target ≥ k thresholds")
+    split_fractions: Fractions = (0.8, 0.1, 0.1)
+    cache_dir: str | None = Field(None, description="preprocessing cache; default <csv folder>/.icam-cache")
+    preprocess_workers: int = Field(0, ge=0, description="processes that fill the cache")
+    augment: Augmentation = Augmentation()
+    skip_bad: bool = Field(False, description="leave out rows with bad input (listed in excluded.csv) "
+                                              "instead of stopping")
+
+    _shape = field_validator("shape")(_check_shape)
 
 
 class ModelConfig(Section):
@@ -111,7 +187,7 @@ class Config(Section):
     seed: int = 0
     out_dir: str = Field("runs", description="run folders are created inside")
     name: str | None = Field(None, description="run folder name; a timestamp when null")
-    data: SquaresData = SquaresData()
+    data: Annotated[Union[SquaresData, BrainSynthData, CsvData], Field(discriminator="kind")] = SquaresData()
     model: ModelConfig = ModelConfig()
     loss: LossWeights = LossWeights()
     train: TrainConfig = TrainConfig()
@@ -124,20 +200,33 @@ class ConfigError(ValueError):
 
 
 def _fields_at(path: tuple, model: type[BaseModel] = Config) -> list[str]:
-    """The valid keys of the section at ``path`` (for error messages)."""
-    for part in path:
-        field = model.model_fields.get(str(part))
+    """The valid keys of the section at ``path`` (for error messages). A discriminated section
+    (``data``) appears in pydantic's path as ``data.<kind>``."""
+    parts = list(path)
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
         annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        members = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if members:  # Annotated[Union[...]] or Union[...]
+            members = [m for a in members for m in ([a] if "kind" in a.model_fields else [])] or members
+            kind = parts.pop(0) if parts else None
+            model = next((m for m in members if m.model_fields["kind"].default == kind), members[0])
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
             return []
-        model = annotation
     return list(model.model_fields)
+
+
+DATA_KINDS = ("squares", "brain-synth", "csv")
 
 
 def _explain(error: ValidationError, source: str) -> ConfigError:
     lines = []
     for e in error.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        # pydantic names the chosen data kind in the path (data.csv.shape); the user wrote data.shape
+        loc = [p for i, p in enumerate(e["loc"]) if not (i == 1 and e["loc"][0] == "data" and p in DATA_KINDS)]
+        key = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
             valid = _fields_at(e["loc"][:-1])
             lines.append(f"unknown key '{key}'; valid keys here: {', '.join(valid)}")
@@ -180,6 +269,8 @@ def _merge(base: dict, update: dict) -> dict:
 
 
 def build_config(tree: dict, source: str = "config") -> Config:
+    if isinstance(tree.get("data"), dict) and "kind" not in tree["data"]:
+        tree = {**tree, "data": {"kind": "squares", **tree["data"]}}
     try:
         return Config.model_validate(tree)
     except ValidationError as e:

@@ -83,6 +83,24 @@ def write_run_files(run_dir: Path, config: Config, extra: dict | None = None) ->
     (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2))
 
 
+def write_data_files(run_dir: Path, cohorts) -> None:
+    """Which rows went to which split (splits.csv), rows left out (excluded.csv), data facts (data.json)."""
+    import csv
+
+    def write_csv(name, records):
+        if records:
+            with (run_dir / name).open("w", newline="") as f:
+                writer = csv.DictWriter(f, list(records[0]))
+                writer.writeheader()
+                writer.writerows(records)
+
+    write_csv("splits.csv", cohorts.assignments)
+    write_csv("excluded.csv", [{"row": p.row, "file": p.file or "", "reason": p.message} for p in cohorts.excluded])
+    counts = {split: {"images": len(d), "class_counts": [int(c) for c in d.labels.bincount()]}
+              for split, d in cohorts.splits.items()}
+    (run_dir / "data.json").write_text(json.dumps({"splits": counts, **cohorts.info}, indent=2))
+
+
 def record_resume(run_dir: Path, step: int) -> None:
     """Append to provenance.json that (and how, from which code) the run was continued."""
     path = run_dir / "provenance.json"

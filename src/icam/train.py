@@ -33,7 +33,7 @@ from .evaluate import SELECTION_DIRECTION, selection_metric, summarise, validati
 from .model import ICAM
 from .nets import ContentDiscriminator, DomainDiscriminator
 from .report.grids import translation_grid
-from .run import MetricsLog, create_run_dir, record_resume, write_run_files
+from .run import MetricsLog, create_run_dir, record_resume, write_data_files, write_run_files
 
 
 class DomainDiscriminators(nn.Module):
@@ -472,7 +472,12 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
     fabric = build_fabric(config)
     fabric.launch()
     fabric.seed_everything(config.seed, verbose=False)
+    # Rank 0 fills any preprocessing cache first; the other ranks then read it.
+    if not fabric.is_global_zero:
+        fabric.barrier()
     cohorts = build_cohorts(config.data, config.seed)
+    if fabric.is_global_zero:
+        fabric.barrier()
     train_set = cohorts["train"]
     num_classes = int(train_set.labels.max()) + 1
     if config.model.num_classes not in (None, num_classes):
@@ -487,6 +492,7 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
                                         if fabric.is_global_zero else None))
         if fabric.is_global_zero:
             write_run_files(run_dir, config, {"init_from": str(init_from) if init_from else None})
+            write_data_files(run_dir, cohorts)
     trainer = Trainer(config, fabric, model, train_set, cohorts["val"], run_dir, show_progress)
     if resume is not None:
         trainer.load_state_dict(load_checkpoint(run_dir, "last"))

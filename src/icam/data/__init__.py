@@ -1,22 +1,154 @@
-"""Cohorts: the built-in synthetic benchmarks and (later) the user's own NIfTI + CSV data."""
+"""Cohorts: the built-in synthetic benchmarks and the user's own NIfTI + CSV data.
+
+:func:`build_cohorts` turns the ``data`` section of a config into train/val/test datasets.
+Every dataset exposes ``labels``, ``targets`` (NaN where unknown), ``image_shape``,
+``in_channels`` and ``has_gt_maps``, and yields dicts with ``image``, ``label``, ``target``
+and, where the cohort has them, ``gt_map`` and ``mask``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
 from .cohort import InMemoryCohort
 from .sampling import ClassBalancedBatchSampler
+from .splits import SPLITS, assign_splits
 from .squares import make_squares
+from .table import DataError, Problem, class_problems, read_table
 
-SPLITS = ("train", "val", "test")
+
+@dataclass
+class Cohorts:
+    splits: dict  # split name → dataset
+    assignments: list[dict] = field(default_factory=list)  # one per table row: where it went (splits.csv)
+    excluded: list[Problem] = field(default_factory=list)  # rows left out with data.skip_bad
+    info: dict = field(default_factory=dict)  # e.g. the cohort-wide intensity range
+
+    def __getitem__(self, split: str):
+        return self.splits[split]
 
 
-def build_cohorts(data_config, seed: int) -> dict[str, InMemoryCohort]:
-    """The train/val/test cohorts a config describes."""
+def build_cohorts(data_config, seed: int, progress=None) -> Cohorts:
+    """The train/val/test cohorts a ``data`` config describes."""
+    kind = data_config.kind
+    if kind == "squares":
+        base = data_config.seed if data_config.seed is not None else seed
+        sizes = {"train": data_config.n_train, "val": data_config.n_val, "test": data_config.n_test}
+        return Cohorts({split: make_squares(sizes[split], data_config.image_size, data_config.spatial_dims,
+                                            data_config.effect, data_config.continuous_target,
+                                            data_config.class_thresholds, seed=base * 3 + i)
+                        for i, split in enumerate(SPLITS)})
+    if kind == "brain-synth":
+        if len(data_config.shape) == 2:
+            return _brain_synth_in_memory(data_config, seed)
+        return _brain_synth_on_disk(data_config, seed, progress)
+    return load_csv_cohorts(data_config, seed, progress)
+
+
+def _synth_settings(data_config, seed: int) -> tuple[int, dict, Path]:
     base = data_config.seed if data_config.seed is not None else seed
-    sizes = {"train": data_config.n_train, "val": data_config.n_val, "test": data_config.n_test}
-    return {split: make_squares(sizes[split], data_config.image_size, data_config.spatial_dims,
-                                data_config.effect, data_config.continuous_target,
-                                data_config.class_thresholds, seed=base * 3 + i)
-            for i, split in enumerate(SPLITS)}
+    settings = {"shape": list(data_config.shape), "n": data_config.n_subjects, "seed": base,
+                "slices": data_config.slices_per_subject, "fractions": list(data_config.split_fractions),
+                "version": 1}
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return base, settings, Path(data_config.cache_dir) / f"brain-synth-{key}"
 
 
-__all__ = ["ClassBalancedBatchSampler", "InMemoryCohort", "build_cohorts", "make_squares"]
+def _brain_synth_in_memory(data_config, seed: int) -> Cohorts:
+    """2D brain-synth, rendered once and kept as an .npz in the cache folder (read without pickle)."""
+    from .brain_synth import age_class, render_subjects, subject_ages
+
+    base, settings, stem = _synth_settings(data_config, seed)
+    path = stem.with_suffix(".npz")
+    if path.is_file():
+        arrays = dict(np.load(path))
+    else:
+        subjects = list(range(data_config.n_subjects))
+        cohort = render_subjects(tuple(data_config.shape), subjects, base, data_config.slices_per_subject)
+        arrays = {"images": cohort.images.numpy(), "gt_maps": cohort.gt_maps.numpy(), "masks": cohort.masks.numpy(),
+                  "ages": cohort.ages.numpy(), "subjects": cohort.subjects.numpy()}
+        ages = subject_ages(base, subjects)
+        split_of = dict(zip(subjects, assign_splits(subjects, age_class(ages).tolist(), ages.tolist(),
+                                                    tuple(data_config.split_fractions), base)))
+        arrays["splits"] = np.array([SPLITS.index(split_of[int(s)]) for s in arrays["subjects"]])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+    tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    labels = age_class(tensors["ages"])
+    splits = {}
+    for i, split in enumerate(SPLITS):
+        rows = tensors["splits"] == i
+        splits[split] = InMemoryCohort(tensors["images"][rows], labels[rows], tensors["ages"][rows],
+                                       gt_maps=tensors["gt_maps"][rows], masks=tensors["masks"][rows])
+    assignments = [{"subject": f"sub-{int(s):05d}", "split": SPLITS[int(k)]}
+                   for s, k in zip(arrays["subjects"], arrays["splits"])]
+    return Cohorts(splits, assignments, info={"brain_synth": settings, "cache": str(path)})
+
+
+def _brain_synth_on_disk(data_config, seed: int, progress) -> Cohorts:
+    """3D brain-synth: written once as NIfTI + CSV (like `icam synth`), then read as a user cohort."""
+    from ..config import CsvData
+    from .synth_export import write_brain_synth
+
+    base, settings, folder = _synth_settings(data_config, seed)
+    if not (folder / "cohort.csv").is_file():
+        write_brain_synth(folder, 3, data_config.n_subjects, base, tuple(data_config.shape),
+                          fractions=tuple(data_config.split_fractions), progress=progress)
+    csv_config = CsvData(csv=str(folder / "cohort.csv"), shape=list(data_config.shape), intensity="none",
+                         cache_dir=str(folder / ".icam-cache"))
+    cohorts = load_csv_cohorts(csv_config, base, progress)
+    cohorts.info["brain_synth"] = settings
+    return cohorts
+
+
+def load_csv_cohorts(data_config, seed: int, progress=None) -> Cohorts:
+    """Read and check the table, assign splits where it has none, fill the preprocessing cache
+    (decoding and checking every image), and build one dataset per split."""
+    from .nifti import NiftiCohort, PreprocessingCache, Spatial, cohort_intensity_range, fill_cache
+
+    csv_path = Path(data_config.csv)
+    rows, problems = read_table(csv_path, data_config.columns, data_config.class_thresholds)
+    cache = PreprocessingCache(data_config.cache_dir or csv_path.parent / ".icam-cache", Spatial.of(data_config))
+    entries, image_problems = fill_cache(cache, rows, data_config.preprocess_workers, progress)
+    problems += image_problems
+    bad_rows = {p.row for p in problems}
+    if problems and (not data_config.skip_bad or None in bad_rows):
+        raise DataError(problems, f"{csv_path}: ")
+    rows = [r for r in rows if r.number not in bad_rows]
+    splits = _splits_for(rows, data_config, seed)
+    cohort_problems = class_problems(rows, splits)
+    if cohort_problems:
+        raise DataError(cohort_problems, f"{csv_path}: ")
+    datasets = {s: NiftiCohort([r for r, k in zip(rows, splits) if k == s], entries, data_config, augment=s == "train")
+                for s in SPLITS}
+    info = {"csv": str(csv_path), "cache": str(cache.directory)}
+    if data_config.intensity == "cohort":
+        lo_hi = tuple(data_config.intensity_range or cohort_intensity_range(datasets["train"],
+                                                                             data_config.clip_percentiles))
+        for d in datasets.values():
+            d.intensity_range = lo_hi
+        info["intensity_range"] = list(lo_hi)
+    assignments = [{"row": r.number, "image": str(r.image), "subject": r.subject, "split": k}
+                   for r, k in zip(rows, splits)]
+    return Cohorts(datasets, assignments, problems, info)
+
+
+def _splits_for(rows, data_config, seed: int) -> list[str]:
+    """The table's own splits; rows without one are assigned by subject (stratified, seeded)."""
+    given = {r.subject: r.split for r in rows if r.split}
+    free = [r for r in rows if r.subject not in given]
+    assigned = dict(zip([r.number for r in free],
+                        assign_splits([r.subject for r in free], [r.label for r in free], [r.target for r in free],
+                                      tuple(data_config.split_fractions), seed))) if free else {}
+    return [given.get(r.subject) or assigned[r.number] for r in rows]
+
+
+__all__ = ["ClassBalancedBatchSampler", "Cohorts", "DataError", "InMemoryCohort", "build_cohorts", "make_squares"]

@@ -1,0 +1,157 @@
+"""Real brain anatomy offline: the MNI152 2009a template that the nilearn wheel ships.
+
+From the 1 mm T1 template and its brain, grey- and white-matter maps we derive what the
+synthetic cohort needs (once per process):
+- the lateral ventricles: the largest dark CSF component near the centre;
+- cortical regions: the grey-matter ribbon near the brain surface, split into parcels by
+  k-means on voxel positions (no atlas download);
+- where focal lesions may sit: deep white matter.
+:func:`atlas_on_grid` resamples all of it onto a target grid: a 3D box of ``shape`` voxels,
+or a stack of axial 2D slices.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Field of view around the brain's centre (mm, RAS): 1.2 mm voxels at 128×160×128,
+# 1.5 mm pixels at 128×128 axial slices.
+CENTRE_MM = (0.0, -17.0, 5.0)
+FOV_3D_MM = (153.6, 192.0, 153.6)
+FOV_2D_MM = (192.0, 192.0)
+VENTRICLE_SLICE_MM = 15.0  # axial level through the bodies of the lateral ventricles
+CORTICAL_REGIONS = 24
+
+
+@dataclass
+class Atlas:
+    """Maps on a target grid, each (S, 1, *spatial): S = 1 for 3D, the slices for 2D."""
+
+    t1: torch.Tensor  # intensity in [0, 1]
+    brain: torch.Tensor  # brain mask (soft, from interpolation)
+    gm: torch.Tensor
+    wm: torch.Tensor
+    ventricles: torch.Tensor
+    regions: torch.Tensor  # long: 0 outside the cortex, 1..R cortical parcels
+    lesion_zone: torch.Tensor  # deep white matter, where lesions may be placed
+    affines: np.ndarray  # (S, 4, 4) voxel → mm (RAS) of each slice / the volume
+
+    @property
+    def num_regions(self) -> int:
+        return CORTICAL_REGIONS
+
+
+def _shipped(name: str):
+    """One of the MNI152 2009a maps inside the nilearn wheel, read directly with nibabel
+    (importing nilearn.datasets alone costs seconds)."""
+    import importlib.resources
+
+    import nibabel as nib
+
+    path = importlib.resources.files("nilearn.datasets") / "data" / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz"
+    image = nib.load(str(path))
+    return image.get_fdata(dtype=np.float32), image.affine
+
+
+@functools.lru_cache(maxsize=1)
+def _template() -> dict:
+    """Template maps as (array, affine) pairs: intensities at 1 mm, derived masks at 2 mm."""
+    from scipy import ndimage
+
+    (t1, affine), (gm, _), (wm, _) = (_shipped(name) for name in ("t1", "gm", "wm"))
+    t1, gm, wm = (m / m.max() for m in (t1, gm, wm))  # stored as 0..255; nilearn rescales to [0, 1] too
+    brain = (t1 > 0.2).astype(np.float32)  # nilearn's load_mni152_brain_mask threshold
+
+    # Masks derived at 2 mm: eight times fewer voxels, and finer than any target grid needs.
+    coarse = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine2 = affine @ coarse
+    t1_2, gm_2, wm_2, brain_2 = (m[::2, ::2, ::2] for m in (t1, gm, wm, brain))
+    csf = brain_2 * np.clip(1 - gm_2 - wm_2, 0, 1)
+    xyz = np.indices(t1_2.shape, dtype=np.float32).transpose(1, 2, 3, 0) @ affine2[:3, :3].T + affine2[:3, 3]
+    near_centre = ((np.abs(xyz[..., 0]) < 30) & (xyz[..., 1] > -45) & (xyz[..., 1] < 30)
+                   & (xyz[..., 2] > -5) & (xyz[..., 2] < 35))
+    dark = t1_2 < np.percentile(t1_2[brain_2 > 0], 20)
+    labels, n = ndimage.label((csf > 0.5) & near_centre & dark)
+    sizes = ndimage.sum(np.ones_like(labels), labels, range(1, n + 1))
+    ventricles = (labels == 1 + int(np.argmax(sizes))).astype(np.float32)
+
+    depth = 2 * ndimage.distance_transform_edt(brain_2 > 0.5)  # mm from the brain's surface
+    cortex = (gm_2 > 0.5) & (depth < 12)
+    regions = np.zeros(t1_2.shape, dtype=np.int64)
+    regions[cortex] = 1 + _kmeans_labels(xyz[cortex], CORTICAL_REGIONS)
+    near_ventricles = 2 * ndimage.distance_transform_edt(ventricles == 0) <= 4
+    lesion_zone = ((wm_2 > 0.9) & (depth > 15) & ~near_ventricles).astype(np.float32)
+    fine, coarse_maps = dict(t1=t1, brain=brain, gm=gm, wm=wm), dict(
+        ventricles=ventricles, regions=regions, lesion_zone=lesion_zone)
+    return {**{k: (v, affine) for k, v in fine.items()}, **{k: (v, affine2) for k, v in coarse_maps.items()}}
+
+
+def _kmeans_labels(points: np.ndarray, k: int, iterations: int = 20) -> np.ndarray:
+    """Deterministic k-means on voxel positions (farthest-point start, Lloyd iterations)."""
+    sample = points[:: max(1, len(points) // 20000)]
+    centres = [sample[0]]
+    distance = np.full(len(sample), np.inf)
+    for _ in range(k - 1):
+        distance = np.minimum(distance, ((sample - centres[-1]) ** 2).sum(1))
+        centres.append(sample[int(np.argmax(distance))])
+    centres = np.stack(centres)
+    for _ in range(iterations):
+        assign = ((sample[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+        centres = np.stack([sample[assign == j].mean(0) if (assign == j).any() else centres[j] for j in range(k)])
+    return np.concatenate([((chunk[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+                           for chunk in np.array_split(points, max(1, len(points) // 100000))])
+
+
+def grid_affine(shape: tuple[int, ...], fov_mm: tuple[float, ...], centre_mm=CENTRE_MM, z_mm: float | None = None):
+    """Voxel → mm affine of a grid of ``shape`` covering ``fov_mm`` around ``centre_mm`` (RAS).
+    For a 2D grid (two sides), the plane is axial at height ``z_mm``."""
+    affine = np.eye(4)
+    spacing = [f / s for f, s in zip(fov_mm, shape)]
+    for axis, step in enumerate(spacing):
+        affine[axis, axis] = step
+    centre = list(centre_mm)
+    if len(shape) == 2:
+        centre[2] = z_mm if z_mm is not None else VENTRICLE_SLICE_MM
+        affine[2, 2] = spacing[0]  # the slice's thickness, for viewers
+    affine[:3, 3] = [c - step * (s - 1) / 2 for c, step, s in zip(centre, spacing + [0] * (3 - len(shape)),
+                                                                   list(shape) + [1] * (3 - len(shape)))]
+    return affine
+
+
+def _resample(volume: np.ndarray, source_affine: np.ndarray, target_affine: np.ndarray,
+              shape: tuple[int, ...], mode: str) -> torch.Tensor:
+    """Sample ``volume`` on a target grid of ``shape`` (2 or 3 sides; 2 = one axial plane)."""
+    full = tuple(shape) + (1,) * (3 - len(shape))
+    index = np.indices(full, dtype=np.float64).reshape(3, -1)
+    world = target_affine[:3, :3] @ index + target_affine[:3, 3:4]
+    source = np.linalg.inv(source_affine)[:3] @ np.vstack([world, np.ones(world.shape[1])])
+    size = np.array(volume.shape, dtype=np.float64).reshape(3, 1)
+    normalised = 2 * source / (size - 1) - 1  # align_corners=True convention
+    # grid_sample wants (x, y, z) = (last, middle, first) volume axis, per output voxel in C order
+    grid = torch.from_numpy(normalised[::-1].T.copy()).float().view(1, *full, 3)
+    src = torch.from_numpy(np.ascontiguousarray(volume)).float()[None, None]
+    out = F.grid_sample(src, grid, mode=mode, padding_mode="zeros", align_corners=True)
+    return out.reshape(1, 1, *shape)
+
+
+@functools.lru_cache(maxsize=4)
+def atlas_on_grid(shape: tuple[int, ...], slices_mm: tuple[float, ...] = (VENTRICLE_SLICE_MM,)) -> Atlas:
+    """The atlas on a 3D grid of ``shape`` (3 sides), or on 2D axial planes at ``slices_mm`` (2 sides)."""
+    template = _template()
+    if len(shape) == 3:
+        affines = [grid_affine(shape, FOV_3D_MM)]
+    else:
+        affines = [grid_affine(shape, FOV_2D_MM, z_mm=z) for z in slices_mm]
+
+    def stack(name, mode="bilinear"):
+        volume, source_affine = template[name]
+        return torch.cat([_resample(volume, source_affine, a, shape, mode) for a in affines])
+
+    return Atlas(t1=stack("t1"), brain=stack("brain"), gm=stack("gm"), wm=stack("wm"),
+                 ventricles=stack("ventricles"), regions=stack("regions", "nearest").long(),
+                 lesion_zone=(stack("lesion_zone") > 0.5).float(), affines=np.stack(affines))
