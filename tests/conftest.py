@@ -4,9 +4,10 @@ import torch
 from icam.config import load_config
 
 # A tiny configuration: 64×64 squares, width 4, a handful of steps. Tests override what they need.
-TINY = ["model.width=4", "data.n_train=48", "data.n_val=16", "data.n_test=8", "train.steps=4",
-        "train.log_every=2", "train.validate_every=2", "train.image_every=4", "train.checkpoint_every=2",
-        "validation.fa_samples=2", "runtime.accelerator=cpu"]
+TINY_TRAINING = ["model.width=4", "train.steps=4", "train.log_every=2", "train.validate_every=2",
+                 "train.image_every=4", "train.checkpoint_every=2", "validation.fa_samples=2",
+                 "runtime.accelerator=cpu"]
+TINY = TINY_TRAINING + ["data.n_train=48", "data.n_val=16", "data.n_test=8"]
 
 
 @pytest.fixture

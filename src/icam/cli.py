@@ -64,6 +64,8 @@ def train_command(
                                   "e.g. to fine-tune a classification run with the regression loss"),
     stop_at: Optional[int] = typer.Option(
         None, "--stop-at", help="checkpoint and stop after this step (continue later with --resume)"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="leave out rows with bad input (listed in the run "
+                                                             "folder's excluded.csv) instead of stopping"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
     debug: bool = DEBUG,
 ):
@@ -72,11 +74,11 @@ def train_command(
     Example: icam train --steps 2000 --set data.image_size=128 --precision bf16-mixed
     """
     friendly_errors(_train)(config, set_, steps, out_dir, name, seed, accelerator, devices, num_nodes, precision,
-                            resume, init_from, stop_at, quiet, debug=debug)
+                            resume, init_from, stop_at, skip_bad, quiet, debug=debug)
 
 
 def _train(config, set_, steps, out_dir, name, seed, accelerator, devices, num_nodes, precision, resume,
-           init_from, stop_at, quiet):
+           init_from, stop_at, skip_bad, quiet):
     from .train import train
 
     if resume is not None:
@@ -87,7 +89,7 @@ def _train(config, set_, steps, out_dir, name, seed, accelerator, devices, num_n
             raise FileNotFoundError(f"{resume} is not an icam run folder (no config.yaml)")
     flags = {"train.steps": steps, "out_dir": out_dir, "name": name, "seed": seed,
              "runtime.accelerator": accelerator, "runtime.devices": devices, "runtime.num_nodes": num_nodes,
-             "runtime.precision": precision}
+             "runtime.precision": precision, "data.skip_bad": True if skip_bad else None}
     cfg = load_config(config, _overrides(flags, set_))
     summary = train(cfg, resume=resume, init_from=init_from, stop_at=stop_at, show_progress=not quiet)
     if summary is None:  # not the main process
@@ -96,7 +98,7 @@ def _train(config, set_, steps, out_dir, name, seed, accelerator, devices, num_n
     parts = [f"{k} {val[k]:.3f}" for k in ("accuracy", "balanced_accuracy", "mae", "ncc") if k in val]
     state = "finished" if summary["finished"] else f"stopped at step {summary['step']} (continue with --resume)"
     typer.echo(f"training {state}: {summary['step']} steps, {summary['seconds_per_step']:.3f} s/step")
-    typer.echo(f"validation: {', '.join(parts)}")
+    typer.echo(f"validation: {', '.join(parts) or 'none (the validation split is empty)'}")
     if summary["selection"]:
         best = summary["selection"]
         typer.echo(f"best {best['metric']} {best['value']:.3f} at step {best['step']} (checkpoints/best.pt)")
@@ -143,6 +145,60 @@ def synth_command(
             f"{k} in {v['subjects_share']:.0%}" for k, v in summary["effects"].items()))
         typer.echo(f"cohort table: {Path(out) / 'cohort.csv'}")
     friendly_errors(run)(debug=debug)
+
+
+data_app = typer.Typer(help="Look at a cohort before training on it.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check_command(
+    csv_path: Path = typer.Argument(..., metavar="CSV", help="the cohort table"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="a config whose data section names columns, "
+                                                                          "class thresholds, split fractions"),
+    set_: list[str] = typer.Option([], "--set", help="override a key, e.g. --set data.columns.label=diagnosis"),
+    workers: int = typer.Option(0, help="processes that decode images"),
+    debug: bool = DEBUG,
+):
+    """Check a cohort table and every image it lists; print a summary and every problem.
+
+    Finds missing or unreadable files, 4D images, NaN or constant images, bad labels and
+    targets, subjects in two splits and classes without training images. Exit status 1 when
+    any problem is found.
+
+    Example: icam data check cohort.csv --set data.columns.label=diagnosis
+    """
+    def run():
+        from .data.check import check_cohort
+
+        tree_overrides = ["data.kind=csv", f"data.csv={csv_path}"] + list(set_)
+        cfg = load_config(config, tree_overrides + ([] if _has_shape(config, set_) else ["data.shape=[16,16]"]))
+        summary, problems = check_cohort(csv_path, cfg.data, cfg.seed, workers)
+        problems = sorted(problems, key=lambda p: (p.row is not None, p.row or 0))
+        typer.echo(f"{summary['usable_rows']} usable rows of {summary['rows']}, {summary['subjects']} subjects; "
+                   f"images per class {summary['class_counts']}; splits {summary['splits']} "
+                   f"({summary['split_source']})")
+        if summary["target"]:
+            t = summary["target"]
+            typer.echo(f"target: {t['known']} known, {t['mean']} ± {t['sd']} ({t['min']}–{t['max']})")
+        typer.echo(f"image shapes: {', '.join('x'.join(map(str, s)) for s in summary['image_shapes'])}")
+        if problems:
+            typer.secho(f"{len(problems)} problem(s):", fg=typer.colors.RED, err=True)
+            for p in problems:
+                typer.echo(f"  {p}", err=True)
+            raise typer.Exit(1)
+        typer.secho("no problems found", fg=typer.colors.GREEN)
+    friendly_errors(run)(debug=debug)
+
+
+def _has_shape(config: Optional[Path], sets: list[str]) -> bool:
+    """Whether the user gave data.shape (the check itself does not need one)."""
+    import yaml
+
+    if any(s.startswith("data.shape=") for s in sets):
+        return True
+    tree = yaml.safe_load(config.read_text()) if config and config.is_file() else {}
+    return isinstance(tree, dict) and "shape" in (tree.get("data") or {})
 
 
 @app.command("config")

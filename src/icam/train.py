@@ -493,7 +493,10 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
         if fabric.is_global_zero:
             write_run_files(run_dir, config, {"init_from": str(init_from) if init_from else None})
             write_data_files(run_dir, cohorts)
-    trainer = Trainer(config, fabric, model, train_set, cohorts["val"], run_dir, show_progress)
+    val_set = cohorts["val"] if len(cohorts["val"]) else None
+    if val_set is None and fabric.is_global_zero:
+        warnings.warn("the validation split is empty: no validation metrics and no model selection", stacklevel=2)
+    trainer = Trainer(config, fabric, model, train_set, val_set, run_dir, show_progress)
     if resume is not None:
         trainer.load_state_dict(load_checkpoint(run_dir, "last"))
         if fabric.is_global_zero:

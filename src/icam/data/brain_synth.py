@@ -193,7 +193,8 @@ class Renderer:
 
         bias = torch.exp(self._upsample(draws.bias_log))[:, 0]
         image = tissue * brain * bias * draws.intensity.view(expand) + draws.noise[:, 0] * brain
-        return image.unsqueeze(1), (brain > 0.5).float().unsqueeze(1)
+        # No negative intensities (noise at the brain's edge); pointwise, so maps stay exact.
+        return image.clamp(min=0).unsqueeze(1), (brain > 0).float().unsqueeze(1)
 
     def render_pair(self, draws: SubjectDraws):
         """(image, counterfactual, ground-truth map, mask), scaled to [−1, 1] together."""

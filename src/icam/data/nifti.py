@@ -161,40 +161,64 @@ class PreprocessingCache:
         return json.loads(Path(array_path[: -len(".npy")] + ".json").read_text())
 
 
-class _Filler(Dataset):
-    """Fills the cache for a list of (row, kind) jobs; used with DataLoader workers."""
+class _Jobs(Dataset):
+    """Runs ``work(row, kind)`` for each (row, kind) job, in DataLoader worker processes;
+    a DataError becomes a list of problems instead of stopping the pass."""
 
-    def __init__(self, cache: PreprocessingCache, jobs: list[tuple[Row, str]]):
-        self.cache, self.jobs = cache, jobs
+    def __init__(self, work, jobs: list[tuple[Row, str]]):
+        self.work, self.jobs = work, jobs
 
     def __len__(self):
         return len(self.jobs)
 
     def __getitem__(self, i):
         row, kind = self.jobs[i]
-        file = getattr(row, kind)
         try:
-            return i, self.cache.ensure(file, "nearest" if kind == "mask" else "bilinear", row.number), None
+            return i, self.work(row, kind), None
         except DataError as e:
             return i, None, [(p.row, p.message, p.file) for p in e.problems]
+
+
+def _for_each_file(work, rows: list[Row], workers: int, progress=None):
+    """Apply ``work`` to every image, mask and ground-truth file of ``rows``:
+    ({row number: {kind: result}}, problems)."""
+    jobs = [(r, kind) for r in rows for kind in ("image", "mask", "gt_map") if getattr(r, kind) is not None]
+    results: dict[int, dict] = {}
+    problems: list[Problem] = []
+    loader = DataLoader(_Jobs(work, jobs), batch_size=None, num_workers=workers, collate_fn=lambda x: x)
+    for done, (i, result, found) in enumerate(loader, 1):
+        row, kind = jobs[i]
+        if found:
+            problems.extend(Problem(*p) for p in found)
+        else:
+            results.setdefault(row.number, {})[kind] = result
+        if progress:
+            progress(done, len(jobs))
+    return results, problems
+
+
+def _fill_one(cache: "PreprocessingCache", row: Row, kind: str) -> str:
+    return cache.ensure(getattr(row, kind), "nearest" if kind == "mask" else "bilinear", row.number)
+
+
+def _check_one(row: Row, kind: str) -> list[int]:
+    path = getattr(row, kind)
+    array, _ = load_array(path, row.number)
+    problems = check_array(array, path, row.number)
+    if problems:
+        raise DataError(problems)
+    return list(array.shape)
 
 
 def fill_cache(cache: PreprocessingCache, rows: list[Row], workers: int = 0, progress=None
                ) -> tuple[dict[int, dict[str, str]], list[Problem]]:
     """Preprocess every file of ``rows``: {row number: {kind: cache path}} and the problems found."""
-    jobs = [(r, kind) for r in rows for kind in ("image", "mask", "gt_map") if getattr(r, kind) is not None]
-    entries: dict[int, dict[str, str]] = {}
-    problems: list[Problem] = []
-    loader = DataLoader(_Filler(cache, jobs), batch_size=None, num_workers=workers, collate_fn=lambda x: x)
-    for done, (i, path, found) in enumerate(loader, 1):
-        row, kind = jobs[i]
-        if found:
-            problems.extend(Problem(*p) for p in found)
-        else:
-            entries.setdefault(row.number, {})[kind] = path
-        if progress:
-            progress(done, len(jobs))
-    return entries, problems
+    return _for_each_file(functools.partial(_fill_one, cache), rows, workers, progress)
+
+
+def check_files(rows: list[Row], workers: int = 0, progress=None) -> tuple[dict[int, dict[str, list]], list[Problem]]:
+    """Decode and check every file of ``rows`` without preprocessing: ({row: {kind: shape}}, problems)."""
+    return _for_each_file(_check_one, rows, workers, progress)
 
 
 def slice_affine(affine: np.ndarray, axis: int, index: int) -> np.ndarray:

@@ -23,6 +23,7 @@ class DataError(ValueError):
     """Bad input data; the message names each row or file and what was expected."""
 
     def __init__(self, problems: list["Problem"], context: str = ""):
+        problems = sorted(problems, key=lambda p: (p.row is not None, p.row or 0))
         self.problems = problems
         shown = "\n  ".join(str(p) for p in problems[:20])
         more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""

@@ -1,0 +1,120 @@
+"""brain-synth: real anatomy, heterogeneous effects, exact ground truth."""
+
+import dataclasses
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from icam.data.atlas import atlas_on_grid
+from icam.data.brain_synth import (LESION_EXTENT, Renderer, SubjectDraws, draw_subject, render_subjects,
+                                   subject_ages)
+from icam.data.synth_export import write_brain_synth
+
+SHAPE = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    return Renderer(atlas_on_grid(SHAPE, (15.0,)))
+
+
+def draws_for(renderer, subjects, **zeroed):
+    draws = SubjectDraws.stack([draw_subject(renderer.atlas, 0, i, [0]) for i in subjects])
+    return dataclasses.replace(draws, **{k: torch.zeros_like(getattr(draws, k)) for k in zeroed})
+
+
+def test_same_seed_same_bytes_and_a_subject_is_itself_alone_or_in_a_batch():
+    a = render_subjects(SHAPE, [0, 1, 2, 3], seed=5)
+    b = render_subjects(SHAPE, [0, 1, 2, 3], seed=5)
+    assert torch.equal(a.images, b.images) and torch.equal(a.gt_maps, b.gt_maps)
+    alone = render_subjects(SHAPE, [2], seed=5)  # same draws; batched kernels may round differently
+    assert torch.allclose(alone.images[0], a.images[2], atol=1e-5)
+    assert not torch.equal(render_subjects(SHAPE, [0], seed=6).images[0], a.images[0])
+
+
+def test_ground_truth_is_the_exact_difference_of_the_two_renderings():
+    cohort = render_subjects(SHAPE, list(range(6)), seed=0)
+    assert torch.equal(cohort.gt_maps, cohort.counterfactuals - cohort.images)
+    assert cohort.images.min() >= -1 and cohort.images.max() <= 1
+    assert cohort.counterfactuals.min() >= -1 and cohort.counterfactuals.max() <= 1
+    assert (cohort.gt_maps.flatten(1).abs().amax(1) > 0).all()  # every subject has some effect
+    assert torch.equal(cohort.labels, (cohort.ages >= 65).long())
+    assert (cohort.images[cohort.masks == 0] == -1).all()  # skull-stripped: background at −1
+
+
+def _support(renderer, draws, effect):
+    position = renderer.anatomy(draws)
+    if effect == "ventricle":
+        return renderer._sample(renderer.ventricle_zone[draws.slice], position)[:, 0] > 0
+    if effect == "cortex":
+        regions = renderer._sample(renderer.atlas.regions[draws.slice].float(), position, "nearest").long()[:, 0]
+        return torch.gather(draws.region_weights, 1, regions.flatten(1)).view(regions.shape) > 0
+    offset = (position.unsqueeze(1) - draws.lesion_centres.view(len(position), -1, 1, 1, 2)) * renderer.mm_per_unit
+    reach = (offset.pow(2).sum(-1) < (LESION_EXTENT * draws.lesion_radius_mm.view(len(position), -1, 1, 1)) ** 2)
+    return (reach & (draws.lesion_sign != 0).view(len(position), -1, 1, 1)).any(1)
+
+
+@pytest.mark.parametrize("effect", ["ventricle", "cortex", "lesion"])
+def test_each_effect_changes_only_where_it_acts(renderer, effect):
+    others = {"ventricle": ("cortex_weight", "lesion_weight"), "cortex": ("ventricle_weight", "lesion_weight"),
+              "lesion": ("ventricle_weight", "cortex_weight")}[effect]
+    draws = draws_for(renderer, range(12), **{name: None for name in others})
+    draws = dataclasses.replace(draws, **{f"{effect}_weight": torch.full_like(draws.ventricle_weight, 0.8)})
+    _, _, gt, _ = renderer.render_pair(draws)
+    changed = gt[:, 0] != 0
+    assert changed.any()
+    assert not (changed & ~_support(renderer, draws, effect)).any()
+
+
+def test_no_effect_means_no_change(renderer):
+    draws = draws_for(renderer, range(4), ventricle_weight=None, cortex_weight=None, lesion_weight=None)
+    _, _, gt, _ = renderer.render_pair(draws)
+    assert torch.count_nonzero(gt) == 0
+
+
+def test_subjects_differ_in_where_they_change():
+    cohort = render_subjects(SHAPE, list(range(20)), seed=0)
+    present = {tuple((w > 0).tolist()) for w in cohort.effect_weights}
+    assert len(present) > 1  # different mixes of effects
+    maps = cohort.gt_maps.flatten(1).abs()
+    correlation = torch.corrcoef(maps)
+    off_diagonal = correlation[~torch.eye(20, dtype=torch.bool)]
+    assert off_diagonal.max() < 0.99 and off_diagonal.mean() < 0.8
+    ages = cohort.ages
+    assert ages.min() >= 40 and ages.max() <= 90 and torch.equal(ages, subject_ages(0, list(range(20))))
+
+
+def test_3d_subjects():
+    cohort = render_subjects((32, 48, 32), [0, 1], seed=0)
+    assert cohort.images.shape == (2, 1, 32, 48, 32)
+    assert torch.equal(cohort.gt_maps, cohort.counterfactuals - cohort.images)
+    assert cohort.masks.mean() > 0.2  # a brain fills a good part of the box
+
+
+def test_written_cohort_opens_with_sensible_affines(tmp_path):
+    summary = write_brain_synth(tmp_path / "c2", dims=2, n=12, seed=1, shape=(64, 64), slices_per_subject=2)
+    assert summary["rows"] == 24 and summary["subjects"] == 12
+    assert sum(s["subjects"] for s in summary["splits"].values()) == 12
+    lines = (tmp_path / "c2" / "cohort.csv").read_text().splitlines()
+    assert len(lines) == 25 and lines[0].startswith("image,label,target,subject,split,mask,gt_map")
+    first = lines[1].split(",")
+    image = nib.load(str(tmp_path / "c2" / first[0]))
+    assert image.shape == (64, 64, 1)
+    spacing = np.diag(image.affine)[:3]
+    assert np.allclose(spacing, 3.0)  # 192 mm field of view in 64 pixels, RAS
+    assert image.affine[2, 3] in (13.0, 17.0)  # two slices 4 mm apart around 15 mm
+    assert abs(image.affine[0, 3] + 94.5) < 1e-6  # centred on the brain (x from −94.5 mm)
+
+    write_brain_synth(tmp_path / "c3", dims=3, n=2, seed=1, shape=(32, 48, 32))
+    volume = nib.load(str(tmp_path / "c3" / "images" / "sub-00000.nii.gz"))
+    assert volume.shape == (32, 48, 32) and np.allclose(np.diag(volume.affine)[:3], [4.8, 4.0, 4.8])
+    write_brain_synth(tmp_path / "c4", dims=3, n=1, seed=1, shape=(64, 80, 64))
+    volume = nib.load(str(tmp_path / "c4" / "images" / "sub-00000.nii.gz"))
+    assert volume.shape == (64, 80, 64) and np.allclose(np.diag(volume.affine)[:3], 2.4)  # isotropic
+
+
+def test_written_cohort_rejects_shapes_the_model_cannot_take(tmp_path):
+    with pytest.raises(ValueError, match="multiple of 16"):
+        write_brain_synth(tmp_path, dims=2, n=2, shape=(60, 64))
