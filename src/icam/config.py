@@ -122,6 +122,8 @@ class CsvData(Section):
 class ModelConfig(Section):
     width: int = Field(16, ge=4, description="base channel width (the paper's 16: ~3 M parameters in 2D)")
     num_classes: int | None = Field(None, ge=2, description="inferred from the data when null")
+    init: Literal["kaiming", "normal"] = Field(
+        "kaiming", description="weight init: kaiming (PyTorch's default) or normal (N(0, 0.02), the authors' code)")
 
 
 class LossWeights(Section):

@@ -72,7 +72,7 @@ class ICAM(nn.Module):
     """ICAM / ICAM-reg for 2D or 3D images (``image_shape`` of 2 or 3 sides, each divisible by 16)."""
 
     def __init__(self, image_shape: tuple[int, ...] | list[int], num_classes: int = 2,
-                 in_channels: int = 1, width: int = 16):
+                 in_channels: int = 1, width: int = 16, init: str = "kaiming"):
         super().__init__()
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) not in (2, 3):
@@ -83,7 +83,7 @@ class ICAM(nn.Module):
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         self.hparams = dict(image_shape=list(image_shape), num_classes=num_classes,
-                            in_channels=in_channels, width=width)
+                            in_channels=in_channels, width=width)  # what rebuilds it around a state dict
         self.image_shape = image_shape
         self.spatial_dims = len(image_shape)
         self.num_classes = num_classes
@@ -98,7 +98,7 @@ class ICAM(nn.Module):
         # The regressor learns standardised targets; these map its output back to original units.
         self.register_buffer("target_mean", torch.tensor(0.0))
         self.register_buffer("target_std", torch.tensor(1.0))
-        init_weights(self)
+        init_weights(self, init)
 
     @property
     def content_shape(self) -> tuple[int, ...]:

@@ -32,6 +32,7 @@ from .data import ClassBalancedBatchSampler, build_cohorts
 from .evaluate import SELECTION_DIRECTION, selection_metric, summarise, validation_statistics
 from .model import ICAM
 from .nets import ContentDiscriminator, DomainDiscriminator
+from .nets.blocks import init_weights
 from .report.grids import translation_grid
 from .run import MetricsLog, create_run_dir, record_resume, write_data_files, write_run_files
 
@@ -135,6 +136,8 @@ class Trainer:
                                       train_set.in_channels, width)
         content = ContentDiscriminator(model.spatial_dims, model.content_shape,
                                        model.content_encoder.out_channels, model.num_classes)
+        for net in (domain, content):
+            init_weights(net, config.model.init)
         if self.regressing:
             targets = train_set.targets[~torch.isnan(train_set.targets)]
             model.target_mean.fill_(float(targets.mean()))
@@ -483,7 +486,7 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
     if config.model.num_classes not in (None, num_classes):
         raise ValueError(f"model.num_classes is {config.model.num_classes} but the training labels are "
                          f"0..{num_classes - 1}")
-    model = ICAM(train_set.image_shape, num_classes, train_set.in_channels, config.model.width)
+    model = ICAM(train_set.image_shape, num_classes, train_set.in_channels, config.model.width, config.model.init)
 
     if resume is not None:
         run_dir = Path(resume)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .brain_synth import GENERATOR_VERSION
 from .cohort import InMemoryCohort
 from .sampling import ClassBalancedBatchSampler
 from .splits import SPLITS, assign_splits
@@ -55,7 +56,7 @@ def _synth_settings(data_config, seed: int) -> tuple[int, dict, Path]:
     base = data_config.seed if data_config.seed is not None else seed
     settings = {"shape": list(data_config.shape), "n": data_config.n_subjects, "seed": base,
                 "slices": data_config.slices_per_subject, "fractions": list(data_config.split_fractions),
-                "version": 1}
+                "version": GENERATOR_VERSION}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return base, settings, Path(data_config.cache_dir) / f"brain-synth-{key}"
 

@@ -14,7 +14,7 @@ Biobank set-up.
 Every subject is rendered twice with the same anatomy, bias and noise: at its own severity
 and at the other class's mean severity (0.75 for the young, 0.25 for the old). The
 ground-truth map is the exact difference ``counterfactual − image``: non-zero only where an
-effect acts. Both renderings share one intensity scaling, to [−1, 1].
+effect acts. Intensities are scaled to [−1, 1] the same way for every subject.
 
 All randomness of subject i comes from a generator seeded with (seed, i), so a subject is
 the same whether it is rendered alone or in a batch, in 2D or on disk.
@@ -37,11 +37,17 @@ OLD_FROM_AGE = 65.0
 COUNTERFACTUAL_SEVERITY = (0.75, 0.25)  # rendering of a young subject as old, of an old one as young
 MAX_LESIONS = 6
 
+GENERATOR_VERSION = 3  # part of every cache key: bump when rendering changes
+INTENSITY_SCALE = 1.3  # rendered intensities [0, 1.3] → [−1, 1], the same for every subject
+
 # Effect strengths at severity 1 and full weight.
-VENTRICLE_ZOOM = 0.3  # tissue near the ventricles is sampled 30% closer to their centre
-CORTICAL_LOSS = 0.5  # grey-matter intensity loss in an affected parcel
-LESION_CONTRAST = 0.6  # in T1 intensity units (white matter ≈ 0.9)
+VENTRICLE_ZOOM = 0.5  # tissue near the ventricles is sampled 50% closer to their centre
+CORTICAL_LOSS = 0.8  # grey-matter intensity loss in an affected parcel
+LESION_CONTRAST = 1.0  # in T1 intensity units (white matter ≈ 0.9)
+LESION_RADIUS_MM = (2.0, 5.0)
 LESION_EXTENT = 3.0  # lesions are truncated at 3 radii, so maps have compact support
+# Differences between people that have nothing to do with age.
+HEAD_SCALE, AXIS_SCALE, ROTATION_DEGREES, DEFORMATION_MM = 0.03, 0.02, 4.0, 2.0
 
 
 @dataclass
@@ -108,8 +114,8 @@ def draw_subject(atlas: Atlas, seed: int, subject: int, slices: list[int], noise
     region_weights[0, 1 + affected] = uniform(0.5, 1.0, len(affected))
     polarity = 1.0 if torch.rand(1, generator=g) < 0.5 else -1.0
     n_lesions = int(torch.randint(1, MAX_LESIONS + 1, (1,), generator=g))
-    scale = uniform(0.94, 1.06, 1).item() * uniform(0.97, 1.03, d)
-    angle = math.radians(uniform(-5, 5, 1).item())
+    scale = uniform(1 - HEAD_SCALE, 1 + HEAD_SCALE, 1).item() * uniform(1 - AXIS_SCALE, 1 + AXIS_SCALE, d)
+    angle = math.radians(uniform(-ROTATION_DEGREES, ROTATION_DEGREES, 1).item())
     intensity = uniform(0.9, 1.1, 1)
 
     rows = []
@@ -126,10 +132,10 @@ def draw_subject(atlas: Atlas, seed: int, subject: int, slices: list[int], noise
         sign[:n_lesions] = polarity if len(zone) else 0.0
         rows.append(SubjectDraws(
             severity=severity, age=age, slice=torch.tensor([index]), linear=(rotation @ linear)[None],
-            displacement_mm=3.0 * torch.randn(1, d, *[5] * d, generator=g),
+            displacement_mm=DEFORMATION_MM * torch.randn(1, d, *[5] * d, generator=g),
             ventricle_weight=weights[:1], cortex_weight=weights[1:2], region_weights=region_weights,
             lesion_weight=weights[2:], lesion_centres=centres[None],
-            lesion_radius_mm=uniform(1.5, 4.0, 1, MAX_LESIONS), lesion_sign=sign[None],
+            lesion_radius_mm=uniform(*LESION_RADIUS_MM, 1, MAX_LESIONS), lesion_sign=sign[None],
             bias_log=0.1 * torch.randn(1, 1, *[3] * d, generator=g), intensity=intensity,
             noise=noise_sd * torch.randn(1, 1, *spatial, generator=g)))
     return SubjectDraws.stack(rows)
@@ -197,14 +203,16 @@ class Renderer:
         return image.clamp(min=0).unsqueeze(1), (brain > 0).float().unsqueeze(1)
 
     def render_pair(self, draws: SubjectDraws):
-        """(image, counterfactual, ground-truth map, mask), scaled to [−1, 1] together."""
+        """(image, counterfactual, ground-truth map, mask), in [−1, 1].
+
+        One fixed intensity scale for everyone: a per-subject scale (say, its maximum) would
+        depend on its lesions and so tell the class through the overall brightness."""
         labels = age_class(draws.age)
         counter = torch.tensor(COUNTERFACTUAL_SEVERITY)[labels]
         anatomy = self.anatomy(draws)
         own, mask = self.render(draws, draws.severity, anatomy)
         other, _ = self.render(draws, counter, anatomy)
-        scale = torch.maximum(own.flatten(1).amax(1), other.flatten(1).amax(1)).view(-1, *[1] * (self.d + 1))
-        own, other = 2 * own / scale - 1, 2 * other / scale - 1
+        own, other = ((x / INTENSITY_SCALE).clamp(max=1) * 2 - 1 for x in (own, other))
         return own, other, other - own, mask
 
 
