@@ -205,3 +205,29 @@ def test_icam_trains_on_the_synthetic_cohort_through_the_csv_path(synth2d, tmp_p
     assert summary["regressing"] and summary["selection"]["metric"] == "mae"
     assert {"mae", "ncc", "accuracy"} <= set(summary["validation"])
     assert (tmp_path / "runs").is_dir()
+
+
+def test_intensity_options_and_augmentation(tmp_path):
+    rows = []
+    for s in range(8):
+        save(tmp_path / f"s{s}.nii.gz", np.random.default_rng(s).random((16, 16, 16)) * (s + 1) * 100)
+        rows.append([f"s{s}.nii.gz", s % 2, "", f"sub{s}", "train" if s < 6 else "val"])
+    path = write_table(tmp_path, rows)
+    shape = "[16,16,16]"
+    per_image = build_cohorts(csv_config(path, shape=shape), seed=0)["train"][3]["image"]
+    assert per_image.min() == -1 and per_image.max() == 1
+    unit = build_cohorts(csv_config(path, "data.intensity=minmax01", shape=shape), seed=0)["train"][3]["image"]
+    assert unit.min() == 0 and unit.max() == 1
+    cohort = build_cohorts(csv_config(path, "data.intensity=cohort", "data.intensity_range=[0,800]", shape=shape),
+                           seed=0)
+    brightest = cohort["val"][1]["image"]  # values up to 800: the full range
+    dimmest = cohort["train"][0]["image"]  # values up to 100: an eighth of it
+    assert brightest.max() > 0.9 and dimmest.max() < -0.7
+    computed = build_cohorts(csv_config(path, "data.intensity=cohort", shape=shape), seed=0)
+    assert computed.info["intensity_range"][1] > 300  # percentiles of the training images
+
+    augmented = build_cohorts(csv_config(path, "data.augment.enabled=true", "data.augment.probability=1",
+                                         shape=shape), seed=0)
+    train_a, train_b = augmented["train"][0]["image"], augmented["train"][0]["image"]
+    assert not torch.equal(train_a, train_b)  # random each time
+    assert torch.equal(augmented["val"][0]["image"], augmented["val"][0]["image"])  # never for validation
