@@ -1,7 +1,8 @@
 """icam: explain predictions on medical images with ICAM / ICAM-reg (Bass et al., 2020, 2023)."""
 
 from .config import Config, load_config
+from .explain import Explainer, Explanation, load
 from .model import ICAM
 
 __version__ = "0.1.0"
-__all__ = ["ICAM", "Config", "load_config", "__version__"]
+__all__ = ["ICAM", "Config", "Explainer", "Explanation", "load", "load_config", "__version__"]

@@ -147,6 +147,104 @@ def synth_command(
     friendly_errors(run)(debug=debug)
 
 
+def _inputs(explainer, csv_path: Optional[Path], image: Optional[Path], split: Optional[str], work: Path):
+    from .inference import image_table, load_inputs
+
+    if (csv_path is None) == (image is None):
+        raise ValueError("give one of --csv CSV or --image FILE")
+    table = csv_path if csv_path is not None else image_table([image], work)
+    return load_inputs(explainer, table, split)
+
+
+def _explainer(run_dir: Path, which: str, device: Optional[str]):
+    from .explain import load
+
+    return load(run_dir, which, device)
+
+
+@app.command("predict")
+def predict_command(
+    run_dir: Path = typer.Argument(..., help="a run folder (or a checkpoint file)"),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="a cohort table (labels optional)"),
+    image: Optional[Path] = typer.Option(None, "--image", help="one NIfTI image"),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="the predictions table to write"),
+    split: Optional[str] = typer.Option(None, help="only the table's rows of this split (train/val/test)"),
+    which: str = typer.Option("best", help="best or last checkpoint of the run"),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
+    debug: bool = DEBUG,
+):
+    """Predict class probabilities (and the regressed target) for images; write a CSV.
+
+    Example: icam predict runs/my-run --csv data/synth2d/cohort.csv --split test -o test_predictions.csv
+    """
+    def run():
+        from .inference import predict_rows, write_csv
+
+        explainer = _explainer(run_dir, which, device)
+        dataset = _inputs(explainer, csv_path, image, split, out.parent / ".icam-inputs")
+        records = predict_rows(explainer, dataset)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(out, records)
+        typer.echo(f"predicted {len(records)} images: {out}")
+    friendly_errors(run)(debug=debug)
+
+
+@app.command("explain")
+def explain_command(
+    run_dir: Path = typer.Argument(..., help="a run folder (or a checkpoint file)"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for maps, figures and tables"),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="a cohort table (labels optional)"),
+    image: Optional[Path] = typer.Option(None, "--image", help="one NIfTI image"),
+    split: Optional[str] = typer.Option(None, help="only the table's rows of this split (e.g. test)"),
+    limit: Optional[int] = typer.Option(None, help="explain at most this many images (all are predicted)"),
+    target_class: Optional[int] = typer.Option(None, "--target-class", help="translate to this class (default: "
+                                                                           "the most probable other class)"),
+    n_samples: int = typer.Option(100, "--n-samples", help="attribute samples per scan (mean and variance maps)"),
+    min_probability: float = typer.Option(0.9, "--min-probability", help="rejection-sampling threshold (paper: 0.9)"),
+    seed: int = typer.Option(0, help="sampling seed: the same seed gives the same maps"),
+    reconstruction: bool = typer.Option(False, "--reconstruction", help="also the maps to the scan's own class "
+                                                                       "(the model's noise floor)"),
+    pair: Optional[tuple[Path, Path]] = typer.Option(None, "--pair", help="two images: each with the other's attribute"),
+    interpolate: Optional[tuple[Path, Path]] = typer.Option(None, "--interpolate", help="two images: walk from the "
+                                                                                      "first's attribute to the second's"),
+    steps: int = typer.Option(10, help="steps of --interpolate"),
+    which: str = typer.Option("best", help="best or last checkpoint of the run"),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
+    debug: bool = DEBUG,
+):
+    """Explain predictions: mean and variance FA maps (NIfTI in each input's space, PNG overlays),
+    predictions, cohort analyses (outliers, FA magnitude vs target, t-SNE), pairs, interpolations.
+
+    Example: icam explain runs/my-run --csv data/synth2d/cohort.csv --split test --out explained
+    """
+    def run():
+        from rich.progress import Progress
+
+        from .inference import explain_cohort, explain_interpolation, explain_pair
+
+        explainer = _explainer(run_dir, which, device)
+        out.mkdir(parents=True, exist_ok=True)
+        if csv_path is not None or image is not None:
+            dataset = _inputs(explainer, csv_path, image, split, out / ".inputs")
+            with Progress(transient=True) as bar:
+                task = bar.add_task("explaining", total=len(dataset) if limit is None else min(limit, len(dataset)))
+                summary = explain_cohort(explainer, dataset, out, target_class=target_class, n_samples=n_samples,
+                                         min_probability=min_probability, seed=seed, reconstruction=reconstruction,
+                                         limit=limit, progress=lambda done, total: bar.update(task, completed=done))
+            facts = [f"{summary['explained']} scans explained ({summary['seconds_per_scan']:.2f} s each, "
+                     f"acceptance {summary['mean_acceptance_rate']:.2f})"]
+            facts += [f"{k} {summary[k]:.3f}" for k in ("accuracy", "mae") if k in summary]
+            typer.echo("; ".join(facts))
+        elif not pair and not interpolate:
+            raise ValueError("nothing to explain: give --csv, --image, --pair or --interpolate")
+        if pair:
+            explain_pair(explainer, pair[0], pair[1], out)
+        if interpolate:
+            explain_interpolation(explainer, interpolate[0], interpolate[1], steps, out)
+        typer.echo(f"outputs: {out}")
+    friendly_errors(run)(debug=debug)
+
+
 data_app = typer.Typer(help="Look at a cohort before training on it.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

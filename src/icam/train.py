@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 import warnings
@@ -474,6 +475,9 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
     """
     fabric = build_fabric(config)
     fabric.launch()
+    if fabric.device.type == "cpu" and fabric.world_size > 1:
+        # processes on one machine share its cores: oversubscribed threads spin and everything crawls
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // (fabric.world_size // config.runtime.num_nodes)))
     fabric.seed_everything(config.seed, verbose=False)
     # Rank 0 fills any preprocessing cache first; the other ranks then read it.
     if not fabric.is_global_zero:

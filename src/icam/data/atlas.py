@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from .resample import resample_to_grid
 
 # Field of view around the brain's centre (mm, RAS): 1.2 mm voxels at 128×160×128,
 # 1.5 mm pixels at 128×128 axial slices.
@@ -123,22 +124,6 @@ def grid_affine(shape: tuple[int, ...], fov_mm: tuple[float, ...], centre_mm=CEN
     return affine
 
 
-def _resample(volume: np.ndarray, source_affine: np.ndarray, target_affine: np.ndarray,
-              shape: tuple[int, ...], mode: str) -> torch.Tensor:
-    """Sample ``volume`` on a target grid of ``shape`` (2 or 3 sides; 2 = one axial plane)."""
-    full = tuple(shape) + (1,) * (3 - len(shape))
-    index = np.indices(full, dtype=np.float64).reshape(3, -1)
-    world = target_affine[:3, :3] @ index + target_affine[:3, 3:4]
-    source = np.linalg.inv(source_affine)[:3] @ np.vstack([world, np.ones(world.shape[1])])
-    size = np.array(volume.shape, dtype=np.float64).reshape(3, 1)
-    normalised = 2 * source / (size - 1) - 1  # align_corners=True convention
-    # grid_sample wants (x, y, z) = (last, middle, first) volume axis, per output voxel in C order
-    grid = torch.from_numpy(normalised[::-1].T.copy()).float().view(1, *full, 3)
-    src = torch.from_numpy(np.ascontiguousarray(volume)).float()[None, None]
-    out = F.grid_sample(src, grid, mode=mode, padding_mode="zeros", align_corners=True)
-    return out.reshape(1, 1, *shape)
-
-
 @functools.lru_cache(maxsize=4)
 def atlas_on_grid(shape: tuple[int, ...], slices_mm: tuple[float, ...] = (VENTRICLE_SLICE_MM,)) -> Atlas:
     """The atlas on a 3D grid of ``shape`` (3 sides), or on 2D axial planes at ``slices_mm`` (2 sides)."""
@@ -150,7 +135,7 @@ def atlas_on_grid(shape: tuple[int, ...], slices_mm: tuple[float, ...] = (VENTRI
 
     def stack(name, mode="bilinear"):
         volume, source_affine = template[name]
-        return torch.cat([_resample(volume, source_affine, a, shape, mode) for a in affines])
+        return torch.cat([resample_to_grid(volume, source_affine, a, shape, mode) for a in affines])
 
     return Atlas(t1=stack("t1"), brain=stack("brain"), gm=stack("gm"), wm=stack("wm"),
                  ventricles=stack("ventricles"), regions=stack("regions", "nearest").long(),

@@ -37,7 +37,7 @@ OLD_FROM_AGE = 65.0
 COUNTERFACTUAL_SEVERITY = (0.75, 0.25)  # rendering of a young subject as old, of an old one as young
 MAX_LESIONS = 6
 
-GENERATOR_VERSION = 3  # part of every cache key: bump when rendering changes
+GENERATOR_VERSION = 4  # part of every cache key: bump when rendering changes
 INTENSITY_SCALE = 1.3  # rendered intensities [0, 1.3] → [−1, 1], the same for every subject
 
 # Effect strengths at severity 1 and full weight.
@@ -109,7 +109,10 @@ def draw_subject(atlas: Atlas, seed: int, subject: int, slices: list[int], noise
     if not present.any():
         present[torch.randint(3, (1,), generator=g)] = True
     weights = present * uniform(0.5, 1.0, 3)
-    affected = torch.randperm(CORTICAL_REGIONS, generator=g)[: int(torch.randint(3, 9, (1,), generator=g))]
+    # parcels the subject's planes cut (all of them in 3D), so a cortical effect is always visible
+    visible = torch.unique(atlas.regions[slices])
+    visible = visible[visible > 0] - 1
+    affected = visible[torch.randperm(len(visible), generator=g)][: int(torch.randint(3, 9, (1,), generator=g))]
     region_weights = torch.zeros(1, CORTICAL_REGIONS + 1)
     region_weights[0, 1 + affected] = uniform(0.5, 1.0, len(affected))
     polarity = 1.0 if torch.rand(1, generator=g) < 0.5 else -1.0

@@ -63,8 +63,9 @@ def _cache_key(path: Path, spatial: Spatial, interpolation: str) -> str:
     return hashlib.sha1(description.encode()).hexdigest()
 
 
-def check_array(array: np.ndarray, path: Path, number: int | None) -> list[Problem]:
-    """Content checks of a decoded image: dimensions, finite values, not constant."""
+def check_array(array: np.ndarray, path: Path, number: int | None, may_be_constant: bool = False) -> list[Problem]:
+    """Content checks of a decoded image: dimensions, finite values, not constant (a mask or a
+    ground-truth map may be: a subject can show no change)."""
     problems = []
     shape = array.shape
     if array.ndim == 4 and shape[3] == 1:
@@ -75,7 +76,7 @@ def check_array(array: np.ndarray, path: Path, number: int | None) -> list[Probl
         return problems
     if not np.isfinite(array).all():
         problems.append(Problem(number, f"{int((~np.isfinite(array)).sum())} voxels are NaN or infinite", str(path)))
-    elif array.size == 0 or array.min() == array.max():
+    elif array.size == 0 or (array.min() == array.max() and not may_be_constant):
         problems.append(Problem(number, "the image is empty (every voxel has the same value)", str(path)))
     return problems
 
@@ -107,12 +108,13 @@ def _monai_pipeline(spatial: Spatial, interpolation: str):
     return Compose(steps)
 
 
-def preprocess(path: Path, spatial: Spatial, interpolation: str = "bilinear", number: int | None = None):
+def preprocess(path: Path, spatial: Spatial, interpolation: str = "bilinear", number: int | None = None,
+               may_be_constant: bool = False):
     """Decode, check and preprocess one image: (volume (X, Y, Z) float32, affine, source affine, source shape)."""
     from monai.data import MetaTensor
 
     array, affine = load_array(path, number)
-    problems = check_array(array, path, number)
+    problems = check_array(array, path, number, may_be_constant)
     if problems:
         raise DataError(problems)
     source_shape = array.shape[:3] if array.ndim >= 3 else array.shape
@@ -140,12 +142,14 @@ class PreprocessingCache:
         key = _cache_key(file, self.spatial, interpolation)
         return self.directory / f"{key}.npy", self.directory / f"{key}.json"
 
-    def ensure(self, file: Path, interpolation: str = "bilinear", number: int | None = None) -> str:
+    def ensure(self, file: Path, interpolation: str = "bilinear", number: int | None = None,
+               may_be_constant: bool = False) -> str:
         """Preprocess ``file`` unless cached; returns the entry's .npy path."""
         array_path, meta_path = self.paths(file, interpolation)
         if meta_path.is_file() and array_path.is_file():
             return str(array_path)
-        volume, affine, source_affine, source_shape = preprocess(file, self.spatial, interpolation, number)
+        volume, affine, source_affine, source_shape = preprocess(file, self.spatial, interpolation, number,
+                                                                 may_be_constant)
         suffix = f".{os.getpid()}.tmp"
         with open(str(array_path) + suffix, "wb") as f:
             np.save(f, volume)
@@ -198,13 +202,14 @@ def _for_each_file(work, rows: list[Row], workers: int, progress=None):
 
 
 def _fill_one(cache: "PreprocessingCache", row: Row, kind: str) -> str:
-    return cache.ensure(getattr(row, kind), "nearest" if kind == "mask" else "bilinear", row.number)
+    return cache.ensure(getattr(row, kind), "nearest" if kind == "mask" else "bilinear", row.number,
+                        may_be_constant=kind != "image")
 
 
 def _check_one(row: Row, kind: str) -> list[int]:
     path = getattr(row, kind)
     array, _ = load_array(path, row.number)
-    problems = check_array(array, path, row.number)
+    problems = check_array(array, path, row.number, may_be_constant=kind != "image")
     if problems:
         raise DataError(problems)
     return list(array.shape)

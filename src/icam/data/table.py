@@ -55,10 +55,14 @@ class Row:
     extra: dict = field(default_factory=dict)
 
 
-def read_table(path: str | Path, columns, class_thresholds: list[float] | None = None
-               ) -> tuple[list[Row], list[Problem]]:
+UNKNOWN_LABEL = -1
+
+
+def read_table(path: str | Path, columns, class_thresholds: list[float] | None = None,
+               require_label: bool = True) -> tuple[list[Row], list[Problem]]:
     """Rows that passed the table-level checks, and the problems of those that did not.
-    A file that is missing or a column that is absent is a problem of every row, raised at once."""
+    A file that is missing or a column that is absent is a problem of every row, raised at once.
+    With ``require_label=False`` (prediction), a row may have no label: it gets UNKNOWN_LABEL."""
     path = Path(path)
     if not path.is_file():
         raise DataError([Problem(None, "the cohort table does not exist", str(path))])
@@ -71,7 +75,7 @@ def read_table(path: str | Path, columns, class_thresholds: list[float] | None =
         raise DataError([Problem(1, f"no '{names['image']}' column; the header has: {', '.join(header) or 'nothing'}",
                                  str(path))])
     has_label, has_target = names["label"] in header, names["target"] in header
-    if not has_label and not (has_target and class_thresholds):
+    if require_label and not has_label and not (has_target and class_thresholds):
         raise DataError([Problem(1, f"no '{names['label']}' column, and no '{names['target']}' column with "
                                     f"data.class_thresholds to derive the class from", str(path))])
     root = path.parent
@@ -112,6 +116,8 @@ def read_table(path: str | Path, columns, class_thresholds: list[float] | None =
                 row_problems.append(Problem(number, f"label {raw_label!r} is not a class number 0, 1, 2, …"))
         elif class_thresholds and not math.isnan(target):
             label = int(np.searchsorted(np.asarray(class_thresholds), target, side="right"))
+        elif not require_label:
+            label = UNKNOWN_LABEL
         elif not row_problems:
             row_problems.append(Problem(number, "no label, and no target to derive it from"))
         split = (record.get(names["split"]) or "").strip().lower() or None

@@ -1,0 +1,165 @@
+"""Explanations on a tiny trained model: the Python API and `icam explain` / `icam predict`."""
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import icam
+from icam.checkpoint import save_checkpoint
+from icam.cli import app
+from icam.config import load_config
+from icam.data import make_squares
+from icam.train import train
+
+from .conftest import TINY
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    # Bright squares and a short training: enough for the classifier and for translations to
+    # learn where the boxes go (the ordering test below needs that).
+    out = tmp_path_factory.mktemp("runs")
+    config = load_config(None, TINY + ["train.steps=120", "train.validate_every=120", "train.images_per_class=8",
+                                       "train.lr=1e-3", "train.content_discriminator_lr=4e-4", "data.effect=300",
+                                       "data.n_train=400", "data.n_val=32", f"out_dir={out}", "name=squares"])
+    return train(config, show_progress=False)["run_dir"]
+
+
+@pytest.fixture(scope="module")
+def squares():
+    return make_squares(12, 64, effect=300, seed=99)
+
+
+@pytest.fixture(scope="module")
+def nifti_inputs(tmp_path_factory, squares):
+    folder = tmp_path_factory.mktemp("inputs")
+    affine = np.array([[-2.0, 0, 0, 60], [0, 2.0, 0, -70], [0, 0, 3.0, 12], [0, 0, 0, 1]])
+    rows = []
+    for i in range(6):
+        nib.save(nib.Nifti1Image(squares.images[i, 0].numpy()[:, :, None], affine), str(folder / f"sq{i}.nii.gz"))
+        rows.append([f"sq{i}.nii.gz", int(squares.labels[i])])
+    with (folder / "inputs.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["image", "label"], *rows])
+    return folder
+
+
+def test_explanations_have_the_inputs_shape_and_are_seeded(run_dir, squares):
+    model = icam.load(run_dir)
+    x = squares.images[:4]
+    explanation = model.explain(x, n_samples=16)
+    assert explanation.mean.shape == explanation.var.shape == explanation.translated.shape == x.shape
+    assert (explanation.var >= 0).all()
+    assert torch.equal(explanation.target_class, 1 - explanation.prediction.predicted_class)
+    assert 0 < explanation.acceptance_rate <= 1
+    again = model.explain(x, n_samples=16)
+    assert torch.equal(again.mean, explanation.mean) and torch.equal(again.var, explanation.var)
+    other_seed = model.explain(x, n_samples=16, seed=1)
+    assert not torch.equal(other_seed.mean, explanation.mean)
+    kept = model.explain(x[:1], n_samples=8, keep_samples=True)
+    assert kept.samples.shape == (1, 8, 1, 64, 64)
+    assert torch.allclose(kept.samples.mean(1), kept.mean, atol=1e-5)
+    assert torch.allclose(kept.samples.var(1), kept.var, atol=1e-5)
+
+
+def test_captum_style_attribute(run_dir, squares):
+    model = icam.load(run_dir)
+    x = squares.images[:2]
+    attribution = model.attribute(x, target=1, n_samples=8)
+    assert attribution.shape == x.shape
+    assert torch.equal(attribution, model.explain(x, target=1, n_samples=8).mean)
+
+
+def test_translating_to_the_own_class_changes_less_than_to_the_other(run_dir, squares):
+    model = icam.load(run_dir)
+    x = squares.images
+    prediction = model.predict(x)
+    other = model.explain(x, n_samples=16).mean.abs().mean()
+    own = model.explain(x, target=prediction.predicted_class, n_samples=16).mean.abs().mean()
+    assert own < other
+
+
+def test_pair_and_interpolation(run_dir, squares):
+    model = icam.load(run_dir)
+    a, b = squares.images[0], squares.images[1]
+    pair = model.pair(a, b)
+    assert pair.a_as_b.shape == pair.fa_b.shape == (1, 1, 64, 64)
+    walk = model.interpolate(a, b, steps=5)
+    assert walk.images.shape == (5, 1, 64, 64) and walk.probabilities.shape == (5, 2)
+    assert walk.weights[0] == 0 and walk.weights[-1] == 1 and torch.all(walk.fa_maps[0] == 0)
+
+
+def test_wrong_inputs_are_clear(run_dir, tmp_path):
+    model = icam.load(run_dir)
+    with pytest.raises(ValueError, match="shape"):
+        model.explain(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="n_samples"):
+        model.explain(torch.zeros(1, 1, 64, 64), n_samples=1)
+    not_icam = tmp_path / "baseline.pt"
+    save_checkpoint({"weights": {}}, not_icam)
+    with pytest.raises(icam.checkpoint.CheckpointError, match="holds no ICAM model"):
+        icam.load(not_icam)
+
+
+def test_explain_command_writes_maps_in_the_inputs_space(run_dir, nifti_inputs, tmp_path):
+    out = tmp_path / "explained"
+    result = runner.invoke(app, ["explain", run_dir, "--csv", str(nifti_inputs / "inputs.csv"), "--out", str(out),
+                                 "--n-samples", "8", "--reconstruction"])
+    assert result.exit_code == 0, result.output
+    for i in range(6):
+        source = nib.load(str(nifti_inputs / f"sq{i}.nii.gz"))
+        for kind in ("fa_mean", "fa_var", "translated", "reconstruction_fa_mean"):
+            written = nib.load(str(out / "maps" / f"sq{i}_{kind}.nii.gz"))
+            assert written.shape == source.shape
+            assert np.allclose(written.affine, source.affine)
+        assert (out / "figures" / f"sq{i}_fa.png").stat().st_size > 1000
+    variance = nib.load(str(out / "maps" / "sq0_fa_var.nii.gz")).get_fdata()
+    assert (variance >= 0).all()
+    records = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(records) == 6 and {"predicted_class", "p_class0", "p_class1", "mean_abs_fa"} <= set(records[0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["explained"] == 6 and summary["accuracy"] >= 0.8 and (out / "figures" / "tsne.png").is_file()
+
+
+def test_pair_and_interpolation_commands_write_the_right_counts(run_dir, nifti_inputs, tmp_path):
+    a, b = str(nifti_inputs / "sq0.nii.gz"), str(nifti_inputs / "sq1.nii.gz")
+    result = runner.invoke(app, ["explain", run_dir, "--out", str(tmp_path), "--pair", a, b,
+                                 "--interpolate", a, b, "--steps", "4"])
+    assert result.exit_code == 0, result.output
+    assert len(list(tmp_path.glob("sq0_with_sq1_*.nii.gz"))) == 2 and len(list(tmp_path.glob("sq1_with_sq0_*"))) == 3
+    assert len(list(tmp_path.glob("sq0_to_sq1_step*.nii.gz"))) == 4
+    assert len(list(csv.DictReader((tmp_path / "sq0_to_sq1_interpolation.csv").open()))) == 4
+
+
+def test_predict_command_and_bad_paths(run_dir, nifti_inputs, tmp_path):
+    out = tmp_path / "p.csv"
+    result = runner.invoke(app, ["predict", run_dir, "--image", str(nifti_inputs / "sq1.nii.gz"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(list(csv.DictReader(out.open()))) == 1
+    missing = runner.invoke(app, ["predict", run_dir, "--image", str(tmp_path / "nope.nii.gz")])
+    assert missing.exit_code == 2 and "no such image" in missing.stderr
+    no_run = runner.invoke(app, ["explain", str(tmp_path / "no-run"), "--image", str(nifti_inputs / "sq1.nii.gz"),
+                                 "--out", str(tmp_path)])
+    assert no_run.exit_code == 2 and "no such checkpoint or run folder" in no_run.stderr
+
+
+def test_3d_maps_are_resampled_back_to_an_input_of_another_shape(tmp_path):
+    config = load_config(None, TINY + ["data.image_size=16", "data.spatial_dims=3", "train.steps=2",
+                                       f"out_dir={tmp_path}", "name=r3d"])
+    run = train(config, show_progress=False)["run_dir"]
+    volume = make_squares(2, 32, spatial_dims=3, effect=300, seed=5).images[1, 0, 6:26, 7:25, 8:24].numpy()
+    affine = np.array([[0, 0, 2.0, -10], [0, -2.0, 0, 30], [1.5, 0, 0, -5], [0, 0, 0, 1]])  # not RAS
+    nib.save(nib.Nifti1Image(volume, affine), str(tmp_path / "v.nii.gz"))
+    result = runner.invoke(app, ["explain", run, "--image", str(tmp_path / "v.nii.gz"), "--out", str(tmp_path / "x"),
+                                 "--n-samples", "4", "--min-probability", "0.5"])
+    assert result.exit_code == 0, result.output
+    written = nib.load(str(tmp_path / "x" / "maps" / "v_fa_mean.nii.gz"))
+    assert written.shape == (20, 18, 16) and np.allclose(written.affine, affine)
+    assert np.count_nonzero(written.get_fdata()) > 0.5 * volume.size  # the model's crop covers most of it
+    assert (tmp_path / "x" / "figures" / "v_fa.png").is_file()
