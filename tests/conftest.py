@@ -2,6 +2,8 @@ import pytest
 import torch
 
 from icam.config import load_config
+from icam.data import make_squares
+from icam.train import train
 
 # A tiny configuration: 64×64 squares, width 4, a handful of steps. Tests override what they need.
 TINY_TRAINING = ["model.width=4", "train.steps=4", "train.log_every=2", "train.validate_every=2",
@@ -20,3 +22,19 @@ def tiny_config(tmp_path):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """A tiny ICAM trained on bright squares, shared by the explanation and evaluation tests:
+    long enough for the classifier, and for translations to learn where the boxes go."""
+    out = tmp_path_factory.mktemp("runs")
+    config = load_config(None, TINY + ["train.steps=120", "train.validate_every=120", "train.images_per_class=8",
+                                       "train.lr=1e-3", "train.content_discriminator_lr=4e-4", "data.effect=300",
+                                       "data.n_train=400", "data.n_val=32", f"out_dir={out}", "name=squares"])
+    return train(config, show_progress=False)["run_dir"]
+
+
+@pytest.fixture(scope="session")
+def squares():
+    return make_squares(12, 64, effect=300, seed=99)

@@ -22,22 +22,6 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    # Bright squares and a short training: enough for the classifier and for translations to
-    # learn where the boxes go (the ordering test below needs that).
-    out = tmp_path_factory.mktemp("runs")
-    config = load_config(None, TINY + ["train.steps=120", "train.validate_every=120", "train.images_per_class=8",
-                                       "train.lr=1e-3", "train.content_discriminator_lr=4e-4", "data.effect=300",
-                                       "data.n_train=400", "data.n_val=32", f"out_dir={out}", "name=squares"])
-    return train(config, show_progress=False)["run_dir"]
-
-
-@pytest.fixture(scope="module")
-def squares():
-    return make_squares(12, 64, effect=300, seed=99)
-
-
-@pytest.fixture(scope="module")
 def nifti_inputs(tmp_path_factory, squares):
     folder = tmp_path_factory.mktemp("inputs")
     affine = np.array([[-2.0, 0, 0, 60], [0, 2.0, 0, -70], [0, 0, 3.0, 12], [0, 0, 0, 1]])

@@ -199,6 +199,8 @@ def explain_command(
     limit: Optional[int] = typer.Option(None, help="explain at most this many images (all are predicted)"),
     target_class: Optional[int] = typer.Option(None, "--target-class", help="translate to this class (default: "
                                                                            "the most probable other class)"),
+    from_label: bool = typer.Option(False, "--from-label", help="translate each scan from its table label to the "
+                                                               "other class (for scoring against ground truth)"),
     n_samples: int = typer.Option(100, "--n-samples", help="attribute samples per scan (mean and variance maps)"),
     min_probability: float = typer.Option(0.9, "--min-probability", help="rejection-sampling threshold (paper: 0.9)"),
     seed: int = typer.Option(0, help="sampling seed: the same seed gives the same maps"),
@@ -228,7 +230,8 @@ def explain_command(
             dataset = _inputs(explainer, csv_path, image, split, out / ".inputs")
             with Progress(transient=True) as bar:
                 task = bar.add_task("explaining", total=len(dataset) if limit is None else min(limit, len(dataset)))
-                summary = explain_cohort(explainer, dataset, out, target_class=target_class, n_samples=n_samples,
+                summary = explain_cohort(explainer, dataset, out, target_class=target_class, from_label=from_label,
+                                         n_samples=n_samples,
                                          min_probability=min_probability, seed=seed, reconstruction=reconstruction,
                                          limit=limit, progress=lambda done, total: bar.update(task, completed=done))
             facts = [f"{summary['explained']} scans explained ({summary['seconds_per_scan']:.2f} s each, "
@@ -242,6 +245,41 @@ def explain_command(
         if interpolate:
             explain_interpolation(explainer, interpolate[0], interpolate[1], steps, out)
         typer.echo(f"outputs: {out}")
+    friendly_errors(run)(debug=debug)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    outputs: Path = typer.Argument(..., help="a folder written by `icam explain` (maps/, predictions.csv)"),
+    csv_path: Path = typer.Option(..., "--csv", help="the cohort table with gt_map (and mask) columns"),
+    split: Optional[str] = typer.Option(None, help="only the table's rows of this split"),
+    suffix: str = typer.Option("fa_mean", help="which maps to score: maps/<id>_<suffix>.nii.gz"),
+    debug: bool = DEBUG,
+):
+    """Score explanation maps against ground-truth change maps, and predictions against labels.
+
+    Per subject against its own map: NCC (as the paper and VA-GAN), AUROC and average precision
+    of |FA| for changed voxels, Dice of the top-k voxels, the pointing game; mean ± sd overall,
+    for class 0 → 1 (NCC+) and 1 → 0 (NCC−). Writes evaluation.json and per_subject_maps.csv.
+
+    Example: icam explain runs/r --csv cohort.csv --split test --from-label --out ex && icam evaluate ex --csv cohort.csv
+    """
+    def run():
+        from .evaluate import evaluate_outputs
+
+        result = evaluate_outputs(outputs, csv_path, split, suffix)
+
+        def fmt(m):
+            return "undefined" if m["mean"] is None else f"{m['mean']:.3f} ± {m['sd']:.3f} (n {m['n']})"
+        maps = result["maps"]
+        typer.echo(f"NCC(+) {fmt(maps['plus (class 0 → 1)']['ncc'])}; NCC(−) {fmt(maps['minus (class 1 → 0)']['ncc'])}")
+        typer.echo("all: " + ", ".join(f"{k} {fmt(maps['all'][k])}" for k in ("auroc", "ap", "dice_topk", "pointing")))
+        if maps["missing"]:
+            typer.echo(f"{maps['missing']} rows have no map in {outputs / 'maps'}")
+        for key in ("classification", "regression"):
+            if key in result:
+                typer.echo(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in result[key].items() if k != "n"))
+        typer.echo(f"written: {outputs / 'evaluation.json'}, {outputs / 'per_subject_maps.csv'}")
     friendly_errors(run)(debug=debug)
 
 

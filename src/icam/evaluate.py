@@ -7,9 +7,13 @@ all-reduce gives the exact cohort figure.
 
 from __future__ import annotations
 
+import json
+import math
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable, ContextManager
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -28,6 +32,81 @@ def ncc(fa_maps: torch.Tensor, gt_maps: torch.Tensor, masks: torch.Tensor | None
     covariance = (w * a * b).sum(1)
     scale = ((w * a * a).sum(1) * (w * b * b).sum(1)).sqrt()
     return torch.where(scale > 0, covariance / scale.clamp(min=1e-300), torch.nan).float()
+
+
+CHANGE_THRESHOLD = 0.05  # a voxel "changed" where |ground truth| ≥ 5% of the subject's largest change
+
+
+def map_metrics(fa: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None,
+                change_threshold: float = CHANGE_THRESHOLD) -> dict[str, float | None]:
+    """How well one subject's |FA| finds its own ground-truth change, over the brain mask:
+    - ncc: Pearson r of |FA| and |gt| (the paper's and VA-GAN's NCC);
+    - auroc, ap: |FA| as a score for "changed" voxels (|gt| ≥ threshold × max |gt|);
+    - dice_topk: Dice of the top-k |FA| voxels with the changed ones, k = their number;
+    - pointing: 1 if the largest |FA| lies in a changed voxel.
+    All None when the ground truth has no change (undefined, never NaN)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    inside = (mask > 0) if mask is not None else np.ones(fa.shape, dtype=bool)
+    a, b = np.abs(fa[inside]).astype(np.float64), np.abs(gt[inside]).astype(np.float64)
+    undefined = {"ncc": None, "auroc": None, "ap": None, "dice_topk": None, "pointing": None}
+    if b.max(initial=0) <= 0:
+        return undefined
+    changed = b >= change_threshold * b.max()
+    r = float(ncc(torch.from_numpy(a[None]), torch.from_numpy(b[None]))[0])
+    result = {"ncc": None if math.isnan(r) else r}
+    if changed.all():  # nothing unchanged to tell apart
+        return {**undefined, **result}
+    result["auroc"] = float(roc_auc_score(changed, a))
+    result["ap"] = float(average_precision_score(changed, a))
+    k = int(changed.sum())
+    top = np.zeros_like(changed)
+    top[np.argsort(-a, kind="stable")[:k]] = True
+    result["dice_topk"] = float(2 * (top & changed).sum() / (top.sum() + changed.sum()))
+    result["pointing"] = float(changed[int(np.argmax(a))])
+    return result
+
+
+def summarise_maps(per_subject: list[dict]) -> dict:
+    """Mean ± sd of each map metric over the subjects where it is defined, with the counts."""
+    out = {}
+    for name in ("ncc", "auroc", "ap", "dice_topk", "pointing"):
+        values = np.array([m[name] for m in per_subject if m.get(name) is not None], dtype=float)
+        out[name] = ({"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                      "n": int(len(values))} if len(values) else {"mean": None, "sd": None, "n": 0})
+    out["undefined"] = sum(1 for m in per_subject if m.get("ncc") is None)
+    return out
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Accuracy, balanced accuracy, macro F1 and ROC AUC (one-vs-rest for K > 2)."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    labels = np.asarray(labels, dtype=int)
+    predicted = probabilities.argmax(1)
+    k = probabilities.shape[1]
+    confusion = torch.from_numpy(np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)).double()
+    result = {"accuracy": float((predicted == labels).mean()), "balanced_accuracy": balanced_accuracy(confusion),
+              "f1": float(f1_score(labels, predicted, average="macro", labels=list(range(k)))), "n": int(len(labels))}
+    if len(np.unique(labels)) == k:
+        result["roc_auc"] = float(roc_auc_score(labels, probabilities[:, 1]) if k == 2 else
+                                  roc_auc_score(labels, probabilities, multi_class="ovr"))
+    return result
+
+
+def regression_metrics(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """MAE ± sd, RMSE, Pearson r, Spearman ρ and R², in the target's units."""
+    from scipy import stats
+
+    true, predicted = np.asarray(true, dtype=float), np.asarray(predicted, dtype=float)
+    error = predicted - true
+    result = {"mae": float(np.abs(error).mean()), "mae_sd": float(np.abs(error).std(ddof=1)) if len(error) > 1 else 0.0,
+              "rmse": float(np.sqrt((error ** 2).mean())), "n": int(len(true))}
+    if len(true) > 2 and np.ptp(true) > 0 and np.ptp(predicted) > 0:
+        result["pearson"] = float(stats.pearsonr(true, predicted)[0])
+        result["spearman"] = float(stats.spearmanr(true, predicted)[0])
+    result["r2"] = float(1 - (error ** 2).sum() / max(((true - true.mean()) ** 2).sum(), 1e-12))
+    return result
 
 
 def balanced_accuracy(confusion: torch.Tensor) -> float:
@@ -114,3 +193,73 @@ def selection_metric(choice: str, regressing: bool, has_gt_maps: bool) -> str:
     if choice != "auto":
         return choice
     return "mae" if regressing else "ncc" if has_gt_maps else "balanced_accuracy"
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | None = None,
+                     map_suffix: str = "fa_mean", columns=None) -> dict:
+    """Score the maps and predictions an explanation run wrote (``outputs/maps/<id>_<suffix>.nii.gz``,
+    ``outputs/predictions.csv``) against the cohort table's ground truth. Maps are compared in
+    each input's own space, where both were written. Directions: NCC(+) over subjects of class 0
+    (translated 0 → 1, effects added), NCC(−) over class 1 (1 → 0, effects removed)."""
+    import csv
+
+    import nibabel as nib
+
+    from .config import CsvColumns
+    from .data.table import read_table
+
+    outputs, columns = Path(outputs), columns or CsvColumns()
+    rows, problems = read_table(csv_path, columns, require_label=False)
+    if problems:
+        from .data.table import DataError
+
+        raise DataError(problems, f"{csv_path}: ")
+    rows = [r for r in rows if split is None or r.split == split]
+    per_subject, missing = [], []
+    for r in rows:
+        path = outputs / "maps" / f"{_stem(str(r.image))}_{map_suffix}.nii.gz"
+        if r.gt_map is None:
+            continue
+        if not path.is_file():
+            missing.append(path.name)
+            continue
+        fa = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+        gt = np.asarray(nib.load(str(r.gt_map)).dataobj, dtype=np.float32)
+        mask = np.asarray(nib.load(str(r.mask)).dataobj, dtype=np.float32) if r.mask is not None else None
+        if fa.shape != gt.shape:
+            raise ValueError(f"{path.name} has shape {fa.shape} but its ground truth {r.gt_map} has {gt.shape}")
+        per_subject.append({"id": _stem(str(r.image)), "label": r.label, **map_metrics(fa, gt, mask)})
+    if not per_subject:
+        raise ValueError(f"no maps to score in {outputs / 'maps'} (suffix '_{map_suffix}') for rows with a gt_map "
+                         f"in {csv_path}" + (f" and split {split}" if split else ""))
+    result = {"maps": {"all": summarise_maps(per_subject),
+                       "plus (class 0 → 1)": summarise_maps([m for m in per_subject if m["label"] == 0]),
+                       "minus (class 1 → 0)": summarise_maps([m for m in per_subject if m["label"] == 1]),
+                       "scored": len(per_subject), "missing": len(missing)}}
+    predictions = outputs / "predictions.csv"
+    if predictions.is_file():
+        records = list(csv.DictReader(predictions.open()))
+        labelled = [p for p in records if p.get("label", "") != ""]
+        if labelled:
+            probability_columns = sorted((k for k in records[0] if k.startswith("p_class")), key=lambda k: int(k[7:]))
+            result["classification"] = classification_metrics(
+                np.array([int(p["label"]) for p in labelled]),
+                np.array([[float(p[k]) for k in probability_columns] for p in labelled]))
+        regressed = [p for p in records if p.get("target", "") != "" and p.get("predicted_target", "") != ""]
+        if regressed:
+            result["regression"] = regression_metrics(np.array([float(p["target"]) for p in regressed]),
+                                                      np.array([float(p["predicted_target"]) for p in regressed]))
+    with (outputs / "per_subject_maps.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, list(per_subject[0]))
+        writer.writeheader()
+        writer.writerows(per_subject)
+    (outputs / "evaluation.json").write_text(json.dumps(result, indent=2))
+    return result

@@ -195,10 +195,12 @@ def explain_interpolation(explainer: Explainer, a: Path, b: Path, steps: int, ou
 
 
 def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, target_class: int | None = None,
-                   n_samples: int = 100, min_probability: float | None = 0.9, seed: int = 0,
-                   reconstruction: bool = False, figures: bool = True, limit: int | None = None,
+                   from_label: bool = False, n_samples: int = 100, min_probability: float | None = 0.9,
+                   seed: int = 0, reconstruction: bool = False, figures: bool = True, limit: int | None = None,
                    outliers: int = 5, progress=None) -> dict:
-    """Maps, figures, predictions and the cohort analyses for every item of ``dataset``."""
+    """Maps, figures, predictions and the cohort analyses for every item of ``dataset``.
+    ``from_label``: translate each scan from its table label to the next class (the other one
+    for K = 2), as scoring against ground-truth maps needs, instead of from the prediction."""
     from .report.figures import explanation_figure, tsne_figure
 
     out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +217,10 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
     for done, i in enumerate(chosen, 1):
         item = dataset[i]
         ident = output_id(dataset, i)
-        explanation = explainer.explain(item["image"], target=target_class, n_samples=n_samples,
+        target = target_class
+        if from_label and int(item["label"]) != UNKNOWN_LABEL:
+            target = (int(item["label"]) + 1) % explainer.model.num_classes
+        explanation = explainer.explain(item["image"], target=target, n_samples=n_samples,
                                         min_probability=min_probability, seed=seed)
         mean, var = explanation.mean[0, 0].cpu().numpy(), explanation.var[0, 0].cpu().numpy()
         mask = _brain_mask(item)
@@ -250,7 +255,8 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
     write_csv(out / "predictions.csv", records)
     summary = {
         "run": explainer.checkpoint_info, "inputs": len(dataset), "explained": count, "n_samples": n_samples,
-        "min_probability": min_probability, "seed": seed, "target_class": target_class if target_class is not None
+        "min_probability": min_probability, "seed": seed,
+        "target_class": "the next class after the label" if from_label else target_class if target_class is not None
         else "the most probable other class", "seconds_per_scan": round(seconds / max(1, count), 3),
         "mean_acceptance_rate": round(float(np.mean(acceptance)), 4) if acceptance else None,
         "scans_with_fallback": fallbacks, **_cohort_analyses(records, explained, explainer.regressing)}
