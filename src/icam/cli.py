@@ -156,10 +156,18 @@ def _inputs(explainer, csv_path: Optional[Path], image: Optional[Path], split: O
     return load_inputs(explainer, table, split)
 
 
-def _explainer(run_dir: Path, which: str, device: Optional[str]):
+def _explainer(run_dir: Path, which: str, device: Optional[str], posthoc: Optional[str] = None):
+    """ICAM's Explainer, or a baseline (its method is in the checkpoint) with the same verbs."""
+    from .checkpoint import load_checkpoint
     from .explain import load
 
-    return load(run_dir, which, device)
+    if load_checkpoint(run_dir, which).get("method", "icam") == "icam":
+        if posthoc is not None:
+            raise ValueError("--posthoc is for ResNet baseline runs; an ICAM run explains itself")
+        return load(run_dir, which, device)
+    from .baselines.attribution import BaselineModel
+
+    return BaselineModel.from_checkpoint(run_dir, which, device, posthoc)
 
 
 @app.command("predict")
@@ -212,6 +220,8 @@ def explain_command(
     steps: int = typer.Option(10, help="steps of --interpolate"),
     which: str = typer.Option("best", help="best or last checkpoint of the run"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
+    posthoc: Optional[str] = typer.Option(None, help="for a ResNet baseline run: gradcam, guided_gradcam, "
+                                                     "guided_backprop, integrated_gradients or occlusion"),
     debug: bool = DEBUG,
 ):
     """Explain predictions: mean and variance FA maps (NIfTI in each input's space, PNG overlays),
@@ -222,10 +232,22 @@ def explain_command(
     def run():
         from rich.progress import Progress
 
-        from .inference import explain_cohort, explain_interpolation, explain_pair
+        from .explain import Explainer
+        from .inference import attribute_cohort, explain_cohort, explain_interpolation, explain_pair
 
-        explainer = _explainer(run_dir, which, device)
+        explainer = _explainer(run_dir, which, device, posthoc)
         out.mkdir(parents=True, exist_ok=True)
+        if not isinstance(explainer, Explainer):  # a baseline: its maps (or predictions) only
+            if pair or interpolate:
+                raise ValueError("--pair and --interpolate need an ICAM run")
+            dataset = _inputs(explainer, csv_path, image, split, out / ".inputs")
+            summary = attribute_cohort(explainer, dataset, out, limit=limit) if explainer.makes_maps else None
+            if summary is None:
+                from .inference import predict_rows, write_csv
+
+                write_csv(out / "predictions.csv", predict_rows(explainer, dataset))
+            typer.echo(f"outputs: {out}")
+            return
         if csv_path is not None or image is not None:
             dataset = _inputs(explainer, csv_path, image, split, out / ".inputs")
             with Progress(transient=True) as bar:

@@ -185,7 +185,27 @@ class RuntimeConfig(Section):
     channels_last: bool = Field(False, description="channels-last memory format (helps bf16 convs)")
 
 
+class BaselineConfig(Section):
+    """Training of the comparison methods (``method`` other than icam; design.md §5)."""
+
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(16, ge=2)
+    width: int = Field(16, ge=4)
+    lr: float | None = Field(None, gt=0, description="default per method: resnet SGD 1e-4 (momentum 0.9); "
+                                                     "cnn-* Adam 1e-4 (0.5, 0.999); vagan Adam 1e-3 (0, 0.9)")
+    validate_every: int = Field(250, ge=1)
+    critic_steps: int = Field(5, ge=1, description="VA-GAN: critic updates per generator update")
+    warmup_critic_steps: int = Field(100, ge=1, description="VA-GAN: critic updates in the first generator steps "
+                                                            "and every 100th")
+    warmup_generator_steps: int = Field(25, ge=0)
+    gradient_penalty: float = Field(10.0, ge=0, description="VA-GAN: WGAN-GP weight")
+    map_l1: float = Field(100.0, ge=0, description="VA-GAN: weight of ‖M(x)‖₁")
+
+
 class Config(Section):
+    method: Literal["icam", "resnet", "vagan", "cnn-regressor", "cnn-classifier"] = Field(
+        "icam", description="icam (ICAM / ICAM-reg) or a baseline: resnet (for post-hoc saliency), vagan, "
+                            "cnn-regressor (ICAM-reg's baseline), cnn-classifier (judges translations)")
     seed: int = 0
     out_dir: str = Field("runs", description="run folders are created inside")
     name: str | None = Field(None, description="run folder name; a timestamp when null")
@@ -195,6 +215,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     validation: ValidationConfig = ValidationConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    baseline: BaselineConfig = BaselineConfig()
 
 
 class ConfigError(ValueError):

@@ -248,8 +248,8 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
     if predictions.is_file():
         records = list(csv.DictReader(predictions.open()))
         labelled = [p for p in records if p.get("label", "") != ""]
-        if labelled:
-            probability_columns = sorted((k for k in records[0] if k.startswith("p_class")), key=lambda k: int(k[7:]))
+        probability_columns = sorted((k for k in records[0] if k.startswith("p_class")), key=lambda k: int(k[7:]))
+        if labelled and probability_columns:
             result["classification"] = classification_metrics(
                 np.array([int(p["label"]) for p in labelled]),
                 np.array([[float(p[k]) for k in probability_columns] for p in labelled]))

@@ -83,6 +83,9 @@ class Explainer:
     @classmethod
     def from_checkpoint(cls, path: str | Path, which: str = "best", device: str | torch.device | None = None):
         state = load_checkpoint(path, which)
+        if state.get("method", "icam") != "icam":
+            raise CheckpointError(f"{path} holds a {state['method']} baseline, not ICAM: load it with "
+                                  "icam.baselines.attribution.BaselineModel (icam explain does this itself)")
         for key in ("model", "model_hparams", "config"):
             if key not in state:
                 raise CheckpointError(f"{path} holds no ICAM model ('{key}' is missing): is it a baseline's checkpoint?")
@@ -94,6 +97,10 @@ class Explainer:
     @property
     def regressing(self) -> bool:
         return bool(self.checkpoint_info.get("regressing", False))
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.model.image_shape
 
     def _to(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == len(self.model.image_shape) + 1:  # a single image without the batch axis

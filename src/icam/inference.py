@@ -27,7 +27,7 @@ from .explain import Explainer
 def preprocessing_for(explainer: Explainer, csv_path: Path, cache_dir: Path | None = None) -> CsvData:
     """The data settings that turn files into what this model was trained on."""
     data = explainer.config.data if explainer.config is not None else None
-    shape = list(explainer.model.image_shape)
+    shape = list(explainer.image_shape)
     if data is not None and data.kind == "csv":
         return data.model_copy(update={"csv": str(csv_path), "cache_dir": str(cache_dir) if cache_dir else None,
                                        "skip_bad": False, "augment": data.augment.model_copy(update={"enabled": False})})
@@ -118,22 +118,24 @@ def _brain_mask(item: dict) -> np.ndarray:
     return mask if mask is not None else (item["image"][0].numpy() > -1 + 1e-3).astype(np.float32)
 
 
-def predict_rows(explainer: Explainer, dataset: NiftiCohort, batch_size: int = 16) -> list[dict]:
-    """One record per item: the prediction, with the table's label and target when known."""
+def predict_rows(model, dataset: NiftiCohort, batch_size: int = 16) -> list[dict]:
+    """One record per item: the prediction (class probabilities and/or regressed target, as the
+    model makes them), with the table's label and target when known."""
     from torch.utils.data import DataLoader
 
     records, index = [], 0
     for batch in DataLoader(dataset, batch_size=batch_size):
-        prediction = explainer.predict(batch["image"])
+        prediction = model.predict(batch["image"])
         for j in range(len(batch["image"])):
             source = dataset.source(index)
             record = {"id": output_id(dataset, index), "row": source["row"], "file": source["file"],
                       "slice": "" if source["slice"] is None else source["slice"],
                       "label": "" if int(batch["label"][j]) == UNKNOWN_LABEL else int(batch["label"][j]),
-                      "target": "" if math.isnan(float(batch["target"][j])) else float(batch["target"][j]),
-                      "predicted_class": int(prediction.predicted_class[j])}
-            record.update({f"p_class{k}": round(float(p), 5) for k, p in enumerate(prediction.probabilities[j])})
-            if explainer.regressing:
+                      "target": "" if math.isnan(float(batch["target"][j])) else float(batch["target"][j])}
+            if prediction is not None and not math.isnan(float(prediction.probabilities[j, 0])):
+                record["predicted_class"] = int(prediction.predicted_class[j])
+                record.update({f"p_class{k}": round(float(p), 5) for k, p in enumerate(prediction.probabilities[j])})
+            if prediction is not None and model.regressing:
                 record["predicted_target"] = round(float(prediction.target[j]), 4)
             records.append(record)
             index += 1
@@ -147,6 +149,41 @@ def write_csv(path: Path, records: list[dict]) -> Path:
         writer.writeheader()
         writer.writerows(records)
     return path
+
+
+def attribute_cohort(model, dataset: NiftiCohort, out: Path, *, figures: bool = True, limit: int | None = None,
+                     progress=None) -> dict:
+    """A baseline's maps (``model.attribute``: a post-hoc method on a classifier, or VA-GAN) for
+    each input, written like ICAM's (``maps/<id>_fa_mean.nii.gz``), so ``icam evaluate`` scores
+    them the same way. Post-hoc maps explain each scan's table label (its prediction when
+    unlabelled); VA-GAN's map is its one translation, class 1 → 0."""
+    from .report.figures import explanation_figure
+
+    for folder in ("maps", "figures"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    records = predict_rows(model, dataset)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    started = time.perf_counter()
+    for i in range(count):
+        item = dataset[i]
+        label = int(item["label"])
+        fa = model.attribute(item["image"], target=None if label == UNKNOWN_LABEL else label)[0, 0].cpu().numpy()
+        ident = output_id(dataset, i)
+        write_map(fa, dataset, i, out / "maps" / f"{ident}_fa_mean.nii.gz")
+        mask = _brain_mask(item)
+        records[i]["mean_abs_fa"] = float(np.abs(fa)[mask > 0].mean())
+        if figures:
+            gt = item["gt_map"][0].numpy() if "gt_map" in item else None
+            explanation_figure(out / "figures" / f"{ident}_fa.png", item["image"][0].numpy(), fa, None, mask,
+                               f"{ident}: {model.name} map", gt)
+        if progress:
+            progress(i + 1, count)
+    write_csv(out / "predictions.csv", records)
+    summary = {"method": model.name, "run": model.checkpoint_info, "inputs": len(dataset), "explained": count,
+               "seconds_per_scan": round((time.perf_counter() - started) / max(1, count), 3),
+               **_cohort_analyses(records, records[:count], False)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def explain_pair(explainer: Explainer, a: Path, b: Path, out: Path) -> list[Path]:
@@ -280,7 +317,7 @@ def _cohort_analyses(records: list[dict], explained: list[dict], regressing: boo
     from scipy import stats
 
     result = {}
-    labelled = [r for r in records if r["label"] != ""]
+    labelled = [r for r in records if r["label"] != "" and "predicted_class" in r]
     if labelled:
         result["accuracy"] = round(float(np.mean([r["label"] == r["predicted_class"] for r in labelled])), 4)
     if not regressing:

@@ -464,45 +464,59 @@ def build_fabric(config: Config) -> Fabric:
     return Fabric(accelerator=rt.accelerator, devices=rt.devices, num_nodes=rt.num_nodes, precision=rt.precision)
 
 
-def train(config: Config, *, resume: str | Path | None = None, init_from: str | Path | None = None,
-          stop_at: int | None = None, show_progress: bool = True) -> dict:
-    """Train ICAM as ``config`` says; returns the summary (also in the run folder's summary.json)
-    on the main process, None on the others.
-
-    ``resume``: a run folder to continue from its last checkpoint (its config should be the
-    one the run was started with). ``init_from``: a run folder or checkpoint whose network
-    weights start this run (ICAM-reg fine-tuning from a classification run).
-    """
-    fabric = build_fabric(config)
-    fabric.launch()
+def start_run(config: Config, fabric: Fabric, resume: str | Path | None = None,
+              extra_provenance: dict | None = None):
+    """What every training run does first: seed, build the cohorts (rank 0 fills any cache
+    first), and create (or reopen, to resume) the run folder with its provenance and data files.
+    Returns (cohorts, run folder, validation set or None when the split is empty)."""
     if fabric.device.type == "cpu" and fabric.world_size > 1:
         # processes on one machine share its cores: oversubscribed threads spin and everything crawls
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // (fabric.world_size // config.runtime.num_nodes)))
     fabric.seed_everything(config.seed, verbose=False)
-    # Rank 0 fills any preprocessing cache first; the other ranks then read it.
     if not fabric.is_global_zero:
         fabric.barrier()
     cohorts = build_cohorts(config.data, config.seed)
     if fabric.is_global_zero:
         fabric.barrier()
-    train_set = cohorts["train"]
-    num_classes = int(train_set.labels.max()) + 1
-    if config.model.num_classes not in (None, num_classes):
-        raise ValueError(f"model.num_classes is {config.model.num_classes} but the training labels are "
-                         f"0..{num_classes - 1}")
-    model = ICAM(train_set.image_shape, num_classes, train_set.in_channels, config.model.width, config.model.init)
-
     if resume is not None:
         run_dir = Path(resume)
     else:
         run_dir = Path(fabric.broadcast(str(create_run_dir(config.out_dir, config.name))
                                         if fabric.is_global_zero else None))
         if fabric.is_global_zero:
-            write_run_files(run_dir, config, {"init_from": str(init_from) if init_from else None})
+            write_run_files(run_dir, config, extra_provenance)
             write_data_files(run_dir, cohorts)
     val_set = cohorts["val"] if len(cohorts["val"]) else None
     if val_set is None and fabric.is_global_zero:
         warnings.warn("the validation split is empty: no validation metrics and no model selection", stacklevel=2)
+    return cohorts, run_dir, val_set
+
+
+def train(config: Config, *, resume: str | Path | None = None, init_from: str | Path | None = None,
+          stop_at: int | None = None, show_progress: bool = True) -> dict:
+    """Train ICAM (or, with ``method``, a baseline) as ``config`` says; returns the summary (also
+    in the run folder's summary.json) on the main process, None on the others.
+
+    ``resume``: a run folder to continue from its last checkpoint (its config should be the
+    one the run was started with). ``init_from``: a run folder or checkpoint whose network
+    weights start this run (ICAM-reg fine-tuning from a classification run).
+    """
+    if config.method != "icam":
+        from .baselines.train import train_baseline
+
+        if resume is not None or init_from is not None or stop_at is not None:
+            raise ValueError(f"--resume, --init-from and --stop-at are for ICAM runs, not method={config.method}")
+        return train_baseline(config, show_progress)
+    fabric = build_fabric(config)
+    fabric.launch()
+    cohorts, run_dir, val_set = start_run(config, fabric, resume,
+                                          {"init_from": str(init_from) if init_from else None})
+    train_set = cohorts["train"]
+    num_classes = int(train_set.labels.max()) + 1
+    if config.model.num_classes not in (None, num_classes):
+        raise ValueError(f"model.num_classes is {config.model.num_classes} but the training labels are "
+                         f"0..{num_classes - 1}")
+    model = ICAM(train_set.image_shape, num_classes, train_set.in_channels, config.model.width, config.model.init)
     trainer = Trainer(config, fabric, model, train_set, val_set, run_dir, show_progress)
     if resume is not None:
         trainer.load_state_dict(load_checkpoint(run_dir, "last"))

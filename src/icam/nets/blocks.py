@@ -18,10 +18,10 @@ def layer_type(name: str, spatial_dims: int) -> type[nn.Module]:
 
 
 def conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int,
-         stride: int = 1, padding: int = 0, bias: bool = True) -> nn.Module:
+         stride: int = 1, padding: int = 0, bias: bool = True, padding_mode: str = "reflect") -> nn.Module:
     return layer_type("Conv", spatial_dims)(
         in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-        padding_mode="reflect" if padding else "zeros", bias=bias)
+        padding_mode=padding_mode if padding else "zeros", bias=bias)
 
 
 def instance_norm(spatial_dims: int, channels: int) -> nn.Module:

@@ -1,0 +1,126 @@
+"""Trained baselines with the two verbs `icam explain` needs: ``predict`` and ``attribute``.
+
+Post-hoc maps of the ResNet come from captum (the paper used it), with the paper's settings:
+Grad-CAM on the last block, up-sampled to the input; guided Grad-CAM; guided backprop;
+integrated gradients (zero baseline, 200 steps, in internal batches); occlusion with a zero
+block and stride scaled from 10 and 5 voxels at 128×160×128. VA-GAN's map is M(x).
+The ReLUs of these networks are not in place: guided backprop hooks them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..config import build_config
+from ..model import Prediction
+from .train import build_network
+
+POSTHOC = ("gradcam", "guided_gradcam", "guided_backprop", "integrated_gradients", "occlusion")
+
+
+class BaselineModel:
+    def __init__(self, state: dict, device: str | torch.device = "cpu", posthoc: str | None = None):
+        self.device = torch.device(device)
+        self.hparams = state["model_hparams"]
+        self.method = self.hparams["method"]
+        self.network = build_network(self.hparams)
+        self.network.load_state_dict(state["model"])
+        self.network.to(self.device).eval()
+        self.config = build_config(state["config"], "the checkpoint's config")
+        self.checkpoint_info = {k: state.get(k) for k in ("step", "best")}
+        self.target_scale = (state.get("target_mean", 0.0), state.get("target_std", 1.0))
+        self.image_shape = tuple(self.hparams["image_shape"])
+        self.num_classes = self.hparams["num_classes"]
+        if self.method == "resnet" and posthoc not in POSTHOC:
+            raise ValueError(f"a ResNet run is explained by a post-hoc method: --posthoc one of {', '.join(POSTHOC)}")
+        if self.method in ("cnn-regressor", "cnn-classifier") and posthoc is not None:
+            raise ValueError(f"method {self.method} makes predictions, not maps")
+        self.posthoc = posthoc
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, which: str = "best", device=None, posthoc: str | None = None):
+        state = load_checkpoint(path, which)
+        if state.get("method", "icam") == "icam":
+            raise CheckpointError(f"{path} is an ICAM checkpoint; load it with icam.load")
+        return cls(state, device or ("cuda" if torch.cuda.is_available() else "cpu"), posthoc)
+
+    @property
+    def regressing(self) -> bool:
+        return self.method == "cnn-regressor"
+
+    @property
+    def makes_maps(self) -> bool:
+        return self.method in ("resnet", "vagan")
+
+    @property
+    def name(self) -> str:
+        return self.posthoc or self.method
+
+    def _to(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[None] if x.dim() == len(self.image_shape) + 1 else x
+        if tuple(x.shape[2:]) != self.image_shape:
+            raise ValueError(f"the model takes images of shape {self.image_shape}, got {tuple(x.shape[2:])}")
+        return x.to(self.device, torch.float32)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> Prediction | None:
+        """Class probabilities (classifiers) or the regressed target (regressor); None for VA-GAN."""
+        x = self._to(x)
+        if self.method == "vagan":
+            return None
+        output = self.network(x).float()
+        if self.regressing:
+            target = output[:, 0] * self.target_scale[1] + self.target_scale[0]
+            nan = torch.full((len(x), 1), float("nan"), device=x.device)
+            return Prediction(nan, torch.full((len(x),), -1, device=x.device), target, None)
+        probabilities = torch.softmax(output, 1)
+        return Prediction(probabilities, probabilities.argmax(1), torch.full((len(x),), float("nan")), None)
+
+    def attribute(self, inputs: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
+        """A map shaped like ``inputs``: the post-hoc method's attribution for ``target`` (default:
+        the predicted class), or VA-GAN's M(x) (its one direction, class 1 → 0)."""
+        x = self._to(inputs)
+        if self.method == "vagan":
+            with torch.no_grad():
+                return self.network(x)
+        if not self.makes_maps:
+            raise ValueError(f"method {self.method} makes predictions, not maps")
+        if target is None:
+            target = self.predict(x).predicted_class
+        target = torch.as_tensor(target, device=self.device).long().expand(len(x))
+        with warnings.catch_warnings():  # captum announces the hooks and gradient flags it sets
+            warnings.simplefilter("ignore", UserWarning)
+            return _posthoc(self.network, self.posthoc, x, target).detach()
+
+
+def occlusion_window(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The paper's occlusion block 10 and stride 5 at 128×160×128, scaled to this input."""
+    scale = min(shape) / 128
+    return max(2, round(10 * scale)), max(1, round(5 * scale))
+
+
+def _posthoc(network, name: str, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from captum.attr import (GuidedBackprop, GuidedGradCam, IntegratedGradients, LayerAttribution, LayerGradCam,
+                             Occlusion)
+
+    d = x.dim() - 2
+    if name == "gradcam":
+        coarse = LayerGradCam(network, network.last_block).attribute(x, target=target)
+        return LayerAttribution.interpolate(coarse, x.shape[2:], interpolate_mode="bilinear" if d == 2 else "trilinear")
+    if name == "guided_gradcam":
+        return GuidedGradCam(network, network.last_block).attribute(x, target=target)
+    if name == "guided_backprop":
+        return GuidedBackprop(network).attribute(x, target=target)
+    if name == "integrated_gradients":
+        return IntegratedGradients(network).attribute(x, baselines=torch.zeros_like(x), target=target, n_steps=200,
+                                                      internal_batch_size=50)
+    window, stride = occlusion_window(tuple(x.shape[2:]))
+    return Occlusion(network).attribute(x, target=target, sliding_window_shapes=(1,) + (window,) * d,
+                                        strides=(1,) + (stride,) * d, baselines=0)
+
+
+__all__ = ["BaselineModel", "POSTHOC", "occlusion_window"]

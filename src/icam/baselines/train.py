@@ -1,0 +1,229 @@
+"""Training the baselines: the ResNet classifier (for post-hoc saliency), the attribute-encoder
+CNN (ICAM-reg's regression baseline, and the independent classifier that judges
+translations), and VA-GAN. Run folders and checkpoints have the same layout as ICAM's; a
+checkpoint's ``method`` says which network it holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ..checkpoint import save_checkpoint
+from ..config import Config
+from ..data import ClassBalancedBatchSampler
+from ..evaluate import balanced_accuracy, ncc
+from ..run import MetricsLog
+from .networks import AttributeCNN, ResNetClassifier, UNetMapGenerator, WGANCritic
+
+DEFAULT_LR = {"resnet": 1e-4, "cnn-regressor": 1e-4, "cnn-classifier": 1e-4, "vagan": 1e-3}
+
+
+def build_network(hparams: dict) -> torch.nn.Module:
+    """A baseline's network from the hyperparameters stored in its checkpoint."""
+    method, d, width = hparams["method"], len(hparams["image_shape"]), hparams["width"]
+    if method == "resnet":
+        return ResNetClassifier(d, hparams["num_classes"], hparams["in_channels"], width)
+    if method in ("cnn-regressor", "cnn-classifier"):
+        latent = math.prod(s // 16 for s in hparams["image_shape"])
+        outputs = 1 if method == "cnn-regressor" else hparams["num_classes"]
+        return AttributeCNN(d, latent, outputs, hparams["in_channels"], width)
+    if method == "vagan":
+        return UNetMapGenerator(d, hparams["in_channels"], width)
+    raise ValueError(f"unknown baseline method {method!r}")
+
+
+def _batches(dataset, config: Config, per_class: int):
+    sampler = ClassBalancedBatchSampler(dataset.labels, per_class, seed=config.seed)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.train.num_workers,
+                        persistent_workers=config.train.num_workers > 0)
+    return iter(loader)
+
+
+class _Run:
+    """Logging, validation bookkeeping and checkpoints of one baseline run."""
+
+    def __init__(self, config: Config, run_dir, hparams: dict, higher_is_better: bool):
+        self.config, self.run_dir, self.hparams = config, run_dir, hparams
+        self.log = MetricsLog(run_dir / "metrics.jsonl")
+        self.sign = 1 if higher_is_better else -1
+        self.best: dict | None = None
+
+    def save(self, name: str, model: torch.nn.Module, step: int, extra: dict | None = None) -> None:
+        save_checkpoint({"method": self.hparams["method"], "model_hparams": self.hparams, "model": model.state_dict(),
+                         "config": self.config.model_dump(mode="json"), "step": step, "best": self.best,
+                         **(extra or {})}, self.run_dir / "checkpoints" / f"{name}.pt")
+
+    def validated(self, step: int, metrics: dict, selection: str, model, extra=None) -> None:
+        self.log.write({"step": step, "split": "val", **metrics})
+        value = metrics.get(selection)
+        if value is not None and not math.isnan(value) and (
+                self.best is None or self.sign * (value - self.best["value"]) > 0):
+            self.best = {"metric": selection, "value": value, "step": step}
+            self.save("best", model, step, extra)
+
+    def finish(self, step: int, model, metrics: dict, started: float, extra=None) -> dict:
+        self.save("last", model, step, extra)
+        seconds = time.time() - started
+        summary = {"run_dir": str(self.run_dir), "method": self.hparams["method"], "step": step,
+                   "steps": self.config.baseline.steps, "finished": True, "wall_seconds": round(seconds, 2),
+                   "seconds_per_step": round(seconds / max(1, step), 4), "selection": self.best, "validation": metrics,
+                   "regressing": self.hparams["method"] == "cnn-regressor"}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def train_baseline(config: Config, show_progress: bool = True) -> dict:
+    from ..train import build_fabric, start_run
+
+    if config.runtime.devices not in (1, "1") or config.runtime.num_nodes != 1:
+        raise ValueError(f"baselines train on one device (method={config.method}); set --devices 1")
+    fabric = build_fabric(config)
+    cohorts, run_dir, val_set = start_run(config, fabric)
+    train_set = cohorts["train"]
+    hparams = {"method": config.method, "image_shape": list(train_set.image_shape),
+               "num_classes": int(train_set.labels.max()) + 1, "in_channels": train_set.in_channels,
+               "width": config.baseline.width}
+    torch.manual_seed(config.seed)
+    if config.method == "vagan":
+        return _train_vagan(config, fabric, train_set, val_set, run_dir, hparams)
+    return _train_supervised(config, fabric, train_set, val_set, run_dir, hparams)
+
+
+def _train_supervised(config, fabric, train_set, val_set, run_dir, hparams) -> dict:
+    """The ResNet and attribute-encoder CNNs: class-weighted cross-entropy, or smooth L1 on
+    standardised targets for the regressor."""
+    method, b = config.method, config.baseline
+    regress = method == "cnn-regressor"
+    model = build_network(hparams).to(fabric.device)
+    lr = b.lr or DEFAULT_LR[method]
+    optimizer = (torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9) if method == "resnet" else
+                 torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999)))
+    counts = torch.bincount(train_set.labels, minlength=hparams["num_classes"]).float()
+    class_weights = (counts.sum() / (len(counts) * counts)).to(fabric.device)
+    extra = {}
+    if regress:
+        known = train_set.targets[~torch.isnan(train_set.targets)]
+        if len(known) < 2:
+            raise ValueError("method=cnn-regressor needs a continuous target in the training data")
+        extra = {"target_mean": float(known.mean()), "target_std": float(known.std()) or 1.0}
+    run = _Run(config, run_dir, hparams, higher_is_better=not regress)
+    batches = _batches(train_set, config, max(1, b.batch_size // hparams["num_classes"]))
+    started, metrics = time.time(), {}
+    for step in range(1, b.steps + 1):
+        model.train()
+        batch = fabric.to_device(next(batches))
+        output = model(batch["image"])
+        if regress:
+            target = (batch["target"] - extra["target_mean"]) / extra["target_std"]
+            known = ~torch.isnan(target)
+            loss = F.smooth_l1_loss(output[:, 0][known], target[known])
+        else:
+            loss = F.cross_entropy(output, batch["label"], weight=class_weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % config.train.log_every == 0:
+            run.log.write({"step": step, "split": "train", "loss": float(loss)})
+        if val_set is not None and (step % b.validate_every == 0 or step == b.steps):
+            metrics = _validate_supervised(model, val_set, regress, extra, fabric.device)
+            run.validated(step, metrics, "mae" if regress else "balanced_accuracy", model, extra)
+    return run.finish(b.steps, model, metrics, started, extra)
+
+
+@torch.no_grad()
+def _validate_supervised(model, dataset, regress: bool, extra: dict, device) -> dict:
+    model.eval()
+    outputs, labels, targets = [], [], []
+    for batch in DataLoader(dataset, batch_size=64):
+        outputs.append(model(batch["image"].to(device)).float().cpu())
+        labels.append(batch["label"])
+        targets.append(batch["target"])
+    output, label, target = torch.cat(outputs), torch.cat(labels), torch.cat(targets)
+    if regress:
+        predicted = output[:, 0] * extra["target_std"] + extra["target_mean"]
+        known = ~torch.isnan(target)
+        return {"mae": float((predicted[known] - target[known]).abs().mean())}
+    k = output.shape[1]
+    confusion = torch.bincount(label * k + output.argmax(1), minlength=k * k).view(k, k).double()
+    return {"accuracy": float(confusion.diag().sum() / confusion.sum()), "balanced_accuracy": balanced_accuracy(confusion)}
+
+
+def _gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP: (‖∇C(x̂)‖ − 1)² at random points between real and fake, per sample over all
+    voxels (VA-GAN's code took the norm over one axis only)."""
+    epsilon = torch.rand(len(real), *[1] * (real.dim() - 1), device=real.device)
+    mixed = (epsilon * real + (1 - epsilon) * fake).requires_grad_(True)
+    gradient, = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    return (gradient.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
+def _train_vagan(config, fabric, train_set, val_set, run_dir, hparams) -> dict:
+    """VA-GAN (Baumgartner et al. 2018): y = x + M(x) for class-1 images must pass as class 0
+    before a WGAN-GP critic, with an L1 penalty on M. One direction (1 → 0), as in its paper."""
+    b = config.baseline
+    if hparams["num_classes"] != 2:
+        raise ValueError("VA-GAN translates between two classes; the data has "
+                         f"{hparams['num_classes']}")
+    generator = build_network(hparams).to(fabric.device)
+    critic = WGANCritic(len(hparams["image_shape"]), tuple(hparams["image_shape"]), hparams["in_channels"],
+                        b.width).to(fabric.device)
+    lr = b.lr or DEFAULT_LR["vagan"]
+    g_opt = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.0, 0.9))
+    c_opt = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.0, 0.9))
+    run = _Run(config, run_dir, hparams, higher_is_better=True)
+    batches = _batches(train_set, config, max(1, b.batch_size // 2))
+
+    def split():
+        batch = fabric.to_device(next(batches))
+        return batch["image"][batch["label"] == 0], batch["image"][batch["label"] == 1]
+
+    started, metrics = time.time(), {}
+    for step in range(1, b.steps + 1):
+        generator.train()
+        warm = step <= b.warmup_generator_steps or step % 100 == 0
+        for _ in range(b.warmup_critic_steps if warm else b.critic_steps):
+            healthy, diseased = split()
+            with torch.no_grad():
+                translated = diseased + generator(diseased)
+            loss_c = (critic(healthy).mean() - critic(translated).mean()
+                      + b.gradient_penalty * _gradient_penalty(critic, healthy, translated))
+            c_opt.zero_grad(set_to_none=True)
+            loss_c.backward()
+            c_opt.step()
+        _, diseased = split()
+        change = generator(diseased)
+        loss_g = critic(diseased + change).mean() + b.map_l1 * change.abs().mean()
+        g_opt.zero_grad(set_to_none=True)
+        loss_g.backward()
+        g_opt.step()
+        if step % config.train.log_every == 0:
+            run.log.write({"step": step, "split": "train", "critic": float(loss_c), "generator": float(loss_g),
+                           "map_l1": float(change.abs().mean())})
+        if val_set is not None and val_set.has_gt_maps and (step % b.validate_every == 0 or step == b.steps):
+            metrics = _validate_vagan(generator, val_set, fabric.device)
+            run.validated(step, metrics, "ncc", generator)
+    return run.finish(b.steps, generator, metrics, started)
+
+
+@torch.no_grad()
+def _validate_vagan(generator, dataset, device) -> dict:
+    """NCC of the maps M(x) of the class-1 validation images (the direction VA-GAN learns)."""
+    generator.eval()
+    values = []
+    for batch in DataLoader(dataset, batch_size=32):
+        chosen = batch["label"] == 1
+        if not chosen.any():
+            continue
+        maps = generator(batch["image"][chosen].to(device)).cpu()
+        mask = batch["mask"][chosen] if "mask" in batch else None
+        values.append(ncc(maps, batch["gt_map"][chosen], mask))
+    values = torch.cat(values) if values else torch.empty(0)
+    values = values[~torch.isnan(values)]
+    return {"ncc": float(values.mean()) if len(values) else float("nan"), "ncc_subjects": int(len(values))}
+

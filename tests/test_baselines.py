@@ -1,0 +1,100 @@
+"""The baselines: trainable with `icam train --set method=…`, explained and scored like ICAM."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import icam
+from icam.baselines.attribution import POSTHOC, BaselineModel, occlusion_window
+from icam.baselines.networks import ResNetClassifier, UNetMapGenerator, WGANCritic
+from icam.checkpoint import CheckpointError
+from icam.cli import app
+from icam.config import load_config
+from icam.train import train
+
+from .conftest import TINY
+
+runner = CliRunner()
+BASELINE = TINY + ["baseline.steps=6", "baseline.validate_every=3", "baseline.width=4", "baseline.batch_size=8",
+                   "baseline.warmup_critic_steps=2", "baseline.critic_steps=1", "train.log_every=2"]
+
+
+@pytest.fixture(scope="module")
+def baseline_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("baselines")
+    runs = {}
+    for method, extra in (("resnet", []), ("vagan", []), ("cnn-classifier", []),
+                          ("cnn-regressor", ["data.continuous_target=true"])):
+        config = load_config(None, BASELINE + [f"method={method}", f"out_dir={out}", f"name={method}", *extra])
+        runs[method] = train(config, show_progress=False)
+    return runs
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (16, 16, 16)])
+def test_baseline_networks_in_2d_and_3d(shape):
+    d, x = len(shape), torch.rand(2, 1, *shape)
+    assert ResNetClassifier(d, 3, width=4)(x).shape == (2, 3)
+    assert UNetMapGenerator(d, width=4)(x).shape == x.shape
+    assert WGANCritic(d, shape, width=4)(x).shape == (2,)
+
+
+def test_every_baseline_trains_and_writes_a_run(baseline_runs):
+    for method, summary in baseline_runs.items():
+        assert summary["method"] == method and summary["step"] == 6
+        state = torch.load(f"{summary['run_dir']}/checkpoints/last.pt", weights_only=True)
+        assert state["method"] == method
+    assert baseline_runs["cnn-regressor"]["selection"]["metric"] == "mae"
+    assert baseline_runs["resnet"]["selection"]["metric"] == "balanced_accuracy"
+    assert baseline_runs["vagan"]["selection"]["metric"] == "ncc"
+
+
+@pytest.mark.parametrize("posthoc", POSTHOC)
+def test_posthoc_maps_are_shaped_like_the_input(baseline_runs, posthoc):
+    model = BaselineModel.from_checkpoint(baseline_runs["resnet"]["run_dir"], posthoc=posthoc, device="cpu")
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    attribution = model.attribute(x, target=torch.tensor([0, 1]))
+    assert attribution.shape == x.shape and torch.isfinite(attribution).all()
+    assert model.predict(x).probabilities.shape == (2, 2)
+
+
+def test_vagan_and_regressor(baseline_runs):
+    vagan = BaselineModel.from_checkpoint(baseline_runs["vagan"]["run_dir"], device="cpu")
+    x = torch.rand(3, 1, 64, 64)
+    assert vagan.attribute(x).shape == x.shape and vagan.predict(x) is None
+    regressor = BaselineModel.from_checkpoint(baseline_runs["cnn-regressor"]["run_dir"], device="cpu")
+    assert regressor.predict(x).target.shape == (3,)
+    with pytest.raises(ValueError, match="predictions, not maps"):
+        regressor.attribute(x)
+
+
+def test_wrong_combinations_are_clear(baseline_runs):
+    with pytest.raises(ValueError, match="--posthoc one of"):
+        BaselineModel.from_checkpoint(baseline_runs["resnet"]["run_dir"], device="cpu")
+    with pytest.raises(CheckpointError, match="baseline, not ICAM"):
+        icam.load(baseline_runs["vagan"]["run_dir"])
+
+
+def test_occlusion_window_scales_from_the_paper():
+    assert occlusion_window((128, 160, 128)) == (10, 5)
+    assert occlusion_window((64, 64)) == (5, 2)
+
+
+def test_baseline_maps_are_scored_like_icams(baseline_runs, tmp_path):
+    from icam.data.synth_export import write_brain_synth
+
+    write_brain_synth(tmp_path / "cohort", dims=2, n=10, seed=2, shape=(64, 64))
+    csv_path = str(tmp_path / "cohort" / "cohort.csv")
+    out = tmp_path / "gc"
+    result = runner.invoke(app, ["explain", baseline_runs["resnet"]["run_dir"], "--posthoc", "gradcam",
+                                 "--csv", csv_path, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(list((out / "maps").glob("*_fa_mean.nii.gz"))) == 10
+    scored = runner.invoke(app, ["evaluate", str(out), "--csv", csv_path])
+    assert scored.exit_code == 0, scored.output
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["maps"]["scored"] == 10 and "classification" in evaluation
+    no_posthoc = runner.invoke(app, ["explain", baseline_runs["resnet"]["run_dir"], "--csv", csv_path,
+                                     "--out", str(tmp_path / "x")])
+    assert no_posthoc.exit_code == 2 and "--posthoc" in no_posthoc.stderr
