@@ -167,14 +167,15 @@ def validation_statistics(model: ICAM, dataset, *, batch_size: int, fa_samples: 
     return stats
 
 
-def summarise(stats: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Metrics from (all-reduced) validation statistics."""
+def summarise(stats: dict[str, torch.Tensor], regressing: bool = True) -> dict[str, float]:
+    """Metrics from (all-reduced) validation statistics; MAE/RMSE only for a model that regresses
+    (an untrained regression head's error means nothing)."""
     confusion = stats["confusion"].cpu()
     metrics = {
         "accuracy": float(confusion.diag().sum() / confusion.sum()),
         "balanced_accuracy": balanced_accuracy(confusion),
     }
-    if stats["n_target"] > 0:
+    if regressing and stats["n_target"] > 0:
         metrics["mae"] = float(stats["abs_error"] / stats["n_target"])
         metrics["rmse"] = float((stats["squared_error"] / stats["n_target"]).sqrt())
     if stats["n_ncc"] > 0:

@@ -283,7 +283,8 @@ class Trainer:
                                       seed=self.config.seed, rank=self.fabric.global_rank,
                                       world_size=self.fabric.world_size, device=self.fabric.device,
                                       autocast=self.fabric.autocast)
-        return summarise(self.fabric.all_reduce(stats, reduce_op="sum") if self.fabric.world_size > 1 else stats)
+        return summarise(self.fabric.all_reduce(stats, reduce_op="sum") if self.fabric.world_size > 1 else stats,
+                         self.regressing)
 
     def improved(self, metrics: dict[str, float]) -> bool:
         value = metrics.get(self.selection)

@@ -129,7 +129,7 @@ def _train_supervised(config, fabric, train_set, val_set, run_dir, hparams) -> d
         loss.backward()
         optimizer.step()
         if step % config.train.log_every == 0:
-            run.log.write({"step": step, "split": "train", "loss": float(loss)})
+            run.log.write({"step": step, "split": "train", "loss": loss.item()})
         if val_set is not None and (step % b.validate_every == 0 or step == b.steps):
             metrics = _validate_supervised(model, val_set, regress, extra, fabric.device)
             run.validated(step, metrics, "mae" if regress else "balanced_accuracy", model, extra)
@@ -203,8 +203,8 @@ def _train_vagan(config, fabric, train_set, val_set, run_dir, hparams) -> dict:
         loss_g.backward()
         g_opt.step()
         if step % config.train.log_every == 0:
-            run.log.write({"step": step, "split": "train", "critic": float(loss_c), "generator": float(loss_g),
-                           "map_l1": float(change.abs().mean())})
+            run.log.write({"step": step, "split": "train", "critic": loss_c.item(), "generator": loss_g.item(),
+                           "map_l1": change.detach().abs().mean().item()})
         if val_set is not None and val_set.has_gt_maps and (step % b.validate_every == 0 or step == b.steps):
             metrics = _validate_vagan(generator, val_set, fabric.device)
             run.validated(step, metrics, "ncc", generator)

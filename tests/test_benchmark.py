@@ -1,0 +1,50 @@
+"""`icam benchmark` produces the paper's tables (tiny settings: the quick preset's own run takes minutes)."""
+
+import csv
+import json
+import math
+
+from typer.testing import CliRunner
+
+from icam.cli import app
+
+runner = CliRunner()
+TINY_BENCHMARK = ["subjects=24", "icam_steps=3", "icam_reg_steps=3", "resnet_steps=3", "cnn_steps=3", "vagan_steps=2",
+                  "vagan_warmup_critic_steps=2", "n_samples=4", "width=4", "figure_subjects=2"]
+
+
+def finite_or_undefined(cell: str) -> bool:
+    if cell == "–":
+        return True
+    return all(math.isfinite(float(part.split(" ")[0])) for part in cell.split(" ± "))
+
+
+def test_benchmark_writes_every_table_with_finite_numbers(tmp_path):
+    args = ["benchmark", "--preset", "quick", "--out", str(tmp_path)]
+    for item in TINY_BENCHMARK:
+        args += ["--set", item]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = tmp_path / "results"
+    table2 = list(csv.reader((results / "table2_maps.csv").open()))
+    assert table2[0] == ["method", "NCC(−)", "NCC(+)", "AUROC", "AP", "Dice top-k", "pointing"]
+    assert [row[0] for row in table2[1:]] == ["ICAM", "ICAM-reg", "Grad-CAM", "guided Grad-CAM", "guided backprop",
+                                              "integrated gradients", "occlusion", "VA-GAN"]
+    for row in table2[1:]:
+        assert all(finite_or_undefined(cell) for cell in row[1:]), row
+        assert row[1] != "–"  # every method has an NCC(−)
+    assert [row[0] for row in list(csv.reader((results / "table1_translation.csv").open()))[1:]] == [
+        "real test images", "ICAM translations", "VA-GAN translations"]
+    regression = list(csv.reader((results / "regression.csv").open()))[1:]
+    assert [row[0] for row in regression] == ["ICAM-reg", "baseline CNN"]
+    assert all(math.isfinite(float(row[1].split(" ± ")[0])) for row in regression)
+    assert (results / "results.md").read_text().count("## ") == 4
+    assert (results / "comparison.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "benchmark.json").read_text())["seconds"]["train icam"] > 0
+
+
+def test_unknown_preset_or_setting_is_clear(tmp_path):
+    bad = runner.invoke(app, ["benchmark", "--preset", "huge", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "unknown preset" in bad.stderr
+    typo = runner.invoke(app, ["benchmark", "--out", str(tmp_path), "--set", "icam_stpes=3"])
+    assert typo.exit_code == 2 and "icam_stpes" in typo.stderr
