@@ -1,5 +1,5 @@
 # make setup: create .venv (when missing or out of date) from pyproject.toml + constraints.txt
-# make demo:  a short ICAM training on the squares benchmark; prints validation accuracy and the run folder
+# make demo:  icam demo: synthetic brains → ICAM-reg → maps vs Grad-CAM/guided backprop → demo/report.html
 # make test:  the test suite
 VENV ?= .venv
 PYTHON ?= python3
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: setup
-	$(BIN)/icam train --config configs/squares-demo.yaml
+	$(BIN)/icam demo --out demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -138,20 +138,20 @@ def run_benchmark(settings: BenchmarkSettings, out: str | Path, log=print, devic
         t = _step(log, f"explaining with {name}")
         model = load(runs[name], "last", device)
         explain_cohort(model, load_inputs(model, csv_path, "test"), out / "maps" / name, from_label=True,
-                       n_samples=settings.n_samples, seed=settings.seed, limit=settings.test_limit, figures=False)
+                       n_samples=settings.n_samples, seed=settings.seed, limit=settings.test_limit, figures="none")
         maps_dirs[name] = out / "maps" / name
         timings[f"explain {name}"] = time.perf_counter() - t
     for posthoc in settings.posthoc:
         t = _step(log, f"explaining with {POSTHOC_LABELS[posthoc]}")
         model = BaselineModel.from_checkpoint(runs["resnet"], "last", device, posthoc)
         attribute_cohort(model, load_inputs(model, csv_path, "test"), out / "maps" / posthoc,
-                         limit=settings.test_limit, figures=False)
+                         limit=settings.test_limit, figures="none")
         maps_dirs[posthoc] = out / "maps" / posthoc
         timings[f"explain {posthoc}"] = time.perf_counter() - t
     t = _step(log, "explaining with VA-GAN")
     vagan = BaselineModel.from_checkpoint(runs["vagan"], "last", device)
     attribute_cohort(vagan, load_inputs(vagan, csv_path, "test"), out / "maps" / "vagan", limit=settings.test_limit,
-                     figures=False)
+                     figures="none")
     maps_dirs["vagan"] = out / "maps" / "vagan"
     timings["explain vagan"] = time.perf_counter() - t
     for name, folder in maps_dirs.items():

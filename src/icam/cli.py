@@ -333,6 +333,79 @@ def benchmark_command(
     friendly_errors(run)(debug=debug)
 
 
+@app.command("demo")
+def demo_command(
+    out: Path = typer.Option(Path("demo"), "--out", "-o", help="folder for the cohort, runs, maps and report"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    debug: bool = DEBUG,
+):
+    """See what icam does, in about ten minutes on a laptop CPU, with nothing to download.
+
+    Makes a synthetic brain cohort with known changes, trains ICAM-reg (classification, then
+    age regression), explains the test scans, compares the maps with Grad-CAM and guided
+    backprop against the ground truth, and writes an HTML report.
+
+    Example: icam demo --out demo   (then open demo/report.html)
+    """
+    def run():
+        from .demo import run_demo
+
+        summary = run_demo(out, log=lambda m: typer.secho(m, bold=True, err=True), progress=not quiet)
+        typer.echo(f"done in {summary['total_minutes']:.1f} min")
+        for name, test in summary["test"].items():
+            facts = [f"NCC(−) {test['ncc_minus']:.3f}", f"NCC(+) {test['ncc_plus']:.3f}"]
+            facts += [f"{k} {test[k]:.3f}" for k in ("accuracy", "mae") if k in test]
+            typer.echo(f"{name}: " + ", ".join(facts))
+        typer.echo(f"report: {summary['report']}")
+    friendly_errors(run)(debug=debug)
+
+
+@app.command("report")
+def report_command(
+    folder: Path = typer.Argument(..., help="a run folder, a demo folder or a benchmark folder"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="the HTML file (default: FOLDER/report.html)"),
+    explained: list[Path] = typer.Option([], "--explained", help="`icam explain` output folder(s) to include; "
+                                                                 "the first is the ICAM one"),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="the cohort table (for the map gallery)"),
+    debug: bool = DEBUG,
+):
+    """Write a single self-contained HTML report (figures embedded, opens offline).
+
+    Example: icam report runs/my-run --explained explained --csv cohort.csv
+    """
+    def run():
+        from .report.html import build_report
+
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no such folder: {folder}")
+        run_dir, maps, table, benchmark = _report_parts(folder, explained, csv_path)
+        path = build_report(out or folder / "report.html", run_dir, maps, table, benchmark,
+                            title=f"icam report: {folder.name}")
+        typer.echo(f"report: {path}")
+    friendly_errors(run)(debug=debug)
+
+
+def _report_parts(folder: Path, explained: list[Path], csv_path: Optional[Path]):
+    """What a folder holds: a run folder itself, or a demo/benchmark folder with runs and maps."""
+    names = {"icam-reg": "ICAM-reg", "icam": "ICAM", "gradcam": "Grad-CAM", "guided_gradcam": "guided Grad-CAM",
+             "guided_backprop": "guided backprop", "integrated_gradients": "integrated gradients",
+             "occlusion": "occlusion", "vagan": "VA-GAN"}
+    if (folder / "config.yaml").is_file():
+        run_dir = folder
+    else:
+        runs = [folder / "runs" / n for n in ("icam-reg", "icam") if (folder / "runs" / n / "config.yaml").is_file()]
+        run_dir = runs[0] if runs else None
+    found = explained or [d for n in names for base in ("explained", "maps") for d in [folder / base / n]
+                          if (d / "maps").is_dir()]
+    maps = {names.get(d.name, d.name): d for d in found}
+    table = csv_path or (folder / "cohort" / "cohort.csv" if (folder / "cohort" / "cohort.csv").is_file() else None)
+    benchmark = folder if (folder / "results").is_dir() else None
+    if run_dir is None and not maps:
+        raise ValueError(f"{folder} holds no icam run (config.yaml) and no explanations; give a run folder, or "
+                         "--explained with icam explain's output")
+    return run_dir, maps, table, benchmark
+
+
 data_app = typer.Typer(help="Look at a cohort before training on it.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

@@ -151,7 +151,7 @@ def write_csv(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def attribute_cohort(model, dataset: NiftiCohort, out: Path, *, figures: bool = True, limit: int | None = None,
+def attribute_cohort(model, dataset: NiftiCohort, out: Path, *, figures: str = "all", limit: int | None = None,
                      progress=None) -> dict:
     """A baseline's maps (``model.attribute``: a post-hoc method on a classifier, or VA-GAN) for
     each input, written like ICAM's (``maps/<id>_fa_mean.nii.gz``), so ``icam evaluate`` scores
@@ -172,7 +172,7 @@ def attribute_cohort(model, dataset: NiftiCohort, out: Path, *, figures: bool = 
         write_map(fa, dataset, i, out / "maps" / f"{ident}_fa_mean.nii.gz")
         mask = _brain_mask(item)
         records[i]["mean_abs_fa"] = float(np.abs(fa)[mask > 0].mean())
-        if figures:
+        if figures == "all":
             gt = item["gt_map"][0].numpy() if "gt_map" in item else None
             explanation_figure(out / "figures" / f"{ident}_fa.png", item["image"][0].numpy(), fa, None, mask,
                                f"{ident}: {model.name} map", gt)
@@ -233,9 +233,10 @@ def explain_interpolation(explainer: Explainer, a: Path, b: Path, steps: int, ou
 
 def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, target_class: int | None = None,
                    from_label: bool = False, n_samples: int = 100, min_probability: float | None = 0.9,
-                   seed: int = 0, reconstruction: bool = False, figures: bool = True, limit: int | None = None,
+                   seed: int = 0, reconstruction: bool = False, figures: str = "all", limit: int | None = None,
                    outliers: int = 5, progress=None) -> dict:
-    """Maps, figures, predictions and the cohort analyses for every item of ``dataset``.
+    """Maps, figures (``figures``: all, outliers or none), predictions and the cohort analyses for
+    every item of ``dataset``.
     ``from_label``: translate each scan from its table label to the next class (the other one
     for K = 2), as scoring against ground-truth maps needs, instead of from the prediction."""
     from .report.figures import explanation_figure, tsne_figure
@@ -248,6 +249,8 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
     chosen = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
     worst = [r["row"] for r in _outliers(records, outliers)]
     chosen += [i for i, r in enumerate(records) if r["row"] in worst and i not in chosen]
+    drawn = set(chosen) if figures == "all" else {i for i in chosen if records[i]["row"] in worst} \
+        if figures == "outliers" else set()
     count = len(chosen)
     attributes, started = [], time.perf_counter()
     acceptance, fallbacks = [], 0
@@ -274,7 +277,7 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
             own_mean = own.mean[0, 0].cpu().numpy()
             write_map(own_mean, dataset, i, out / "maps" / f"{ident}_reconstruction_fa_mean.nii.gz")
             records[i]["reconstruction_mean_abs_fa"] = float(np.abs(own_mean)[mask > 0].mean())
-        if figures:
+        if i in drawn:
             p = explanation.prediction
             title = (f"{ident}: predicted class {int(p.predicted_class[0])} (p {float(p.probabilities[0].max()):.2f})"
                      + (f", target {float(p.target[0]):.1f}" if explainer.regressing else "")

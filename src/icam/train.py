@@ -35,6 +35,7 @@ from .model import ICAM
 from .nets import ContentDiscriminator, DomainDiscriminator
 from .nets.blocks import init_weights
 from .report.grids import translation_grid
+from .progress import StepProgress
 from .run import MetricsLog, create_run_dir, record_resume, write_data_files, write_run_files
 
 
@@ -341,7 +342,7 @@ class Trainer:
         last_stop = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
         metrics: dict[str, float] = {}
         started, start_step = time.time(), self.step
-        progress = _progress(self.show_progress, cfg.steps, self.step)
+        progress = StepProgress("train", self.show_progress, cfg.steps, self.step)
         with StopRequested() as stop, progress:
             for batches in self.batches():
                 if self.step >= last_stop:
@@ -352,7 +353,9 @@ class Trainer:
                 progress.advance()
                 if self.step % cfg.log_every == 0 or self.step == last_stop:
                     record = {**self._flush(), "train/lr": self.schedulers["generator"].get_last_lr()[0]}
-                    progress.describe(record)
+                    progress.describe(f"G {record.get('generator/total', float('nan')):.2f}  "
+                                      f"D {record.get('discriminator/domain_adversarial', float('nan')):.2f}  "
+                                      f"acc {record.get('train/accuracy', float('nan')):.2f}")
                     if zero:
                         log.write({"step": self.step, "split": "train", **record})
                         for k, v in record.items():
@@ -417,43 +420,6 @@ class Trainer:
         record = dict(zip(self._running, values.tolist()))
         self._running, self._running_count = {}, 0
         return record
-
-
-class _progress:
-    """A rich progress bar (step, rate, ETA, latest losses), or nothing on other ranks."""
-
-    def __init__(self, enabled: bool, total: int, completed: int):
-        self.enabled = enabled
-        if enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-            self.task = self.bar.add_task("train", total=total, completed=completed, rate="", info="")
-            self.started, self.start_step = time.time(), completed
-
-    def __enter__(self):
-        if self.enabled:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)
-
-    def advance(self):
-        if self.enabled:
-            self.bar.advance(self.task)
-
-    def describe(self, record: dict[str, float]):
-        if self.enabled:
-            done = self.bar.tasks[0].completed - self.start_step
-            rate = done / max(1e-9, time.time() - self.started)
-            info = (f"G {record.get('generator/total', float('nan')):.2f}  "
-                    f"D {record.get('discriminator/domain_adversarial', float('nan')):.2f}  "
-                    f"acc {record.get('train/accuracy', float('nan')):.2f}")
-            self.bar.update(self.task, rate=f"{rate:.2f} it/s", info=info)
 
 
 def build_fabric(config: Config) -> Fabric:

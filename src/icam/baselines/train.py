@@ -18,6 +18,7 @@ from ..checkpoint import save_checkpoint
 from ..config import Config
 from ..data import ClassBalancedBatchSampler
 from ..evaluate import balanced_accuracy, ncc
+from ..progress import StepProgress
 from ..run import MetricsLog
 from .networks import AttributeCNN, ResNetClassifier, UNetMapGenerator, WGANCritic
 
@@ -90,12 +91,13 @@ def train_baseline(config: Config, show_progress: bool = True) -> dict:
                "num_classes": int(train_set.labels.max()) + 1, "in_channels": train_set.in_channels,
                "width": config.baseline.width}
     torch.manual_seed(config.seed)
-    if config.method == "vagan":
-        return _train_vagan(config, fabric, train_set, val_set, run_dir, hparams)
-    return _train_supervised(config, fabric, train_set, val_set, run_dir, hparams)
+    with StepProgress(config.method, show_progress, config.baseline.steps) as progress:
+        if config.method == "vagan":
+            return _train_vagan(config, fabric, train_set, val_set, run_dir, hparams, progress)
+        return _train_supervised(config, fabric, train_set, val_set, run_dir, hparams, progress)
 
 
-def _train_supervised(config, fabric, train_set, val_set, run_dir, hparams) -> dict:
+def _train_supervised(config, fabric, train_set, val_set, run_dir, hparams, progress) -> dict:
     """The ResNet and attribute-encoder CNNs: class-weighted cross-entropy, or smooth L1 on
     standardised targets for the regressor."""
     method, b = config.method, config.baseline
@@ -128,8 +130,10 @@ def _train_supervised(config, fabric, train_set, val_set, run_dir, hparams) -> d
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        progress.advance()
         if step % config.train.log_every == 0:
             run.log.write({"step": step, "split": "train", "loss": loss.item()})
+            progress.describe(f"loss {loss.item():.3f}")
         if val_set is not None and (step % b.validate_every == 0 or step == b.steps):
             metrics = _validate_supervised(model, val_set, regress, extra, fabric.device)
             run.validated(step, metrics, "mae" if regress else "balanced_accuracy", model, extra)
@@ -163,7 +167,7 @@ def _gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor) -> torch.T
     return (gradient.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
-def _train_vagan(config, fabric, train_set, val_set, run_dir, hparams) -> dict:
+def _train_vagan(config, fabric, train_set, val_set, run_dir, hparams, progress) -> dict:
     """VA-GAN (Baumgartner et al. 2018): y = x + M(x) for class-1 images must pass as class 0
     before a WGAN-GP critic, with an L1 penalty on M. One direction (1 → 0), as in its paper."""
     b = config.baseline
@@ -202,9 +206,11 @@ def _train_vagan(config, fabric, train_set, val_set, run_dir, hparams) -> dict:
         g_opt.zero_grad(set_to_none=True)
         loss_g.backward()
         g_opt.step()
+        progress.advance()
         if step % config.train.log_every == 0:
             run.log.write({"step": step, "split": "train", "critic": loss_c.item(), "generator": loss_g.item(),
                            "map_l1": change.detach().abs().mean().item()})
+            progress.describe(f"critic {loss_c.item():.2f}  G {loss_g.item():.2f}")
         if val_set is not None and val_set.has_gt_maps and (step % b.validate_every == 0 or step == b.steps):
             metrics = _validate_vagan(generator, val_set, fabric.device)
             run.validated(step, metrics, "ncc", generator)

@@ -253,13 +253,14 @@ class NiftiCohort(Dataset):
         self.intensity_range = intensity_range
         self.augment = augment and data_config.augment.enabled
         self._augmenter = None
+        # each image's cache metadata (affine, source grid), read once rather than per item
+        self.metas = [PreprocessingCache.meta(entry["image"]) for entry in self.entries]
         self.samples: list[tuple[int, int | None]] = []  # (row index, slice index or None)
-        for i, entry in enumerate(self.entries):
+        for i, meta in enumerate(self.metas):
             if len(self.spatial.shape) == 3:
                 self.samples.append((i, None))
             else:
-                depth = PreprocessingCache.meta(entry["image"])["shape"][self.spatial.slice_axis]
-                self.samples.extend((i, s) for s in self.slice_indices(depth))
+                self.samples.extend((i, s) for s in self.slice_indices(meta["shape"][self.spatial.slice_axis]))
         self.labels = torch.tensor([rows[i].label for i, _ in self.samples], dtype=torch.long)
         self.targets = torch.tensor([rows[i].target for i, _ in self.samples], dtype=torch.float32)
 
@@ -318,7 +319,7 @@ class NiftiCohort(Dataset):
         image = torch.from_numpy(self.normalise(self._read(entry["image"], index), entry["image"]))[None]
         if self.augment:
             image = self._augment(image)
-        affine = np.asarray(PreprocessingCache.meta(entry["image"])["affine"])
+        affine = np.asarray(self.metas[row_index]["affine"])
         if index is not None:
             affine = slice_affine(affine, self.spatial.slice_axis, index)
         item = {"image": image, "label": torch.tensor(row.label), "target": torch.tensor(row.target),
@@ -347,7 +348,7 @@ class NiftiCohort(Dataset):
     def source(self, i: int) -> dict:
         """Where item ``i`` came from: its table row, source file, affine and shape (for writing outputs back)."""
         row_index, index = self.samples[i]
-        meta = PreprocessingCache.meta(self.entries[row_index]["image"])
+        meta = self.metas[row_index]
         return {"row": self.rows[row_index].number, "file": str(self.rows[row_index].image), "slice": index,
                 "subject": self.rows[row_index].subject, **meta}
 

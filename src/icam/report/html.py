@@ -1,0 +1,342 @@
+"""`icam report`: one self-contained HTML file a researcher would rather look at than read.
+
+Everything is embedded (PNG figures as data URIs, no scripts, no network), so the file opens
+from disk anywhere. The report finds what a folder holds: a run folder (config, provenance,
+training curves), explanation folders (predictions, maps, t-SNE, interpolation, outliers, map
+scores) and benchmark tables, and shows each with a caption saying how to read it.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..run import read_metrics
+from .figures import FA_CMAP, _pyplot, overlay, symmetric_limit
+
+STYLE = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1180px;
+       padding: 0 24px 48px; color: #1d2430; line-height: 1.45; }
+h1 { margin-top: 28px; } h2 { border-bottom: 1px solid #d7dde6; padding-bottom: 4px; margin-top: 36px; }
+figure { margin: 14px 0; } figure img { max-width: 100%; height: auto; border: 1px solid #e4e8ee; }
+figcaption { font-size: 0.9em; color: #4a5566; max-width: 980px; }
+table { border-collapse: collapse; margin: 10px 0; font-size: 0.92em; }
+th, td { border: 1px solid #d7dde6; padding: 4px 9px; text-align: right; } th { background: #f2f5f9; }
+td:first-child, th:first-child { text-align: left; }
+.headline { background: #f4f8fc; border-left: 4px solid #3b6fb6; padding: 10px 16px; }
+details pre { background: #f6f8fa; padding: 10px; overflow-x: auto; font-size: 0.85em; }
+.note { color: #6b7585; font-size: 0.88em; }
+table.facts td { text-align: left; }
+"""
+
+
+def _png(fig) -> str:
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _file_png(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _figure(src: str, caption: str, alt: str) -> str:
+    return (f'<figure><img src="{src}" alt="{html.escape(alt)}">'
+            f"<figcaption>{caption}</figcaption></figure>")
+
+
+def _table(header: list[str] | None, rows: list[list]) -> str:
+    head = "<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table{'' if header else ' class=facts'}>{head}{body}</table>"
+
+
+def _markdown_table(text: str) -> str:
+    """The pipe tables `icam benchmark` writes, as HTML (the note under a table becomes a caption)."""
+    lines = [line for line in text.strip().splitlines()]
+    table = [line for line in lines if line.startswith("|")]
+    note = " ".join(line for line in lines if line and not line.startswith("|"))
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table if not set(line) <= set("|-")]
+    return _table(cells[0], cells[1:]) + (f'<p class="note">{html.escape(note)}</p>' if note else "")
+
+
+def _read(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32).squeeze()
+
+
+def _mid(volume: np.ndarray | None) -> np.ndarray | None:
+    return volume if volume is None or volume.ndim == 2 else volume[:, :, volume.shape[2] // 2]
+
+
+class Report:
+    def __init__(self, title: str):
+        self.title, self.sections, self.headline = title, [], []
+
+    def add(self, heading: str, body: str) -> None:
+        self.sections.append((heading, body))
+
+    def html(self) -> str:
+        toc = "".join(f'<li><a href="#s{i}">{html.escape(h)}</a></li>' for i, (h, _) in enumerate(self.sections))
+        body = "".join(f'<h2 id="s{i}">{html.escape(h)}</h2>{b}' for i, (h, b) in enumerate(self.sections))
+        headline = "".join(f"<li>{item}</li>" for item in self.headline)
+        made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+                f"<style>{STYLE}</style></head><body><h1>{html.escape(self.title)}</h1>"
+                f"<p class='note'>Made by icam on {made}. Every figure is embedded: this file opens offline.</p>"
+                + (f"<div class='headline'><b>Headline numbers</b><ul>{headline}</ul></div>" if headline else "")
+                + f"<nav><ul>{toc}</ul></nav>{body}</body></html>")
+
+
+def run_section(report: Report, run_dir: Path) -> None:
+    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    provenance = json.loads((run_dir / "provenance.json").read_text()) if (run_dir / "provenance.json").is_file() else {}
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    packages = provenance.get("packages", {})
+    git = provenance.get("git", {})
+    facts = [["run folder", str(run_dir)], ["seed", provenance.get("seed", "")],
+             ["steps", summary.get("step", "")], ["training time", f"{summary.get('wall_seconds', 0) / 60:.1f} min"],
+             ["git commit", (git.get("commit") or "not a git checkout") + (" (modified)" if git.get("dirty") else "")],
+             ["packages", ", ".join(f"{k} {v}" for k, v in packages.items())],
+             ["started", provenance.get("started", "")]]
+    report.add(f"Run: {run_dir.name}", _table(None, facts) +
+               f"<details><summary>Full resolved config (YAML)</summary><pre>{html.escape(config)}</pre></details>")
+
+
+def curves_section(report: Report, run_dir: Path) -> None:
+    records = read_metrics(run_dir)
+    train = [r for r in records if r["split"] == "train"]
+    val = [r for r in records if r["split"] == "val"]
+    if not train:
+        return
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), layout="constrained")
+    steps = [r["step"] for r in train]
+    for key, label in (("generator/total", "encoders + generator, total"),
+                       ("discriminator/domain_adversarial", "domain discriminators"),
+                       ("discriminator/content", "content discriminator")):
+        if key in train[0]:
+            axes[0].plot(steps, [r[key] for r in train], label=label)
+    axes[0].set_yscale("log")
+    axes[0].set(title="training losses", xlabel="iteration", ylabel="loss (log scale)")
+    axes[0].legend(fontsize=8)
+    for key, label in (("generator/classification", "classification (CE)"), ("generator/regression", "regression"),
+                       ("generator/fa_map_l1", "FA-map L1"), ("generator/latent_regression", "latent regression")):
+        if key in train[0]:
+            axes[1].plot(steps, [r[key] for r in train], label=label)
+    axes[1].set(title="selected terms (unweighted)", xlabel="iteration", ylabel="loss")
+    axes[1].legend(fontsize=8)
+    if val:
+        for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("ncc", "NCC")):
+            if key in val[0]:
+                axes[2].plot([r["step"] for r in val], [r[key] for r in val], marker="o", label=label)
+        axes[2].set(title="validation", xlabel="iteration", ylabel="score")
+        if "mae" in val[0]:
+            twin = axes[2].twinx()
+            twin.plot([r["step"] for r in val], [r["mae"] for r in val], marker="s", color="black", label="MAE")
+            twin.set_ylabel("MAE (target units)")
+            twin.legend(fontsize=8, loc="lower right")
+        axes[2].legend(fontsize=8, loc="lower left")
+    report.add("Training", _figure(_png(fig), "Left: the adversarial losses and the total objective of the encoders "
+                                   "and generator (log scale). Middle: the classification, regression, FA-map and "
+                                   "latent-regression terms before weighting. Right: validation metrics at each "
+                                   "evaluation (NCC against ground-truth maps where the data has them).",
+                                   "training curves"))
+
+
+def predictions_section(report: Report, explained: Path) -> dict:
+    records = list(csv.DictReader((explained / "predictions.csv").open()))
+    labelled = [r for r in records if r.get("label", "") != "" and r.get("predicted_class", "") != ""]
+    regressed = [r for r in records if r.get("target", "") != "" and r.get("predicted_target", "") != ""]
+    if not labelled and not regressed:
+        return {}
+    plt = _pyplot()
+    panels = bool(labelled) + bool(regressed)
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.4), squeeze=False, layout="constrained")
+    facts, i = {}, 0
+    if labelled:
+        labels = np.array([int(r["label"]) for r in labelled])
+        predicted = np.array([int(r["predicted_class"]) for r in labelled])
+        k = max(labels.max(), predicted.max()) + 1
+        confusion = np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
+        ax = axes[0, i]
+        ax.imshow(confusion, cmap="Blues")
+        for a in range(k):
+            for b in range(k):
+                ax.text(b, a, str(confusion[a, b]), ha="center", va="center",
+                        color="white" if confusion[a, b] > confusion.max() / 2 else "black", fontsize=13)
+        ax.set(xticks=range(k), yticks=range(k), xlabel="predicted class", ylabel="true class")
+        facts["accuracy"] = float((labels == predicted).mean())
+        ax.set_title(f"confusion matrix (accuracy {facts['accuracy']:.3f}, n {len(labels)})")
+        i += 1
+    if regressed:
+        true = np.array([float(r["target"]) for r in regressed])
+        predicted = np.array([float(r["predicted_target"]) for r in regressed])
+        facts["mae"] = float(np.abs(predicted - true).mean())
+        facts["r"] = float(np.corrcoef(true, predicted)[0, 1]) if len(true) > 2 else float("nan")
+        ax = axes[0, i]
+        ax.scatter(true, predicted, s=16, alpha=0.8)
+        low, high = min(true.min(), predicted.min()), max(true.max(), predicted.max())
+        ax.plot([low, high], [low, high], color="grey", linestyle="--", label="predicted = true")
+        ax.set(xlabel="true target (e.g. age, years)", ylabel="predicted target",
+               title=f"MAE {facts['mae']:.2f}, Pearson r {facts['r']:.2f} (n {len(true)})")
+        ax.legend(fontsize=8)
+    report.add("Predictions", _figure(_png(fig), "Left: how often each true class (rows) was predicted as each class "
+                                      "(columns). Right: the regressed target against the true one; points on the "
+                                      "dashed line are exact.", "prediction results"))
+    return facts
+
+
+def gallery_section(report: Report, csv_path: Path, methods: dict[str, Path], subjects: int = 4) -> None:
+    """The same test subjects (both classes) under every method, next to the ground truth."""
+    rows = [r for r in csv.DictReader(csv_path.open()) if r.get("split") == "test"]
+    by_class = [[r for r in rows if r.get("label") == k] for k in sorted({r.get("label") for r in rows})]
+    chosen = [r for group in zip(*by_class) for r in group][:subjects] or rows[:subjects]
+    if not chosen:
+        return
+    names = list(methods)
+
+    def panels_for(row):
+        """(image, mask, [(title, data, colour limit, kind)]) of one subject."""
+        stem = Path(row["image"]).name.replace(".nii.gz", "").replace(".nii", "")
+        image = _mid(_read(csv_path.parent / row["image"]))
+        mask = _mid(_read(csv_path.parent / row["mask"])) if row.get("mask") else None
+        gt = _mid(_read(csv_path.parent / row["gt_map"])) if row.get("gt_map") else None
+        maps = {name: folder / "maps" / f"{stem}_fa_mean.nii.gz" for name, folder in methods.items()}
+        maps = {name: _mid(_read(path)) if path.is_file() else None for name, path in maps.items()}
+        first = maps[names[0]]
+        shared = max([symmetric_limit(m, mask) for m in (first, gt) if m is not None] or [1.0])
+        panels = [("input", None, 1.0, "fa")]
+        if gt is not None:
+            panels.append(("ground truth", gt, shared, "fa"))
+        panels.append((f"{names[0]}: mean FA", first, shared, "fa"))
+        variance = methods[names[0]] / "maps" / f"{stem}_fa_var.nii.gz"
+        if variance.is_file():
+            panels.append((f"{names[0]}: variance", _mid(_read(variance)), None, "var"))
+        panels += [(name, maps[name], symmetric_limit(maps[name], mask) if maps[name] is not None else 1.0, "fa")
+                   for name in names[1:]]
+        return stem, image, mask, panels
+
+    built = [panels_for(row) for row in chosen]
+    plt = _pyplot()
+    columns = len(built[0][3])
+    fig, axes = plt.subplots(len(built), columns, figsize=(2.3 * columns, 2.4 * len(built)), squeeze=False,
+                             layout="constrained")
+    for r, (stem, image, mask, panels) in enumerate(built):
+        for c, (title, data, limit, kind) in enumerate(panels):
+            ax = axes[r, c]
+            if kind == "var":
+                ax.imshow((np.ma.masked_where(mask <= 0, data) if mask is not None else data).T, cmap="magma",
+                          origin="lower")
+                ax.set_xticks([])
+                ax.set_yticks([])
+            else:
+                overlay(ax, image, data, mask, limit)
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+        axes[r, 0].set_ylabel(f"{stem}\nclass {chosen[r].get('label', '?')}", fontsize=7)
+    scalar = plt.cm.ScalarMappable(cmap=FA_CMAP, norm=plt.Normalize(-1, 1))
+    fig.colorbar(scalar, ax=axes[:, -1], shrink=0.6, label="change, relative to each colour range")
+    caption = (f"Test subjects of each class (rows). Red: brighter after translation; blue: darker; shown above 20% "
+               f"of the colour range, inside the brain. The ground truth and {names[0]}'s mean FA map share one "
+               f"symmetric colour scale (both are intensity changes); the variance shows where {names[0]}'s samples "
+               f"disagree.")
+    if len(names) > 1:
+        caption += f" {', '.join(names[1:])} are post-hoc maps in other units, each on its own symmetric scale."
+    report.add("Feature-attribution maps", _figure(_png(fig), caption + " A good map lights up where the ground "
+                                                   "truth does.", "feature-attribution gallery"))
+
+
+def images_section(report: Report, heading: str, paths: list[Path], caption: str) -> None:
+    paths = [p for p in paths if p.is_file()]
+    if paths:
+        report.add(heading, "".join(_figure(_file_png(p), caption if i == 0 else "", p.stem)
+                                    for i, p in enumerate(paths)))
+
+
+def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | None) -> dict:
+    rows, facts = [], {}
+    for name, folder in methods.items():
+        path = folder / "evaluation.json"
+        if not path.is_file():
+            continue
+        maps = json.loads(path.read_text())["maps"]
+
+        def fmt(m):
+            return "–" if m["mean"] is None else f"{m['mean']:.3f} ± {m['sd']:.3f}"
+        minus, plus = maps["minus (class 1 → 0)"]["ncc"], maps["plus (class 0 → 1)"]["ncc"]
+        facts[name] = (minus["mean"], plus["mean"])
+        rows.append([name, fmt(minus), fmt(plus)] + [fmt(maps["all"][m]) for m in ("auroc", "ap", "dice_topk",
+                                                                                      "pointing")])
+    body = ""
+    if rows:
+        body += _table(["method", "NCC(−)", "NCC(+)", "AUROC", "AP", "Dice top-k", "pointing"], rows)
+        body += ("<p class='note'>Each test subject's map against its own ground-truth change inside its brain mask "
+                 "(mean ± sd): NCC(−) for old → young translations, NCC(+) for young → old; AUROC and average "
+                 "precision of |map| for the changed voxels; Dice of the top-k voxels; the pointing game (is the "
+                 "largest |map| in a changed voxel). Higher is better everywhere.</p>")
+    if benchmark is not None:
+        titles = {"table2_maps": "Benchmark: maps against ground truth (paper Table II)",
+                  "table1_translation": "Benchmark: translation success (paper Table I)",
+                  "regression": "Benchmark: regression", "correlations": "Benchmark: FA magnitude and the target"}
+        for stem, title in titles.items():
+            path = benchmark / "results" / f"{stem}.md"
+            if path.is_file():
+                body += f"<h3>{html.escape(title)}</h3>" + _markdown_table(path.read_text())
+    if body:
+        report.add("Scores against ground truth", body)
+    return facts
+
+
+def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[str, Path] | None = None,
+                 csv_path: Path | None = None, benchmark: Path | None = None, title: str = "icam report",
+                 extra_headline: list[str] = ()) -> Path:
+    """Write the HTML report of whatever is given: a run, explanation folders (the first is the
+    ICAM one), the cohort table (for the gallery), a benchmark folder."""
+    report = Report(title)
+    explained = explained or {}
+    if run_dir is not None:
+        run_section(report, run_dir)
+        curves_section(report, run_dir)
+    first = next(iter(explained.values()), None)
+    facts = predictions_section(report, first) if first is not None and (first / "predictions.csv").is_file() else {}
+    if csv_path is not None and first is not None:
+        gallery_section(report, csv_path, explained)
+    if first is not None:
+        images_section(report, "Interpolation", sorted(first.glob("*_interpolation.png")),
+                       "A walk from one scan's attribute to another's, decoded with the first scan's content. Top: "
+                       "the images with the predicted probability of class 1 and the regressed target; bottom: "
+                       "what the walk changed so far (red brighter, blue darker).")
+        summary = json.loads((first / "summary.json").read_text()) if (first / "summary.json").is_file() else {}
+        outliers = [first / o["figure"] for o in summary.get("outliers", [])]
+        images_section(report, "Largest prediction errors", outliers,
+                       "The test scans whose regressed target is furthest from the truth, with their maps (input, "
+                       "mean FA, variance, ground truth).")
+        images_section(report, "Attribute space", [first / "figures" / "tsne.png"],
+                       "t-SNE of the attribute means of the explained scans, coloured by class and by target: "
+                       "class-relevant information should separate here.")
+    scores = scores_section(report, explained, benchmark)
+    if "accuracy" in facts:
+        report.headline.append(f"test accuracy {facts['accuracy']:.3f}")
+    if "mae" in facts:
+        report.headline.append(f"test MAE {facts['mae']:.2f} (Pearson r {facts['r']:.2f})")
+    for name, (minus, plus) in scores.items():
+        if minus is not None:
+            report.headline.append(f"{name}: NCC(−) {minus:.3f}" + (f", NCC(+) {plus:.3f}" if plus is not None else ""))
+    report.headline.extend(extra_headline)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(report.html())
+    tmp.replace(out)
+    return out
