@@ -198,6 +198,20 @@ def test_data_check_command(bad_cohort, synth2d):
     assert "16 usable rows of 16" in good.stdout and "no problems found" in good.stdout
 
 
+def test_data_check_fills_the_training_cache(synth2d, tmp_path):
+    cache = tmp_path / "cache"
+    sets = ["--set", "data.shape=[64,64]", "--set", f"data.cache_dir={cache}"]
+    filled = runner.invoke(app, ["data", "check", str(synth2d / "cohort.csv"), "--fill-cache", *sets])
+    assert filled.exit_code == 0, filled.output
+    entries = sorted(cache.glob("*.npy"))
+    assert len(entries) == 3 * 16  # image, mask and gt map of every row
+    stamps = [p.stat().st_mtime_ns for p in entries]
+    build_cohorts(csv_config(synth2d / "cohort.csv", f"data.cache_dir={cache}"), seed=0)
+    assert [p.stat().st_mtime_ns for p in sorted(cache.glob("*.npy"))] == stamps  # training found it all cached
+    no_shape = runner.invoke(app, ["data", "check", str(synth2d / "cohort.csv"), "--fill-cache"])
+    assert no_shape.exit_code == 2 and "data.shape" in no_shape.stderr
+
+
 def test_icam_trains_on_the_synthetic_cohort_through_the_csv_path(synth2d, tmp_path):
     config = load_config(None, TINY_TRAINING + ["data.kind=csv", f"data.csv={synth2d / 'cohort.csv'}", "data.shape=[64,64]",
                                        f"out_dir={tmp_path / 'runs'}", "train.steps=3"])

@@ -417,15 +417,19 @@ def data_check_command(
                                                                           "class thresholds, split fractions"),
     set_: list[str] = typer.Option([], "--set", help="override a key, e.g. --set data.columns.label=diagnosis"),
     workers: int = typer.Option(0, help="processes that decode images"),
+    fill_cache: bool = typer.Option(False, "--fill-cache", help="then preprocess every image into the training "
+                                                                "cache (needs the run's config: data.shape, …)"),
     debug: bool = DEBUG,
 ):
     """Check a cohort table and every image it lists; print a summary and every problem.
 
     Finds missing or unreadable files, 4D images, NaN or constant images, bad labels and
     targets, subjects in two splits and classes without training images. Exit status 1 when
-    any problem is found.
+    any problem is found. With --fill-cache the preprocessing cache is filled as training
+    would fill it, so a many-GPU job does not wait on one process decoding the cohort.
 
     Example: icam data check cohort.csv --set data.columns.label=diagnosis
+    Example: icam data check cohort.csv -c my-3d.yaml --fill-cache --workers 16
     """
     def run():
         from .data.check import check_cohort
@@ -447,6 +451,13 @@ def data_check_command(
                 typer.echo(f"  {p}", err=True)
             raise typer.Exit(1)
         typer.secho("no problems found", fg=typer.colors.GREEN)
+        if fill_cache:
+            if not _has_shape(config, set_):
+                raise ValueError("--fill-cache needs data.shape (the run's config, or --set data.shape=[…])")
+            from .data import load_csv_cohorts
+
+            cohorts = load_csv_cohorts(cfg.data.model_copy(update={"preprocess_workers": workers}), cfg.seed)
+            typer.echo(f"preprocessing cache filled: {cohorts.info['cache']}")
     friendly_errors(run)(debug=debug)
 
 

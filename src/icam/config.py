@@ -183,6 +183,11 @@ class RuntimeConfig(Section):
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     compile: bool = Field(False, description="torch.compile the networks (slow start, faster steps)")
     channels_last: bool = Field(False, description="channels-last memory format (helps bf16 convs)")
+    cudnn_benchmark: bool = Field(True, description="GPU: let cuDNN time its convolution algorithms once for the "
+                                                    "fixed input shape and keep the fastest")
+    activation_checkpointing: bool = Field(False, description="recompute the encoders', generator's and "
+                                                              "discriminators' activations in backward: "
+                                                              "less GPU memory (larger 3D batches), more time")
 
 
 class BaselineConfig(Section):

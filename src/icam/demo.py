@@ -104,7 +104,11 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, p
     total = time.perf_counter() - started
     report = build_report(out / "report.html", Path(finetuned["run_dir"]), explained, csv_path,
                           title="icam demo: ICAM-reg on synthetic brains",
-                          extra_headline=[f"demo wall time {total / 60:.1f} min on this machine"])
+                          extra_headline=[f"{len(test)} test scans; ICAM-reg trained {settings.pretrain_steps} "
+                                          f"iterations for classification, then {settings.finetune_steps} with "
+                                          f"the age regression, {settings.images_per_class} scans per class per "
+                                          f"batch, {settings.shape[0]}×{settings.shape[1]}, width {settings.width}",
+                                          f"demo wall time {total / 60:.1f} min on this machine"])
     seconds["report"] = time.perf_counter() - t
     summary = {"report": str(report), "seconds": {k: round(v, 1) for k, v in seconds.items()},
                "total_minutes": round((time.perf_counter() - started) / 60, 2),

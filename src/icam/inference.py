@@ -279,8 +279,11 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
             records[i]["reconstruction_mean_abs_fa"] = float(np.abs(own_mean)[mask > 0].mean())
         if i in drawn:
             p = explanation.prediction
+            known = ([f"class {int(item['label'])}"] if int(item["label"]) != UNKNOWN_LABEL else []) + \
+                ([f"target {float(item['target']):.1f}"] if not math.isnan(float(item["target"])) else [])
             title = (f"{ident}: predicted class {int(p.predicted_class[0])} (p {float(p.probabilities[0].max()):.2f})"
                      + (f", target {float(p.target[0]):.1f}" if explainer.regressing else "")
+                     + (f"; true {', '.join(known)}" if known else "")
                      + f"; translated to class {int(explanation.target_class[0])}, {n_samples} samples")
             gt = item["gt_map"][0].numpy() if "gt_map" in item else None
             explanation_figure(out / "figures" / f"{ident}_fa.png", item["image"][0].numpy(), mean, var, mask,

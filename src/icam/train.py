@@ -33,7 +33,7 @@ from .data import ClassBalancedBatchSampler, build_cohorts
 from .evaluate import SELECTION_DIRECTION, selection_metric, summarise, validation_statistics
 from .model import ICAM
 from .nets import ContentDiscriminator, DomainDiscriminator
-from .nets.blocks import init_weights
+from .nets.blocks import init_weights, set_activation_checkpointing
 from .report.grids import translation_grid
 from .progress import StepProgress
 from .run import MetricsLog, create_run_dir, record_resume, write_data_files, write_run_files
@@ -152,6 +152,9 @@ class Trainer:
             self.memory_format = torch.channels_last if model.spatial_dims == 2 else torch.channels_last_3d
             for net in (model, domain, content):
                 net.to(memory_format=self.memory_format)
+        if config.runtime.activation_checkpointing:
+            for net in (model, domain, content):
+                set_activation_checkpointing(net, True)
         if config.runtime.compile:
             for net in (model.content_encoder, model.attribute_encoder, model.generator,
                         domain.encoded, domain.random, content):
@@ -202,8 +205,10 @@ class Trainer:
         self.content_optimizer.zero_grad(set_to_none=True)
         self.fabric.backward(losses.weighted_sum(terms, self.config.loss))
         if self.config.train.content_discriminator_grad_clip:
+            # error_if_nonfinite would read the norm back to the host every step
             self.fabric.clip_gradients(self.content_discriminator, self.content_optimizer,
-                                       max_norm=self.config.train.content_discriminator_grad_clip)
+                                       max_norm=self.config.train.content_discriminator_grad_clip,
+                                       error_if_nonfinite=False)
         self.content_optimizer.step()
         return terms["content_adversarial"]
 
@@ -271,7 +276,8 @@ class Trainer:
             self.train_set.labels, self.config.train.images_per_class, seed=self.config.seed,
             rank=self.fabric.global_rank, world_size=self.fabric.world_size, start_batch=3 * self.step)
         loader = iter(DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.config.train.num_workers,
-                                 persistent_workers=self.config.train.num_workers > 0))
+                                 persistent_workers=self.config.train.num_workers > 0,
+                                 pin_memory=self.fabric.device.type == "cuda"))  # asynchronous copies
         while True:
             yield [next(loader) for _ in range(3)]
 
@@ -428,6 +434,7 @@ def build_fabric(config: Config) -> Fabric:
         warnings.warn("this CPU has no bf16 instructions (AVX-512 BF16 / AMX): bf16-mixed convolutions fall back "
                       "to a slow path here (measured 17x slower than 32-true); use --precision 32-true",
                       stacklevel=2)
+    torch.backends.cudnn.benchmark = rt.cudnn_benchmark
     return Fabric(accelerator=rt.accelerator, devices=rt.devices, num_nodes=rt.num_nodes, precision=rt.precision)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def layer_type(name: str, spatial_dims: int) -> type[nn.Module]:
@@ -26,6 +27,28 @@ def conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: in
 
 def instance_norm(spatial_dims: int, channels: int) -> nn.Module:
     return layer_type("InstanceNorm", spatial_dims)(channels, affine=False)
+
+
+class Blocks(nn.Sequential):
+    """A chain of blocks that can recompute each block's activations during backward instead of
+    storing them (activation checkpointing): less memory for a full-size 3D volume, at the cost
+    of one more forward pass of each block. Parameter names are nn.Sequential's, so checkpoints
+    load either way."""
+
+    checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        recompute = self.checkpointing and torch.is_grad_enabled()
+        for block in self:
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+        return x
+
+
+def set_activation_checkpointing(module: nn.Module, enabled: bool) -> None:
+    """Switch activation checkpointing on or off for every ``Blocks`` chain inside ``module``."""
+    for m in module.modules():
+        if isinstance(m, Blocks):
+            m.checkpointing = enabled
 
 
 class ConvNormAct(nn.Sequential):

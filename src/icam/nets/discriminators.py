@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import ConvNormAct, conv
+from .blocks import Blocks, ConvNormAct, conv
 
 
 def _halvings(shape: tuple[int, ...], smallest: int, most: int) -> int:
@@ -32,7 +32,7 @@ class DomainDiscriminator(nn.Module):
             out = width * min(2 ** i, 16)
             blocks.append(ConvNormAct(spatial_dims, channels, out, 3, stride=2, padding=1, norm=norm))
             channels = out
-        self.features = nn.Sequential(*blocks)
+        self.features = Blocks(*blocks)
         self.adversarial_head = conv(spatial_dims, channels, 1, 1, bias=False)
         self.class_head = conv(spatial_dims, channels, num_classes, 1, bias=False)
 
@@ -52,7 +52,7 @@ class ContentDiscriminator(nn.Module):
         blocks = [ConvNormAct(spatial_dims, channels, channels, 3, stride=2, padding=1, norm=norm)
                   for _ in range(_halvings(content_shape, smallest=4, most=layers))]
         blocks.append(ConvNormAct(spatial_dims, channels, channels, 3, padding=1))
-        self.features = nn.Sequential(*blocks)
+        self.features = Blocks(*blocks)
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, content: torch.Tensor) -> torch.Tensor:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import ConvNormAct, DownResBlock, GaussianNoise, InstanceNormResBlock, conv
+from .blocks import Blocks, ConvNormAct, DownResBlock, GaussianNoise, InstanceNormResBlock, conv
 
 
 class ContentEncoder(nn.Module):
     def __init__(self, spatial_dims: int, in_channels: int = 1, width: int = 16, res_blocks: int = 4):
         super().__init__()
         self.out_channels = 4 * width
-        self.layers = nn.Sequential(
+        self.layers = Blocks(
             ConvNormAct(spatial_dims, in_channels, width, 3, padding=1),
             ConvNormAct(spatial_dims, width, 2 * width, 3, stride=2, padding=1, norm=True, negative_slope=0),
             ConvNormAct(spatial_dims, 2 * width, 4 * width, 3, stride=2, padding=1, norm=True,

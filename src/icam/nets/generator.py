@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import InstanceNormResBlock, UpBlock, conv
+from .blocks import Blocks, InstanceNormResBlock, UpBlock, conv
 
 
 class Generator(nn.Module):
@@ -20,8 +20,8 @@ class Generator(nn.Module):
         super().__init__()
         mixed = content_channels + width
         self.attribute_stem = InstanceNormResBlock(spatial_dims, 1, width)
-        self.body = nn.Sequential(*[InstanceNormResBlock(spatial_dims, mixed) for _ in range(res_blocks)])
-        self.upsample = nn.Sequential(
+        self.body = Blocks(*[InstanceNormResBlock(spatial_dims, mixed) for _ in range(res_blocks)])
+        self.upsample = Blocks(
             UpBlock(spatial_dims, mixed, mixed // 2),
             UpBlock(spatial_dims, mixed // 2, mixed // 4),
         )

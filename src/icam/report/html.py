@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from ..run import read_metrics
 from .figures import FA_CMAP, _pyplot, overlay, symmetric_limit
@@ -113,12 +114,31 @@ def run_section(report: Report, run_dir: Path) -> None:
                f"<details><summary>Full resolved config (YAML)</summary><pre>{html.escape(config)}</pre></details>")
 
 
+def training_chain(run_dir: Path) -> list[Path]:
+    """The run and the runs it was initialised from (``--init-from``), earliest first."""
+    chain = [run_dir]
+    while len(chain) < 5:
+        provenance = chain[0] / "provenance.json"
+        parent = json.loads(provenance.read_text()).get("init_from") if provenance.is_file() else None
+        parent = Path(parent) if parent else None
+        if parent is None or not (parent / "metrics.jsonl").is_file():
+            break
+        chain.insert(0, parent)
+    return chain
+
+
 def curves_section(report: Report, run_dir: Path) -> None:
+    figures = [_curves_figure(run) for run in training_chain(run_dir)]
+    if any(figures):
+        report.add("Training", "".join(f for f in figures if f))
+
+
+def _curves_figure(run_dir: Path) -> str:
     records = read_metrics(run_dir)
     train = [r for r in records if r["split"] == "train"]
     val = [r for r in records if r["split"] == "val"]
     if not train:
-        return
+        return ""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), layout="constrained")
     steps = [r["step"] for r in train]
@@ -130,9 +150,11 @@ def curves_section(report: Report, run_dir: Path) -> None:
     axes[0].set_yscale("log")
     axes[0].set(title="training losses", xlabel="iteration", ylabel="loss (log scale)")
     axes[0].legend(fontsize=8)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    weights = config.get("loss", {})
     for key, label in (("generator/classification", "classification (CE)"), ("generator/regression", "regression"),
                        ("generator/fa_map_l1", "FA-map L1"), ("generator/latent_regression", "latent regression")):
-        if key in train[0]:
+        if key in train[0] and weights.get(key.split("/")[1], 1) != 0:  # a term switched off is not shown
             axes[1].plot(steps, [r[key] for r in train], label=label)
     axes[1].set(title="selected terms (unweighted)", xlabel="iteration", ylabel="loss")
     axes[1].legend(fontsize=8)
@@ -147,11 +169,12 @@ def curves_section(report: Report, run_dir: Path) -> None:
             twin.set_ylabel("MAE (target units)")
             twin.legend(fontsize=8, loc="lower right")
         axes[2].legend(fontsize=8, loc="lower left")
-    report.add("Training", _figure(_png(fig), "Left: the adversarial losses and the total objective of the encoders "
-                                   "and generator (log scale). Middle: the classification, regression, FA-map and "
-                                   "latent-regression terms before weighting. Right: validation metrics at each "
-                                   "evaluation (NCC against ground-truth maps where the data has them).",
-                                   "training curves"))
+    fig.suptitle(f"run {run_dir.name}", fontsize=10)
+    return _figure(_png(fig), f"<b>{html.escape(run_dir.name)}</b>, {train[-1]['step']} iterations. Left: the "
+                   "adversarial losses and the total objective of the encoders and generator (log scale). Middle: "
+                   "the classification, regression, FA-map and latent-regression terms before weighting. Right: "
+                   "validation metrics at each evaluation (NCC against ground-truth maps where the data has them; "
+                   "MAE on the right axis when regressing).", "training curves")
 
 
 def predictions_section(report: Report, explained: Path) -> dict:
@@ -188,7 +211,7 @@ def predictions_section(report: Report, explained: Path) -> dict:
         ax.scatter(true, predicted, s=16, alpha=0.8)
         low, high = min(true.min(), predicted.min()), max(true.max(), predicted.max())
         ax.plot([low, high], [low, high], color="grey", linestyle="--", label="predicted = true")
-        ax.set(xlabel="true target (e.g. age, years)", ylabel="predicted target",
+        ax.set(xlabel="true target (e.g. age, years)", ylabel="predicted target (same units)",
                title=f"MAE {facts['mae']:.2f}, Pearson r {facts['r']:.2f} (n {len(true)})")
         ax.legend(fontsize=8)
     report.add("Predictions", _figure(_png(fig), "Left: how often each true class (rows) was predicted as each class "
@@ -244,7 +267,9 @@ def gallery_section(report: Report, csv_path: Path, methods: dict[str, Path], su
                 overlay(ax, image, data, mask, limit)
             if r == 0:
                 ax.set_title(title, fontsize=8)
-        axes[r, 0].set_ylabel(f"{stem}\nclass {chosen[r].get('label', '?')}", fontsize=7)
+        facts = [f"class {chosen[r]['label']}"] if chosen[r].get("label") else []
+        facts += [f"target {float(chosen[r]['target']):.1f}"] if chosen[r].get("target") else []
+        axes[r, 0].set_ylabel(f"{stem}\n{', '.join(facts)}", fontsize=8)
     scalar = plt.cm.ScalarMappable(cmap=FA_CMAP, norm=plt.Normalize(-1, 1))
     fig.colorbar(scalar, ax=axes[:, -1], shrink=0.6, label="change, relative to each colour range")
     caption = (f"Test subjects of each class (rows). Red: brighter after translation; blue: darker; shown above 20% "
@@ -259,9 +284,11 @@ def gallery_section(report: Report, csv_path: Path, methods: dict[str, Path], su
 
 def images_section(report: Report, heading: str, paths: list[Path], caption: str) -> None:
     paths = [p for p in paths if p.is_file()]
-    if paths:
-        report.add(heading, "".join(_figure(_file_png(p), caption if i == 0 else "", p.stem)
-                                    for i, p in enumerate(paths)))
+    if len(paths) == 1:
+        report.add(heading, _figure(_file_png(paths[0]), caption, paths[0].stem))
+    elif paths:  # one caption for the whole list, above it
+        report.add(heading, f"<p class='note'>{caption}</p>" + "".join(_figure(_file_png(p), "", p.stem)
+                                                                     for p in paths))
 
 
 def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | None) -> dict:
@@ -327,12 +354,14 @@ def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[s
                        "class-relevant information should separate here.")
     scores = scores_section(report, explained, benchmark)
     if "accuracy" in facts:
-        report.headline.append(f"test accuracy {facts['accuracy']:.3f}")
+        report.headline.append(f"classification: accuracy {facts['accuracy']:.3f} on the explained scans")
     if "mae" in facts:
-        report.headline.append(f"test MAE {facts['mae']:.2f} (Pearson r {facts['r']:.2f})")
-    for name, (minus, plus) in scores.items():
-        if minus is not None:
-            report.headline.append(f"{name}: NCC(−) {minus:.3f}" + (f", NCC(+) {plus:.3f}" if plus is not None else ""))
+        report.headline.append(f"regression: MAE {facts['mae']:.2f} in the target's units, Pearson r {facts['r']:.2f}")
+    maps = [f"{name} {minus:.3f}" + (f" / {plus:.3f}" if plus is not None else "")
+            for name, (minus, plus) in scores.items() if minus is not None]
+    if maps:
+        report.headline.append("maps against the ground truth, mean NCC per subject, class 1 → 0 / class 0 → 1 "
+                               "(1 = the map matches the true change, 0 = unrelated): " + ", ".join(maps))
     report.headline.extend(extra_headline)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,42 @@
+"""The scale benchmarks run (tiny shapes, CPU) and print their one JSON line.
+
+They exist to be run on a GPU machine; here they must at least work, so that the figures
+they print there come from code that CI exercises."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_benchmark(name: str, *args: str, timeout: int = 300) -> dict:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_train_step_benchmark_3d_with_activation_checkpointing():
+    line = run_benchmark("train_step.py", "--dims", "3", "--shape", "16", "16", "16", "--width", "4",
+                         "--modes", "fp32", "fp32-ckpt", "--warmup", "1", "--iterations", "2")
+    assert set(line["modes"]) == {"fp32", "fp32-ckpt"} and line["fastest"] in line["modes"]
+    assert all(m["median_s"] > 0 and m["batch"] == 2 for m in line["modes"].values())
+
+
+def test_data_loading_benchmark_compares_cache_and_decoding():
+    line = run_benchmark("data_loading.py", "--shape", "16", "32", "16", "--n", "4", "--workers", "0",
+                         "--passes", "1", "--step-seconds", "1.0")
+    rates = line["rates"]["workers_0"]
+    assert rates["cache_volumes_per_s"] > 0 and rates["nii_gz_volumes_per_s"] > 0
+    assert line["training_needs_volumes_per_s"] == 6.0 and set(line["keeps_up"]) == set(rates)
+
+
+def test_ddp_scaling_benchmark_on_two_cpu_processes():
+    line = run_benchmark("ddp_scaling.py", "--devices", "1", "2", "--image-size", "16", "--width", "4",
+                         "--steps", "6", "--log-every", "2", timeout=600)
+    assert set(line["devices"]) == {"1", "2"} and line["devices"]["1"]["efficiency"] == 1.0
+    assert line["devices"]["2"]["images_per_s"] > 0
