@@ -38,6 +38,7 @@ MODES = {
     "bf16-cl-compile": {"runtime.precision": "bf16-mixed", "runtime.channels_last": True, "runtime.compile": True},
     "fp32-compile": {"runtime.precision": "32-true", "runtime.compile": True},
     "fp32-ckpt": {"runtime.precision": "32-true", "runtime.activation_checkpointing": True},
+    "bf16-ckpt": {"runtime.precision": "bf16-mixed", "runtime.activation_checkpointing": True},
     "bf16-cl-ckpt": {"runtime.precision": "bf16-mixed", "runtime.channels_last": True,
                      "runtime.activation_checkpointing": True},
 }

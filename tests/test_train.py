@@ -135,13 +135,13 @@ def test_three_class_3d_training_runs(tmp_path):
     assert 0 <= metrics["accuracy"] <= 1 and "ncc" in metrics
 
 
-def test_activation_checkpointing_recomputes_and_gives_the_same_step():
+def test_activation_checkpointing_keeps_less_for_backward_and_gives_the_same_step():
     from icam.config import load_config
     from icam.data import InMemoryCohort
     from icam.train import Trainer, build_fabric
 
     cohort = InMemoryCohort(torch.rand(8, 1, 16, 16, 16) * 2 - 1, torch.arange(8) % 2)
-    weights, forward_calls = [], []
+    weights, forward_calls, saved_bytes = [], [], []
     for checkpointing in (False, True):
         config = load_config(None, ["model.width=4", "runtime.accelerator=cpu", "train.steps=2",
                                     f"runtime.activation_checkpointing={checkpointing}"])
@@ -151,12 +151,20 @@ def test_activation_checkpointing_recomputes_and_gives_the_same_step():
         calls, block = [], trainer.raw_model.generator.body[0]
         original = block.forward
         block.forward = lambda x, original=original, calls=calls: calls.append(1) or original(x)  # hooks skip recompute
+        saved = []
+
+        def pack(t, saved=saved):
+            saved.append(t.numel() * t.element_size())
+            return t
         batches = trainer.batches()
         torch.manual_seed(1)
-        trainer.train_step(next(batches))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            trainer.train_step(next(batches))
         forward_calls.append(len(calls))
+        saved_bytes.append(sum(saved))
         weights.append(torch.cat([p.detach().flatten() for net in trainer.networks().values()
                                   for p in net.parameters()]))
-    # the generator's blocks ran again during backward, and the update is the same
+    # the generator ran again during backward, far less was kept for backward, and the update is the same
     assert forward_calls[1] > forward_calls[0]
+    assert saved_bytes[1] < 0.35 * saved_bytes[0], saved_bytes
     assert torch.allclose(weights[0], weights[1], atol=1e-6)

@@ -29,26 +29,34 @@ def instance_norm(spatial_dims: int, channels: int) -> nn.Module:
     return layer_type("InstanceNorm", spatial_dims)(channels, affine=False)
 
 
-class Blocks(nn.Sequential):
-    """A chain of blocks that can recompute each block's activations during backward instead of
-    storing them (activation checkpointing): less memory for a full-size 3D volume, at the cost
-    of one more forward pass of each block. Parameter names are nn.Sequential's, so checkpoints
-    load either way."""
+class Checkpointable(nn.Module):
+    """A network part that can run as one activation-checkpointing segment: only its inputs are
+    kept for backward, and its forward runs again there (less memory, about one more forward
+    pass). Full-size 3D volumes need it for batches beyond a few images."""
 
     checkpointing = False
 
+    def segment(self, forward, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(forward, *inputs, use_reentrant=False)
+        return forward(*inputs)
+
+
+class Blocks(nn.Sequential, Checkpointable):
+    """A chain of blocks that checkpoints as one segment. Parameter names are nn.Sequential's,
+    so checkpoints load either way."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        recompute = self.checkpointing and torch.is_grad_enabled()
-        for block in self:
-            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
-        return x
+        return self.segment(super().forward, x)
 
 
 def set_activation_checkpointing(module: nn.Module, enabled: bool) -> None:
-    """Switch activation checkpointing on or off for every ``Blocks`` chain inside ``module``."""
-    for m in module.modules():
-        if isinstance(m, Blocks):
-            m.checkpointing = enabled
+    """Checkpoint the outermost checkpointable parts of ``module`` (a part inside another would
+    only be recomputed twice)."""
+    parts = [m for m in module.modules() if isinstance(m, Checkpointable)]
+    inner = {id(d) for m in parts for d in m.modules() if d is not m}
+    for m in parts:
+        m.checkpointing = enabled and id(m) not in inner
 
 
 class ConvNormAct(nn.Sequential):

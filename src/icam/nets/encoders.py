@@ -36,7 +36,7 @@ class ContentEncoder(nn.Module):
 class AttributeEncoder(nn.Module):
     def __init__(self, spatial_dims: int, in_channels: int = 1, width: int = 16):
         super().__init__()
-        self.trunk = nn.Sequential(
+        self.trunk = Blocks(
             conv(spatial_dims, in_channels, width, 4, stride=2, padding=1),
             DownResBlock(spatial_dims, width, 2 * width),
             DownResBlock(spatial_dims, 2 * width, 3 * width),

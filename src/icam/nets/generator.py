@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import Blocks, InstanceNormResBlock, UpBlock, conv
+from .blocks import Checkpointable, InstanceNormResBlock, UpBlock, conv
 
 
-class Generator(nn.Module):
+class Generator(Checkpointable):
     """z_a (1 × S/16) is up-sampled ×4 (nearest) to z_c's size, lifted to ``width`` channels by a
     residual block, concatenated with z_c (4w channels), refined by three residual blocks at 5w,
     and up-sampled twice (5w → 5w/2 → 5w/4) to a tanh image.
@@ -20,14 +20,18 @@ class Generator(nn.Module):
         super().__init__()
         mixed = content_channels + width
         self.attribute_stem = InstanceNormResBlock(spatial_dims, 1, width)
-        self.body = Blocks(*[InstanceNormResBlock(spatial_dims, mixed) for _ in range(res_blocks)])
-        self.upsample = Blocks(
+        self.body = nn.Sequential(*[InstanceNormResBlock(spatial_dims, mixed) for _ in range(res_blocks)])
+        self.upsample = nn.Sequential(
             UpBlock(spatial_dims, mixed, mixed // 2),
             UpBlock(spatial_dims, mixed // 2, mixed // 4),
         )
         self.to_image = nn.Sequential(conv(spatial_dims, mixed // 4, out_channels, 1), nn.Tanh())
 
     def forward(self, content: torch.Tensor, attribute_map: torch.Tensor) -> torch.Tensor:
+        # one checkpointing segment: the full-resolution tail holds most of G's activations
+        return self.segment(self._decode, content, attribute_map)
+
+    def _decode(self, content: torch.Tensor, attribute_map: torch.Tensor) -> torch.Tensor:
         attribute_map = F.interpolate(attribute_map, size=content.shape[2:], mode="nearest")
         mixed = torch.cat([self.attribute_stem(attribute_map), content], dim=1)
         return self.to_image(self.upsample(self.body(mixed)))
