@@ -118,3 +118,22 @@ def test_written_cohort_opens_with_sensible_affines(tmp_path):
 def test_written_cohort_rejects_shapes_the_model_cannot_take(tmp_path):
     with pytest.raises(ValueError, match="multiple of 16"):
         write_brain_synth(tmp_path, dims=2, n=2, shape=(60, 64))
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (16, 32, 16)])
+def test_brain_synth_as_a_training_cohort_is_read_from_disk(tmp_path, shape):
+    from icam.config import load_config
+    from icam.data import build_cohorts
+    from icam.data.nifti import NiftiCohort
+
+    config = load_config(None, ["data.kind=brain-synth", f"data.shape={list(shape)}", "data.n_subjects=12",
+                                f"data.cache_dir={tmp_path}"]).data
+    cohorts = build_cohorts(config, seed=0)
+    train = cohorts["train"]
+    assert isinstance(train, NiftiCohort)  # memory-mapped cache entries, not the cohort in RAM
+    assert sum(len(cohorts[s]) for s in ("train", "val", "test")) == 12
+    item = train[0]
+    assert item["image"].shape == (1, *shape) and item["gt_map"].shape == (1, *shape)
+    assert int(item["label"]) == int(item["target"] >= 65)
+    again = build_cohorts(config, seed=0)  # the second run reuses what the first wrote
+    assert torch.equal(again["train"][0]["image"], item["image"])

@@ -54,8 +54,7 @@ Fractions = tuple[float, float, float]
 
 class BrainSynthData(Section):
     """The built-in synthetic ageing cohort on MNI152 anatomy (see ``icam synth --help``).
-    2D cohorts are rendered in memory; 3D cohorts are written once to ``cache_dir`` as NIfTI
-    and read through the CSV path."""
+    Written once to ``cache_dir`` as NIfTI + CSV and read through the CSV path (2D and 3D)."""
 
     kind: Literal["brain-synth"] = "brain-synth"
     shape: list[int] = Field([128, 128], description="2 sides: axial slices; 3 sides: volumes")
@@ -63,7 +62,7 @@ class BrainSynthData(Section):
     slices_per_subject: int = Field(1, ge=1, description="2D: axial slices per subject, 4 mm apart")
     split_fractions: Fractions = (0.8, 0.1, 0.1)
     seed: int | None = Field(None, description="cohort seed; the run's seed when null")
-    cache_dir: str = Field(".icam-cache", description="where 3D cohorts are written")
+    cache_dir: str = Field(".icam-cache", description="where the cohort is written")
 
     _shape = field_validator("shape")(_check_shape)
 

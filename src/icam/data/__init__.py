@@ -46,8 +46,6 @@ def build_cohorts(data_config, seed: int, progress=None) -> Cohorts:
                                             data_config.class_thresholds, seed=base * 3 + i)
                         for i, split in enumerate(SPLITS)})
     if kind == "brain-synth":
-        if len(data_config.shape) == 2:
-            return _brain_synth_in_memory(data_config, seed)
         return _brain_synth_on_disk(data_config, seed, progress)
     return load_csv_cohorts(data_config, seed, progress)
 
@@ -61,48 +59,16 @@ def _synth_settings(data_config, seed: int) -> tuple[int, dict, Path]:
     return base, settings, Path(data_config.cache_dir) / f"brain-synth-{key}"
 
 
-def _brain_synth_in_memory(data_config, seed: int) -> Cohorts:
-    """2D brain-synth, rendered once and kept as an .npz in the cache folder (read without pickle)."""
-    from .brain_synth import age_class, render_subjects, subject_ages
-
-    base, settings, stem = _synth_settings(data_config, seed)
-    path = stem.with_suffix(".npz")
-    if path.is_file():
-        arrays = dict(np.load(path))
-    else:
-        subjects = list(range(data_config.n_subjects))
-        cohort = render_subjects(tuple(data_config.shape), subjects, base, data_config.slices_per_subject)
-        arrays = {"images": cohort.images.numpy(), "gt_maps": cohort.gt_maps.numpy(), "masks": cohort.masks.numpy(),
-                  "ages": cohort.ages.numpy(), "subjects": cohort.subjects.numpy()}
-        ages = subject_ages(base, subjects)
-        split_of = dict(zip(subjects, assign_splits(subjects, age_class(ages).tolist(), ages.tolist(),
-                                                    tuple(data_config.split_fractions), base)))
-        arrays["splits"] = np.array([SPLITS.index(split_of[int(s)]) for s in arrays["subjects"]])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
-    tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    labels = age_class(tensors["ages"])
-    splits = {}
-    for i, split in enumerate(SPLITS):
-        rows = tensors["splits"] == i
-        splits[split] = InMemoryCohort(tensors["images"][rows], labels[rows], tensors["ages"][rows],
-                                       gt_maps=tensors["gt_maps"][rows], masks=tensors["masks"][rows])
-    assignments = [{"subject": f"sub-{int(s):05d}", "split": SPLITS[int(k)]}
-                   for s, k in zip(arrays["subjects"], arrays["splits"])]
-    return Cohorts(splits, assignments, info={"brain_synth": settings, "cache": str(path)})
-
-
 def _brain_synth_on_disk(data_config, seed: int, progress) -> Cohorts:
-    """3D brain-synth: written once as NIfTI + CSV (like `icam synth`), then read as a user cohort."""
+    """brain-synth, 2D or 3D: written once as NIfTI + CSV (like `icam synth`), then read as a user
+    cohort, through the preprocessing cache: training never holds the whole cohort in memory."""
     from ..config import CsvData
     from .synth_export import write_brain_synth
 
     base, settings, folder = _synth_settings(data_config, seed)
     if not (folder / "cohort.csv").is_file():
-        write_brain_synth(folder, 3, data_config.n_subjects, base, tuple(data_config.shape),
-                          fractions=tuple(data_config.split_fractions), progress=progress)
+        write_brain_synth(folder, len(data_config.shape), data_config.n_subjects, base, tuple(data_config.shape),
+                          data_config.slices_per_subject, tuple(data_config.split_fractions), progress=progress)
     csv_config = CsvData(csv=str(folder / "cohort.csv"), shape=list(data_config.shape), intensity="none",
                          cache_dir=str(folder / ".icam-cache"))
     cohorts = load_csv_cohorts(csv_config, base, progress)
