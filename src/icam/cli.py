@@ -15,6 +15,7 @@ from .config import ConfigError, load_config, to_yaml
 
 app = typer.Typer(
     help="Explain predictions on medical images with ICAM / ICAM-reg.\n\n"
+         "Start here: icam demo --out demo  (about ten minutes on a laptop CPU; then open demo/report.html)\n\n"
          "Example: icam train --set train.steps=500  (a short run on the built-in squares benchmark)",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -35,6 +36,9 @@ def friendly_errors(command):
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             if isinstance(e, ConfigError):
                 typer.echo("hint: `icam config --print-defaults` lists every key with its default", err=True)
+            elif "checkpoint or run folder" in str(e):
+                typer.echo("hint: give a folder that `icam train` wrote (it holds checkpoints/best.pt), "
+                           "or a .pt file; `icam demo` makes one in minutes", err=True)
             elif not debug:
                 typer.echo("hint: run again with --debug for the full traceback", err=True)
             raise typer.Exit(2) from None
