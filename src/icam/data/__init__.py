@@ -13,8 +13,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
 
 from .brain_synth import GENERATOR_VERSION
 from .cohort import InMemoryCohort
