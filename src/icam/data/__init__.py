@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from .brain_synth import GENERATOR_VERSION
 from .cohort import InMemoryCohort
 from .sampling import ClassBalancedBatchSampler
