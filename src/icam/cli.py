@@ -340,6 +340,8 @@ def benchmark_command(
 @app.command("demo")
 def demo_command(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="folder for the cohort, runs, maps and report"),
+    set_: list[str] = typer.Option([], "--set", help="change a setting, e.g. --set subjects=1200 (see the "
+                                                     "settings.json a demo writes)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     debug: bool = DEBUG,
 ):
@@ -352,9 +354,10 @@ def demo_command(
     Example: icam demo --out demo   (then open demo/report.html)
     """
     def run():
-        from .demo import run_demo
+        from .demo import demo_settings, run_demo
 
-        summary = run_demo(out, log=lambda m: typer.secho(m, bold=True, err=True), progress=not quiet)
+        summary = run_demo(out, demo_settings(set_), log=lambda m: typer.secho(m, bold=True, err=True),
+                           progress=not quiet)
         typer.echo(f"done in {summary['total_minutes']:.1f} min")
         for name, test in summary["test"].items():
             facts = [f"NCC(−) {test['ncc_minus']:.3f}", f"NCC(+) {test['ncc_plus']:.3f}"]

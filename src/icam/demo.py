@@ -9,23 +9,35 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-@dataclass
-class DemoSettings:
+
+class DemoSettings(BaseModel):
+    """What the demo runs; `icam demo --set key=value` changes one (written to settings.json)."""
+
+    model_config = ConfigDict(extra="forbid")
     shape: tuple[int, int] = (64, 64)
-    subjects: int = 600
-    width: int = 8
-    images_per_class: int = 4
-    lr: float = 1e-3
-    pretrain_steps: int = 900
-    finetune_steps: int = 500
-    resnet_steps: int = 600
-    resnet_lr: float = 1e-2
-    n_samples: int = 50
+    subjects: int = Field(600, ge=12)
+    width: int = Field(8, ge=4)
+    images_per_class: int = Field(4, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    pretrain_steps: int = Field(900, ge=1, description="ICAM, classification only")
+    finetune_steps: int = Field(500, ge=1, description="ICAM-reg: the regression loss added")
+    resnet_steps: int = Field(600, ge=1)
+    resnet_lr: float = Field(1e-2, gt=0)
+    n_samples: int = Field(50, ge=1, description="attribute samples per FA map")
     seed: int = 0
+
+
+def demo_settings(overrides: list[str]) -> DemoSettings:
+    from .config import ConfigError, parse_overrides
+
+    try:
+        return DemoSettings.model_validate(parse_overrides(overrides))
+    except ValidationError as e:  # pydantic's message names the key
+        raise ConfigError(f"demo settings: {e}") from None
 
 
 def _run_args(settings: DemoSettings, csv_path: Path, out: Path) -> list[str]:
@@ -40,12 +52,14 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, p
     from .evaluate import evaluate_outputs
     from .explain import load
     from .inference import attribute_cohort, explain_cohort, explain_interpolation, load_inputs
+    from .progress import StepProgress
     from .report.html import build_report
     from .train import train
 
     settings = settings or DemoSettings()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "settings.json").write_text(settings.model_dump_json(indent=2))
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     stages = ["cohort", "ICAM pretraining (classification)", "ICAM-reg fine-tuning (regression added)",
@@ -58,7 +72,13 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, p
 
     t = stage(0)
     csv_path = out / "cohort" / "cohort.csv"
-    if not csv_path.is_file():  # a second demo in the same folder reuses the cohort
+    wanted = {"shape": list(settings.shape), "subjects": settings.subjects, "seed": settings.seed}
+    if csv_path.is_file():  # a second demo in the same folder reuses the cohort, if it is the same one
+        made = json.loads((out / "cohort" / "synth.json").read_text())
+        if {k: made.get(k) for k in wanted} != wanted:
+            raise ValueError(f"{out / 'cohort'} holds a cohort made with {({k: made.get(k) for k in wanted})}, "
+                             f"not {wanted}: give the demo another --out folder")
+    else:
         write_brain_synth(out / "cohort", dims=2, n=settings.subjects, seed=settings.seed, shape=settings.shape)
     seconds["cohort"] = time.perf_counter() - t
 
@@ -88,15 +108,20 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, p
     model = load(finetuned["run_dir"], "last")
     test = load_inputs(model, csv_path, "test")
     explained = {"ICAM-reg": out / "explained" / "icam-reg"}
-    explain_cohort(model, test, explained["ICAM-reg"], from_label=True, n_samples=settings.n_samples,
-                   seed=settings.seed, figures="outliers")
-    young = next(test.source(i)["file"] for i in range(len(test)) if int(test[i]["label"]) == 0)
-    old = next(test.source(i)["file"] for i in range(len(test)) if int(test[i]["label"]) == 1)
-    explain_interpolation(model, Path(young), Path(old), 8, explained["ICAM-reg"])
+    with StepProgress("maps ICAM-reg", progress, len(test)) as bar:
+        explain_cohort(model, test, explained["ICAM-reg"], from_label=True, n_samples=settings.n_samples,
+                       seed=settings.seed, figures="outliers", progress=lambda *_: bar.advance())
+    first_of_class = {}
+    for i in range(len(test)):
+        first_of_class.setdefault(int(test[i]["label"]), test.source(i)["file"])
+    if 0 in first_of_class and 1 in first_of_class:  # a walk from a young scan to an old one
+        explain_interpolation(model, Path(first_of_class[0]), Path(first_of_class[1]), 8, explained["ICAM-reg"])
     for name, posthoc in (("Grad-CAM", "gradcam"), ("guided backprop", "guided_backprop")):
         baseline = BaselineModel.from_checkpoint(resnet["run_dir"], "last", None, posthoc)
         explained[name] = out / "explained" / posthoc
-        attribute_cohort(baseline, load_inputs(baseline, csv_path, "test"), explained[name], figures="none")
+        with StepProgress(f"maps {name}", progress, len(test)) as bar:
+            attribute_cohort(baseline, load_inputs(baseline, csv_path, "test"), explained[name], figures="none",
+                             progress=lambda *_: bar.advance())
     seconds["explain"] = time.perf_counter() - t
 
     t = stage(5)

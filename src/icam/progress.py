@@ -1,4 +1,4 @@
-"""A progress bar for training loops: step, rate, elapsed, ETA and the latest losses."""
+"""A progress bar for long loops (training, maps): step, rate, elapsed, ETA and the latest losses."""
 
 from __future__ import annotations
 
