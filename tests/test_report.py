@@ -1,8 +1,10 @@
 """`icam report`: a self-contained HTML file, checked in a real (headless) browser."""
 
+import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -55,6 +57,10 @@ def test_report_renders_in_chromium_without_errors(report, tmp_path):
     screenshot = subprocess.run(flags + [f"--screenshot={shot}", report.as_uri()], capture_output=True, text=True,
                                 timeout=120)
     assert screenshot.returncode == 0 and shot.stat().st_size > 50_000
+    keep = os.environ.get("ICAM_TEST_ARTIFACTS")  # e.g. CI: keep the screenshot to look at
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / "report.png")
 
 
 def test_report_of_a_folder_without_a_run_is_a_clear_error(tmp_path):

@@ -214,9 +214,11 @@ def predictions_section(report: Report, explained: Path) -> dict:
         ax.set(xlabel="true target (e.g. age, years)", ylabel="predicted target (same units)",
                title=f"MAE {facts['mae']:.2f}, Pearson r {facts['r']:.2f} (n {len(true)})")
         ax.legend(fontsize=8)
-    report.add("Predictions", _figure(_png(fig), "Left: how often each true class (rows) was predicted as each class "
-                                      "(columns). Right: the regressed target against the true one; points on the "
-                                      "dashed line are exact.", "prediction results"))
+    parts = (["how often each true class (rows) was predicted as each class (columns)"] if labelled else []) + \
+        (["the regressed target against the true one; points on the dashed line are exact"] if regressed else [])
+    caption = ". ".join(f"{side}: {text}" for side, text in zip(("Left", "Right"), parts)) if len(parts) == 2 \
+        else parts[0][0].upper() + parts[0][1:]
+    report.add("Predictions", _figure(_png(fig), caption + ".", "prediction results"))
     return facts
 
 
