@@ -7,6 +7,7 @@ all-reduce gives the exact cohort figure.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from contextlib import nullcontext
@@ -196,25 +197,15 @@ def selection_metric(choice: str, regressing: bool, has_gt_maps: bool) -> str:
     return "mae" if regressing else "ncc" if has_gt_maps else "balanced_accuracy"
 
 
-def _stem(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | None = None,
                      map_suffix: str = "fa_mean", columns=None) -> dict:
     """Score the maps and predictions an explanation run wrote (``outputs/maps/<id>_<suffix>.nii.gz``,
     ``outputs/predictions.csv``) against the cohort table's ground truth. Maps are compared in
     each input's own space, where both were written. Directions: NCC(+) over subjects of class 0
     (translated 0 → 1, effects added), NCC(−) over class 1 (1 → 0, effects removed)."""
-    import csv
-
-    import nibabel as nib
-
     from .config import CsvColumns
+    from .data.nifti import load_array, nifti_stem
+    from .inference import write_csv
     from .data.table import read_table
 
     outputs, columns = Path(outputs), columns or CsvColumns()
@@ -226,18 +217,17 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
     rows = [r for r in rows if split is None or r.split == split]
     per_subject, missing = [], []
     for r in rows:
-        path = outputs / "maps" / f"{_stem(str(r.image))}_{map_suffix}.nii.gz"
+        path = outputs / "maps" / f"{nifti_stem(r.image)}_{map_suffix}.nii.gz"
         if r.gt_map is None:
             continue
         if not path.is_file():
             missing.append(path.name)
             continue
-        fa = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
-        gt = np.asarray(nib.load(str(r.gt_map)).dataobj, dtype=np.float32)
-        mask = np.asarray(nib.load(str(r.mask)).dataobj, dtype=np.float32) if r.mask is not None else None
+        fa, gt = load_array(path)[0], load_array(r.gt_map)[0]
+        mask = load_array(r.mask)[0] if r.mask is not None else None
         if fa.shape != gt.shape:
             raise ValueError(f"{path.name} has shape {fa.shape} but its ground truth {r.gt_map} has {gt.shape}")
-        per_subject.append({"id": _stem(str(r.image)), "label": r.label, **map_metrics(fa, gt, mask)})
+        per_subject.append({"id": nifti_stem(r.image), "label": r.label, **map_metrics(fa, gt, mask)})
     if not per_subject:
         raise ValueError(f"no maps to score in {outputs / 'maps'} (suffix '_{map_suffix}') for rows with a gt_map "
                          f"in {csv_path}" + (f" and split {split}" if split else ""))
@@ -258,9 +248,6 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
         if regressed:
             result["regression"] = regression_metrics(np.array([float(p["target"]) for p in regressed]),
                                                       np.array([float(p["predicted_target"]) for p in regressed]))
-    with (outputs / "per_subject_maps.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, list(per_subject[0]))
-        writer.writeheader()
-        writer.writerows(per_subject)
+    write_csv(outputs / "per_subject_maps.csv", per_subject)
     (outputs / "evaluation.json").write_text(json.dumps(result, indent=2))
     return result

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import CsvData
-from .data.nifti import NiftiCohort, PreprocessingCache, Spatial, fill_cache
+from .data.nifti import NiftiCohort, PreprocessingCache, Spatial, fill_cache, nifti_stem
 from .data.resample import resample_to_grid
 from .data.table import UNKNOWN_LABEL, DataError, read_table
 from .explain import Explainer
@@ -75,10 +75,7 @@ def load_inputs(explainer: Explainer, csv_path: Path, split: str | None = None, 
 
 def output_id(dataset: NiftiCohort, i: int) -> str:
     source = dataset.source(i)
-    stem = Path(source["file"]).name
-    for suffix in (".nii.gz", ".nii"):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
+    stem = nifti_stem(source["file"])
     if source["slice"] is not None and dataset.config.slices_per_subject > 1:
         stem += f"_slice{source['slice']}"
     return stem
@@ -198,10 +195,10 @@ def explain_pair(explainer: Explainer, a: Path, b: Path, out: Path) -> list[Path
     for i, (other, translated, fa) in enumerate(((ids[1], result.a_as_b, result.fa_a),
                                                  (ids[0], result.b_as_a, result.fa_b))):
         stem = f"{ids[i]}_with_{other}"
-        written.append(write_map(translated[0, 0].cpu().numpy(), dataset, i, out / f"{stem}_translated.nii.gz"))
-        written.append(write_map(fa[0, 0].cpu().numpy(), dataset, i, out / f"{stem}_fa.nii.gz"))
-        item = (first, second)[i]
         fa_np = fa[0, 0].cpu().numpy()
+        written.append(write_map(translated[0, 0].cpu().numpy(), dataset, i, out / f"{stem}_translated.nii.gz"))
+        written.append(write_map(fa_np, dataset, i, out / f"{stem}_fa.nii.gz"))
+        item = (first, second)[i]
         written.append(explanation_figure(out / f"{stem}_fa.png", item["image"][0].numpy(), fa_np, None,
                                           _brain_mask(item), f"{ids[i]} with the attribute of {other}"))
     return written

@@ -81,6 +81,15 @@ def check_array(array: np.ndarray, path: Path, number: int | None, may_be_consta
     return problems
 
 
+def nifti_stem(path: str | Path) -> str:
+    """A NIfTI file's name without .nii.gz / .nii: how outputs name the input they belong to."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def load_array(path: Path, number: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode a NIfTI file with nibabel; unreadable or truncated files become a DataError."""
     import nibabel as nib
