@@ -28,6 +28,9 @@ from .config import Section, load_config
 
 POSTHOC_LABELS = {"gradcam": "Grad-CAM", "guided_gradcam": "guided Grad-CAM", "guided_backprop": "guided backprop",
                   "integrated_gradients": "integrated gradients", "occlusion": "occlusion"}
+# every map-making method by its folder name under maps/ (or explained/), as tables and reports name it;
+# in the order reports show them (ICAM-reg first: its run and predictions lead a report)
+METHOD_LABELS = {"icam-reg": "ICAM-reg", "icam": "ICAM", **POSTHOC_LABELS, "vagan": "VA-GAN"}
 
 
 class BenchmarkSettings(Section):
@@ -230,13 +233,12 @@ def _write_tables(out: Path, evaluations: dict, translation: dict, cnn_predictio
 
     out = out / "results"
     out.mkdir(exist_ok=True)
-    names = {"icam": "ICAM", "icam-reg": "ICAM-reg", "vagan": "VA-GAN", **POSTHOC_LABELS}
     rows = []
     for key, evaluation in evaluations.items():
         maps = evaluation["maps"]
         plus = "–" if key == "vagan" else _fmt(maps["plus (class 0 → 1)"]["ncc"])  # VA-GAN: one direction
         scope = maps["minus (class 1 → 0)"] if key == "vagan" else maps["all"]
-        rows.append([names[key], _fmt(maps["minus (class 1 → 0)"]["ncc"]), plus] +
+        rows.append([METHOD_LABELS[key], _fmt(maps["minus (class 1 → 0)"]["ncc"]), plus] +
                     [_fmt(scope[m]) for m in ("auroc", "ap", "dice_topk", "pointing")])
     tables = {"table2_maps": _write_table(
         out, "table2_maps", ["method", "NCC(−)", "NCC(+)", "AUROC", "AP", "Dice top-k", "pointing"], rows,
@@ -278,42 +280,16 @@ def _write_tables(out: Path, evaluations: dict, translation: dict, cnn_predictio
 
 
 def _comparison_figure(out: Path, maps_dirs: dict, csv_path: Path, subjects: int) -> Path | None:
-    """The same test subjects side by side: input, ground truth and each method's map."""
-    import nibabel as nib
+    """The same test subjects side by side: input, ground truth and each method's map (the
+    report's gallery, as a PNG beside the tables)."""
+    from .report.figures import _pyplot, gallery_figure
 
-    from .report.figures import _pyplot, overlay, symmetric_limit
-
-    test = [r for r in csv.DictReader(csv_path.open()) if r.get("split") == "test" and r.get("gt_map")]
-    by_class = [[r for r in test if r["label"] == k] for k in sorted({r["label"] for r in test})]
-    rows = [r for group in zip(*by_class) for r in group][:subjects] or test[:subjects]  # classes alternate
-    if not rows:
+    fig = gallery_figure(csv_path, {METHOD_LABELS[k]: folder for k, folder in maps_dirs.items()}, subjects)
+    if fig is None:
         return None
-    plt = _pyplot()
-    names = {"icam": "ICAM", "icam-reg": "ICAM-reg", "vagan": "VA-GAN (1 → 0)", **POSTHOC_LABELS}
-    columns = ["input", "ground truth"] + [names.get(k, k) for k in maps_dirs]
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.2 * len(columns), 2.3 * len(rows)), squeeze=False,
-                             layout="constrained")
-
-    def read(path):
-        return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32).squeeze()
-
-    for r, row in enumerate(rows):
-        image = read(csv_path.parent / row["image"])
-        mask = read(csv_path.parent / row["mask"]) if row.get("mask") else None
-        stem = Path(row["image"]).name.replace(".nii.gz", "").replace(".nii", "")
-        panels = [None, read(csv_path.parent / row["gt_map"])]
-        panels += [read(folder / "maps" / f"{stem}_fa_mean.nii.gz") if (folder / "maps" / f"{stem}_fa_mean.nii.gz").is_file()
-                   else None for folder in maps_dirs.values()]
-        for c, panel in enumerate(panels):
-            shown = panel if panel is None or panel.ndim == 2 else panel[:, :, panel.shape[2] // 2]
-            base = image if image.ndim == 2 else image[:, :, image.shape[2] // 2]
-            m = mask if mask is None or mask.ndim == 2 else mask[:, :, mask.shape[2] // 2]
-            overlay(axes[r, c], base, shown, m, symmetric_limit(shown, m) if shown is not None else 1.0)
-            if r == 0:
-                axes[r, c].set_title(columns[c], fontsize=8)
-        axes[r, 0].set_ylabel(f"{stem}\nclass {row['label']}", fontsize=7)
     path = out / "results" / "comparison.png"
-    fig.suptitle("Test subjects: each map on its own symmetric colour range (red brighter, blue darker)", fontsize=9)
+    fig.suptitle("Test subjects (red brighter, blue darker): the ground truth and ICAM share one symmetric colour "
+                 "range, every other map has its own; VA-GAN maps class 1 → 0 only", fontsize=9)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path

@@ -36,7 +36,7 @@ def friendly_errors(command):
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             if isinstance(e, ConfigError):
                 typer.echo("hint: `icam config --print-defaults` lists every key with its default", err=True)
-            elif "checkpoint or run folder" in str(e):
+            elif isinstance(e, CheckpointError):
                 typer.echo("hint: give a folder that `icam train` wrote (it holds checkpoints/best.pt), "
                            "or a .pt file; `icam demo` makes one in minutes", err=True)
             elif not debug:
@@ -394,9 +394,8 @@ def report_command(
 
 def _report_parts(folder: Path, explained: list[Path], csv_path: Optional[Path]):
     """What a folder holds: a run folder itself, or a demo/benchmark folder with runs and maps."""
-    names = {"icam-reg": "ICAM-reg", "icam": "ICAM", "gradcam": "Grad-CAM", "guided_gradcam": "guided Grad-CAM",
-             "guided_backprop": "guided backprop", "integrated_gradients": "integrated gradients",
-             "occlusion": "occlusion", "vagan": "VA-GAN"}
+    from .benchmark import METHOD_LABELS as names
+
     if (folder / "config.yaml").is_file():
         run_dir = folder
     else:

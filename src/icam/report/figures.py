@@ -130,6 +130,77 @@ def interpolation_strip(path: str | Path, images: np.ndarray, fa_maps: np.ndarra
     return Path(path)
 
 
+def _middle_slice(path: Path) -> np.ndarray:
+    """A NIfTI file as a 2D array: the image itself, or a volume's middle axial slice."""
+    from ..data.nifti import load_array
+
+    volume = load_array(path)[0].squeeze()
+    return volume if volume.ndim == 2 else volume[:, :, volume.shape[2] // 2]
+
+
+def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4):
+    """The same test subjects of a cohort table (classes alternating, one row each) under every
+    method's map (``methods``: name → an `icam explain` folder), next to the ground truth. The
+    ground truth and the first method's mean map share one symmetric colour range; the first
+    method's variance follows when written; every other map has its own range. None without
+    test rows."""
+    import csv
+
+    from ..data.nifti import nifti_stem
+
+    rows = [r for r in csv.DictReader(csv_path.open()) if r.get("split") == "test"]
+    by_class = [[r for r in rows if r.get("label") == k] for k in sorted({r.get("label") for r in rows})]
+    chosen = [r for group in zip(*by_class) for r in group][:subjects] or rows[:subjects]
+    if not chosen:
+        return None
+    names = list(methods)
+
+    def panels_for(row):
+        """(image, mask, [(title, data, colour limit, kind)]) of one subject."""
+        stem = nifti_stem(row["image"])
+        image = _middle_slice(csv_path.parent / row["image"])
+        mask = _middle_slice(csv_path.parent / row["mask"]) if row.get("mask") else None
+        gt = _middle_slice(csv_path.parent / row["gt_map"]) if row.get("gt_map") else None
+        maps = {name: folder / "maps" / f"{stem}_fa_mean.nii.gz" for name, folder in methods.items()}
+        maps = {name: _middle_slice(path) if path.is_file() else None for name, path in maps.items()}
+        first = maps[names[0]]
+        shared = max([symmetric_limit(m, mask) for m in (first, gt) if m is not None] or [1.0])
+        panels = [("input", None, 1.0, "fa")]
+        if gt is not None:
+            panels.append(("ground truth", gt, shared, "fa"))
+        panels.append((f"{names[0]}: mean FA", first, shared, "fa"))
+        variance = methods[names[0]] / "maps" / f"{stem}_fa_var.nii.gz"
+        if variance.is_file():
+            panels.append((f"{names[0]}: variance", _middle_slice(variance), None, "var"))
+        panels += [(name, maps[name], symmetric_limit(maps[name], mask) if maps[name] is not None else 1.0, "fa")
+                   for name in names[1:]]
+        return stem, image, mask, panels
+
+    built = [panels_for(row) for row in chosen]
+    plt = _pyplot()
+    columns = len(built[0][3])
+    fig, axes = plt.subplots(len(built), columns, figsize=(2.3 * columns, 2.4 * len(built)), squeeze=False,
+                             layout="constrained")
+    for r, (stem, image, mask, panels) in enumerate(built):
+        for c, (title, data, limit, kind) in enumerate(panels):
+            ax = axes[r, c]
+            if kind == "var":
+                ax.imshow((np.ma.masked_where(mask <= 0, data) if mask is not None else data).T, cmap="magma",
+                          origin="lower")
+                ax.set_xticks([])
+                ax.set_yticks([])
+            else:
+                overlay(ax, image, data, mask, limit)
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+        facts = [f"class {chosen[r]['label']}"] if chosen[r].get("label") else []
+        facts += [f"target {float(chosen[r]['target']):.1f}"] if chosen[r].get("target") else []
+        axes[r, 0].set_ylabel(f"{stem}\n{', '.join(facts)}", fontsize=8)
+    scalar = plt.cm.ScalarMappable(cmap=FA_CMAP, norm=plt.Normalize(-1, 1))
+    fig.colorbar(scalar, ax=axes[:, -1], shrink=0.6, label="change, relative to each colour range")
+    return fig
+
+
 def tsne_figure(path: str | Path, attributes: np.ndarray, labels: np.ndarray, targets: np.ndarray | None,
                 seed: int = 0) -> Path:
     """t-SNE of attribute means, coloured by class and (when known) by target (paper Fig. 8)."""

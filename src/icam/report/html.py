@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from ..run import read_metrics
-from .figures import FA_CMAP, _pyplot, overlay, symmetric_limit
+from .figures import _pyplot, gallery_figure
 
 STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1180px;
@@ -68,16 +68,6 @@ def _markdown_table(text: str) -> str:
     note = " ".join(line for line in lines if line and not line.startswith("|"))
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table if not set(line) <= set("|-")]
     return _table(cells[0], cells[1:]) + (f'<p class="note">{html.escape(note)}</p>' if note else "")
-
-
-def _read(path: Path) -> np.ndarray:
-    import nibabel as nib
-
-    return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32).squeeze()
-
-
-def _mid(volume: np.ndarray | None) -> np.ndarray | None:
-    return volume if volume is None or volume.ndim == 2 else volume[:, :, volume.shape[2] // 2]
 
 
 class Report:
@@ -224,56 +214,10 @@ def predictions_section(report: Report, explained: Path) -> dict:
 
 def gallery_section(report: Report, csv_path: Path, methods: dict[str, Path], subjects: int = 4) -> None:
     """The same test subjects (both classes) under every method, next to the ground truth."""
-    rows = [r for r in csv.DictReader(csv_path.open()) if r.get("split") == "test"]
-    by_class = [[r for r in rows if r.get("label") == k] for k in sorted({r.get("label") for r in rows})]
-    chosen = [r for group in zip(*by_class) for r in group][:subjects] or rows[:subjects]
-    if not chosen:
+    fig = gallery_figure(csv_path, methods, subjects)
+    if fig is None:
         return
     names = list(methods)
-
-    def panels_for(row):
-        """(image, mask, [(title, data, colour limit, kind)]) of one subject."""
-        stem = Path(row["image"]).name.replace(".nii.gz", "").replace(".nii", "")
-        image = _mid(_read(csv_path.parent / row["image"]))
-        mask = _mid(_read(csv_path.parent / row["mask"])) if row.get("mask") else None
-        gt = _mid(_read(csv_path.parent / row["gt_map"])) if row.get("gt_map") else None
-        maps = {name: folder / "maps" / f"{stem}_fa_mean.nii.gz" for name, folder in methods.items()}
-        maps = {name: _mid(_read(path)) if path.is_file() else None for name, path in maps.items()}
-        first = maps[names[0]]
-        shared = max([symmetric_limit(m, mask) for m in (first, gt) if m is not None] or [1.0])
-        panels = [("input", None, 1.0, "fa")]
-        if gt is not None:
-            panels.append(("ground truth", gt, shared, "fa"))
-        panels.append((f"{names[0]}: mean FA", first, shared, "fa"))
-        variance = methods[names[0]] / "maps" / f"{stem}_fa_var.nii.gz"
-        if variance.is_file():
-            panels.append((f"{names[0]}: variance", _mid(_read(variance)), None, "var"))
-        panels += [(name, maps[name], symmetric_limit(maps[name], mask) if maps[name] is not None else 1.0, "fa")
-                   for name in names[1:]]
-        return stem, image, mask, panels
-
-    built = [panels_for(row) for row in chosen]
-    plt = _pyplot()
-    columns = len(built[0][3])
-    fig, axes = plt.subplots(len(built), columns, figsize=(2.3 * columns, 2.4 * len(built)), squeeze=False,
-                             layout="constrained")
-    for r, (stem, image, mask, panels) in enumerate(built):
-        for c, (title, data, limit, kind) in enumerate(panels):
-            ax = axes[r, c]
-            if kind == "var":
-                ax.imshow((np.ma.masked_where(mask <= 0, data) if mask is not None else data).T, cmap="magma",
-                          origin="lower")
-                ax.set_xticks([])
-                ax.set_yticks([])
-            else:
-                overlay(ax, image, data, mask, limit)
-            if r == 0:
-                ax.set_title(title, fontsize=8)
-        facts = [f"class {chosen[r]['label']}"] if chosen[r].get("label") else []
-        facts += [f"target {float(chosen[r]['target']):.1f}"] if chosen[r].get("target") else []
-        axes[r, 0].set_ylabel(f"{stem}\n{', '.join(facts)}", fontsize=8)
-    scalar = plt.cm.ScalarMappable(cmap=FA_CMAP, norm=plt.Normalize(-1, 1))
-    fig.colorbar(scalar, ax=axes[:, -1], shrink=0.6, label="change, relative to each colour range")
     caption = (f"Test subjects of each class (rows). Red: brighter after translation; blue: darker; shown above 20% "
                f"of the colour range, inside the brain. The ground truth and {names[0]}'s mean FA map share one "
                f"symmetric colour scale (both are intensity changes); the variance shows where {names[0]}'s samples "
