@@ -287,6 +287,17 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
+def settings_from(model: type[BaseModel], overrides: list[str], base: dict | None = None,
+                  what: str = "settings") -> BaseModel:
+    """A settings model (a command's own, not the run config) from ``base`` and ``key=value``
+    overrides; a bad key or value is a ConfigError whose message names it."""
+    tree = {**(base or {}), **parse_overrides(overrides)}
+    try:
+        return model.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(f"{what}: {e}") from None
+
+
 def _merge(base: dict, update: dict) -> dict:
     merged = dict(base)
     for key, value in update.items():

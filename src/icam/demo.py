@@ -11,13 +11,14 @@ import json
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
+
+from .config import Section
 
 
-class DemoSettings(BaseModel):
+class DemoSettings(Section):
     """What the demo runs; `icam demo --set key=value` changes one (written to settings.json)."""
 
-    model_config = ConfigDict(extra="forbid")
     shape: tuple[int, int] = (64, 64)
     subjects: int = Field(600, ge=12)
     width: int = Field(8, ge=4)
@@ -32,21 +33,14 @@ class DemoSettings(BaseModel):
 
 
 def demo_settings(overrides: list[str]) -> DemoSettings:
-    from .config import ConfigError, parse_overrides
+    from .config import settings_from
 
-    try:
-        return DemoSettings.model_validate(parse_overrides(overrides))
-    except ValidationError as e:  # pydantic's message names the key
-        raise ConfigError(f"demo settings: {e}") from None
-
-
-def _run_args(settings: DemoSettings, csv_path: Path, out: Path) -> list[str]:
-    return ["data.kind=csv", f"data.csv={csv_path}", f"data.shape={list(settings.shape)}", "data.intensity=none",
-            f"out_dir={out / 'runs'}", f"seed={settings.seed}", "runtime.accelerator=cpu"]
+    return settings_from(DemoSettings, overrides, what="demo settings")
 
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, progress: bool = True) -> dict:
     from .baselines.attribution import BaselineModel
+    from .benchmark import POSTHOC_LABELS, cohort_overrides, icam_overrides
     from .config import load_config
     from .data.synth_export import write_brain_synth
     from .evaluate import evaluate_outputs
@@ -82,9 +76,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, p
         write_brain_synth(out / "cohort", dims=2, n=settings.subjects, seed=settings.seed, shape=settings.shape)
     seconds["cohort"] = time.perf_counter() - t
 
-    common = _run_args(settings, csv_path, out)
-    icam = common + [f"model.width={settings.width}", f"train.images_per_class={settings.images_per_class}",
-                     f"train.lr={settings.lr}", f"train.content_discriminator_lr={settings.lr * 0.4}"]
+    common = cohort_overrides(csv_path, settings.shape, out, settings.seed, "cpu", synthetic=True)
+    icam = common + icam_overrides(settings.width, settings.images_per_class, settings.lr)
     t = stage(1)
     pretrained = train(load_config(None, icam + ["loss.regression=0", f"train.steps={settings.pretrain_steps}",
                                                  f"train.validate_every={max(1, settings.pretrain_steps // 3)}",
@@ -116,7 +109,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, p
         first_of_class.setdefault(int(test[i]["label"]), test.source(i)["file"])
     if 0 in first_of_class and 1 in first_of_class:  # a walk from a young scan to an old one
         explain_interpolation(model, Path(first_of_class[0]), Path(first_of_class[1]), 8, explained["ICAM-reg"])
-    for name, posthoc in (("Grad-CAM", "gradcam"), ("guided backprop", "guided_backprop")):
+    for posthoc in ("gradcam", "guided_backprop"):
+        name = POSTHOC_LABELS[posthoc]
         baseline = BaselineModel.from_checkpoint(resnet["run_dir"], "last", None, posthoc)
         explained[name] = out / "explained" / posthoc
         with StepProgress(f"maps {name}", progress, len(test)) as bar:
