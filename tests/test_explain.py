@@ -52,6 +52,22 @@ def test_explanations_have_the_inputs_shape_and_are_seeded(run_dir, squares):
     assert torch.allclose(kept.samples.var(1), kept.var, atol=1e-5)
 
 
+def test_maps_against_the_reconstruction_differ_from_the_paper_maps_by_the_reconstruction(run_dir, squares):
+    model = icam.load(run_dir)
+    x = squares.images[:3]
+    paper = model.explain(x, n_samples=8)
+    against = model.explain(x, n_samples=8, reference="reconstruction")
+    reconstruction = model.model.fa_reference(model._to(x), "reconstruction")
+    assert torch.allclose(against.mean, paper.translated - reconstruction, atol=1e-5)
+    assert torch.allclose(paper.mean, paper.translated - x, atol=1e-5)
+    assert torch.equal(against.var, paper.var) and against.reference == "reconstruction"
+    own = model.explain(x, target=0, n_samples=8, seed=3)
+    relative = model.explain(x, n_samples=8, reference="own-class", own_class=0, seed=3)
+    assert torch.allclose(relative.mean, relative.translated - own.translated, atol=1e-5)
+    with pytest.raises(ValueError, match="reference must be one of"):
+        model.explain(x, n_samples=2, reference="mean")
+
+
 def test_captum_style_attribute(run_dir, squares):
     model = icam.load(run_dir)
     x = squares.images[:2]
@@ -147,3 +163,16 @@ def test_3d_maps_are_resampled_back_to_an_input_of_another_shape(tmp_path):
     assert written.shape == (20, 18, 16) and np.allclose(written.affine, affine)
     assert np.count_nonzero(written.get_fdata()) > 0.5 * volume.size  # the model's crop covers most of it
     assert (tmp_path / "x" / "figures" / "v_fa.png").is_file()
+
+
+def test_fa_magnitude_is_correlated_with_the_target_pooled_and_as_the_paper_does():
+    from icam.inference import _cohort_analyses
+
+    records = [{"label": label, "predicted_class": label, "p_class0": 0.5, "p_class1": 0.5, "target": age,
+                "predicted_target": age + 1, "target_class": 1 - label, "mean_abs_fa": fa}
+               for label, age, fa in [(0, 50, 0.1), (0, 55, 0.3), (0, 60, 0.2), (1, 70, 0.2), (1, 75, 0.3),
+                                      (1, 80, 0.5), (1, 85, 0.6)]]
+    analyses = _cohort_analyses(records, records, regressing=True)["mean_abs_fa_vs_target"]
+    assert analyses["pooled"]["true_target"]["n"] == 7
+    down = analyses["upper_class_translated_down"]
+    assert down["true_target"]["n"] == 4 and down["predicted_target"]["pearson_r"] > 0.9  # the old scans only

@@ -67,3 +67,53 @@ def test_weighted_sum_uses_each_terms_weight():
     weights = LossWeights(fa_map_l1=2.0, cycle_l1=0.5)
     total = losses.weighted_sum({"fa_map_l1": torch.tensor(1.0), "cycle_l1": torch.tensor(4.0)}, weights)
     assert total == 4.0
+
+
+def test_each_generator_term_has_the_form_of_the_objective():
+    """Each term against its formula written out by hand: a change to any term's form fails here."""
+    from icam.model import TrainingOutputs
+
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    n, k, nz = 4, 3, 16
+    images = r(n, 1, 8, 8)
+    out = TrainingOutputs(content=r(n, 2, 2, 2), mu=r(n, nz), logvar=r(n, nz) * 0.1, class_logits=r(n, k),
+                          regression=r(n), translated=r(n, 1, 8, 8), reconstructed=r(n, 1, 8, 8),
+                          randomly_translated=r(n, 1, 8, 8), cycle_reconstructed=r(n, 1, 8, 8),
+                          random_attribute_estimate=r(n, nz))
+    labels, translated_labels = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2, 0, 1])
+    random_attribute, target = r(n, nz), torch.tensor([0.3, float("nan"), -2.0, 1.0])
+    encoded, random, content_logits = (r(n), r(n, k)), (r(n), r(n, k)), r(n, k)
+    terms = losses.generator_terms(out, images, labels, translated_labels, target, random_attribute,
+                                   encoded, random, content_logits)
+
+    def bce_real(logits):  # −log σ(logit), the non-saturating generator loss
+        return -torch.log(torch.sigmoid(logits)).mean()
+
+    def cross_entropy(logits, classes):
+        return -torch.log_softmax(logits, 1)[torch.arange(len(classes)), classes].mean()
+
+    known = ~torch.isnan(target)
+    error = (out.regression - target)[known].abs()
+    expected = {
+        "content_adversarial": (-torch.log_softmax(content_logits, 1).mean(1) - math.log(k)).mean(),
+        "domain_adversarial": bce_real(encoded[0]) + bce_real(random[0]),
+        "domain_classification": cross_entropy(encoded[1], translated_labels) + cross_entropy(random[1],
+                                                                                              translated_labels),
+        "classification": cross_entropy(out.class_logits, labels),
+        "kl_attribute": (-0.5 * (1 + out.logvar - out.mu ** 2 - out.logvar.exp())).mean(),
+        "content_l2": (out.content ** 2).mean(),
+        "fa_map_l1": (out.translated - images).abs().mean(),
+        "latent_regression": (out.random_attribute_estimate - random_attribute).abs().mean(),
+        "reconstruction_l1": (out.reconstructed - images).abs().mean(),
+        "reconstruction_l2": ((out.reconstructed - images) ** 2).mean(),
+        "cycle_l1": (out.cycle_reconstructed - images).abs().mean(),
+        "cycle_l2": ((out.cycle_reconstructed - images) ** 2).mean(),
+        "regression": torch.where(error < 1, 0.5 * error ** 2, error - 0.5).mean(),
+    }
+    assert set(terms) == set(expected)
+    for name, value in expected.items():
+        assert torch.allclose(terms[name], value, atol=1e-5), name

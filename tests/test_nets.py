@@ -71,3 +71,22 @@ def test_eval_mode_is_deterministic_and_training_adds_content_noise():
     assert torch.equal(model.predict(x).probabilities, model.predict(x).probabilities)
     model.train()
     assert not torch.equal(model.encode_content(x), model.encode_content(x))
+
+
+def test_attribute_stride_8_doubles_the_latent_side_and_decodes():
+    model = ICAM((64, 64), width=4, attribute_stride=8)
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    mu, _ = model.encode_attribute(x)
+    assert model.latent_shape == (8, 8) and mu.shape == (2, 64)
+    assert model.decode(model.encode_content(x), mu).shape == x.shape
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (16, 32, 16)])
+def test_the_authors_upsampling_block_has_the_same_weights_and_shapes(shape):
+    plain = ICAM(shape, width=4)
+    smoothed = ICAM(shape, width=4, upsampling="transposed-avgpool")
+    assert count(plain.generator) == count(smoothed.generator)
+    x = torch.rand(2, 1, *shape) * 2 - 1
+    assert smoothed.decode(smoothed.encode_content(x), smoothed.encode_attribute(x)[0]).shape == x.shape
+    with pytest.raises(ValueError, match="upsampling must be one of"):
+        ICAM(shape, width=4, upsampling="bilinear")

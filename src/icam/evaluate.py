@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .model import ICAM
+from .model import ICAM, fa_map, next_class
 
 
 def ncc(fa_maps: torch.Tensor, gt_maps: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
@@ -34,6 +34,10 @@ def ncc(fa_maps: torch.Tensor, gt_maps: torch.Tensor, masks: torch.Tensor | None
     scale = ((w * a * a).sum(1) * (w * b * b).sum(1)).sqrt()
     return torch.where(scale > 0, covariance / scale.clamp(min=1e-300), torch.nan).float()
 
+
+# The two directions maps are scored in (the keys of evaluate_outputs' "maps").
+NCC_PLUS = "plus (class 0 → 1)"  # class-0 scans translated up: effects added
+NCC_MINUS = "minus (class 1 → 0)"  # class-1 scans translated down: effects removed
 
 CHANGE_THRESHOLD = 0.05  # a voxel "changed" where |ground truth| ≥ 5% of the subject's largest change
 
@@ -119,15 +123,17 @@ def balanced_accuracy(confusion: torch.Tensor) -> float:
 
 @torch.no_grad()
 def validation_statistics(model: ICAM, dataset, *, batch_size: int, fa_samples: int,
-                          min_probability: float | None, seed: int, rank: int = 0, world_size: int = 1,
+                          min_probability: float | None, seed: int, reference: str = "input", rank: int = 0,
+                          world_size: int = 1,
                           device: torch.device | str = "cpu",
                           autocast: Callable[[], ContextManager] = nullcontext) -> dict[str, torch.Tensor]:
     """Additive statistics of this process's share of ``dataset`` (every world_size-th image).
 
     FA maps, for cohorts with ground truth: each image translated to the next class
-    ((label + 1) mod K, the other class when K = 2), averaged over ``fa_samples``
+    (``next_class``: the other class when K = 2), averaged over ``fa_samples``
     rejection-sampled attributes drawn from a generator seeded with ``seed``, so the figure
-    is the same run to run. Eval mode: no noise layer, attribute means for prediction.
+    is the same run to run, and compared with ``reference`` (``ICAM.fa_reference``). Eval mode:
+    no noise layer, attribute means for prediction.
     """
     was_training = model.training
     model.eval()
@@ -144,11 +150,12 @@ def validation_statistics(model: ICAM, dataset, *, batch_size: int, fa_samples: 
             fa = None
             if "gt_map" in batch:
                 content = model.encode_content(images)
-                targets = ((labels + 1) % k).repeat(fa_samples)
+                targets = next_class(labels, k).repeat(fa_samples)
                 attribute = model.sample_attribute(targets, min_probability=min_probability,
                                                    generator=generator).attribute
                 translated = model.decode(torch.cat([content] * fa_samples), attribute.to(content.dtype))
-                fa = (translated.float().view(fa_samples, *images.shape) - images).mean(0)
+                fa = fa_map(translated.float().view(fa_samples, *images.shape).mean(0),
+                            model.fa_reference(images, reference, content).float())
         stats["confusion"] += torch.bincount(labels * k + prediction.predicted_class,
                                              minlength=k * k).view(k, k).double()
         target = batch["target"].to(device)
@@ -197,6 +204,26 @@ def selection_metric(choice: str, regressing: bool, has_gt_maps: bool) -> str:
     return "mae" if regressing else "ncc" if has_gt_maps else "balanced_accuracy"
 
 
+def prediction_metrics(predictions: Path) -> dict:
+    """Classification and regression metrics of a predictions.csv (``icam predict``/``explain``),
+    over its rows with a known label / target; {} when there is no such file."""
+    if not predictions.is_file():
+        return {}
+    result = {}
+    records = list(csv.DictReader(predictions.open()))
+    labelled = [p for p in records if p.get("label", "") != ""]
+    probability_columns = sorted((k for k in records[0] if k.startswith("p_class")), key=lambda k: int(k[7:]))
+    if labelled and probability_columns:
+        result["classification"] = classification_metrics(
+            np.array([int(p["label"]) for p in labelled]),
+            np.array([[float(p[k]) for k in probability_columns] for p in labelled]))
+    regressed = [p for p in records if p.get("target", "") != "" and p.get("predicted_target", "") != ""]
+    if regressed:
+        result["regression"] = regression_metrics(np.array([float(p["target"]) for p in regressed]),
+                                                  np.array([float(p["predicted_target"]) for p in regressed]))
+    return result
+
+
 def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | None = None,
                      map_suffix: str = "fa_mean", columns=None) -> dict:
     """Score the maps and predictions an explanation run wrote (``outputs/maps/<id>_<suffix>.nii.gz``,
@@ -232,22 +259,10 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
         raise ValueError(f"no maps to score in {outputs / 'maps'} (suffix '_{map_suffix}') for rows with a gt_map "
                          f"in {csv_path}" + (f" and split {split}" if split else ""))
     result = {"maps": {"all": summarise_maps(per_subject),
-                       "plus (class 0 → 1)": summarise_maps([m for m in per_subject if m["label"] == 0]),
-                       "minus (class 1 → 0)": summarise_maps([m for m in per_subject if m["label"] == 1]),
-                       "scored": len(per_subject), "missing": len(missing)}}
-    predictions = outputs / "predictions.csv"
-    if predictions.is_file():
-        records = list(csv.DictReader(predictions.open()))
-        labelled = [p for p in records if p.get("label", "") != ""]
-        probability_columns = sorted((k for k in records[0] if k.startswith("p_class")), key=lambda k: int(k[7:]))
-        if labelled and probability_columns:
-            result["classification"] = classification_metrics(
-                np.array([int(p["label"]) for p in labelled]),
-                np.array([[float(p[k]) for k in probability_columns] for p in labelled]))
-        regressed = [p for p in records if p.get("target", "") != "" and p.get("predicted_target", "") != ""]
-        if regressed:
-            result["regression"] = regression_metrics(np.array([float(p["target"]) for p in regressed]),
-                                                      np.array([float(p["predicted_target"]) for p in regressed]))
+                       NCC_PLUS: summarise_maps([m for m in per_subject if m["label"] == 0]),
+                       NCC_MINUS: summarise_maps([m for m in per_subject if m["label"] == 1]),
+                       "scored": len(per_subject), "missing": len(missing)},
+              **prediction_metrics(outputs / "predictions.csv")}
     write_csv(outputs / "per_subject_maps.csv", per_subject)
     (outputs / "evaluation.json").write_text(json.dumps(result, indent=2))
     return result

@@ -1,9 +1,10 @@
 """Explanations: feature-attribution (FA) maps and the other views the paper shows.
 
 An FA map of a scan x for a target class k is ``G(z_c(x), z_a) − x`` with z_a an attribute
-of class k. Sampling many accepted z_a (rejection sampling, minimum class probability 0.9 as
-in the paper) gives a mean and a variance map for one scan, with no second image. All
-sampling is seeded: the same seed gives the same maps.
+of class k. Sampling many accepted z_a (rejection sampling; minimum class probability 0.9, the
+threshold of the authors' test-time code, which the paper does not state) gives a mean and a
+variance map for one scan, with no second image. All sampling is seeded: the same seed gives
+the same maps.
 
     model = icam.load("runs/my-run")
     explanation = model.explain(x, n_samples=100)   # .mean, .var, .prediction, .acceptance_rate
@@ -20,12 +21,12 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, build_config
-from .model import ICAM, Prediction
+from .model import ICAM, Prediction, fa_map
 
 
 @dataclass
 class Explanation:
-    mean: torch.Tensor  # (B, 1, *spatial): mean FA map (translated − input)
+    mean: torch.Tensor  # (B, 1, *spatial): mean FA map (mean translation − reference)
     var: torch.Tensor  # (B, 1, *spatial): unbiased variance of the FA map over the samples
     translated: torch.Tensor  # (B, 1, *spatial): mean translated image
     target_class: torch.Tensor  # (B,)
@@ -33,6 +34,7 @@ class Explanation:
     n_samples: int
     acceptance_rate: float  # share of candidate attributes that passed the classifier
     fallback: bool  # True if some samples had to take a candidate that did not pass
+    reference: str = "input"  # what translations are compared with: input, reconstruction or own-class
     samples: torch.Tensor | None = None  # (B, N, 1, *spatial) FA maps, when asked for
 
 
@@ -52,7 +54,7 @@ class Interpolation:
 
     weights: torch.Tensor  # (K,) from 0 (a) to 1 (b)
     images: torch.Tensor  # (K, 1, *spatial)
-    fa_maps: torch.Tensor  # (K, 1, *spatial): images − images[0] (the change the attribute walk makes)
+    fa_maps: torch.Tensor  # (K, 1, *spatial): images − images[0], a's reconstruction (the walk's change)
     probabilities: torch.Tensor  # (K, classes)
     targets: torch.Tensor  # (K,) regressed target, original units
 
@@ -90,7 +92,7 @@ class Explainer:
             if key not in state:
                 raise CheckpointError(f"{path} holds no ICAM model ('{key}' is missing): is it a baseline's checkpoint?")
         model = ICAM(**state["model_hparams"])
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("model_ema", state["model"]))  # the moving average, when the run kept one
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model, build_config(state["config"], f"{path} (its saved config)"), device, state)
 
@@ -123,10 +125,14 @@ class Explainer:
 
     @torch.no_grad()
     def explain(self, x: torch.Tensor, target: int | torch.Tensor | None = None, n_samples: int = 100,
-                min_probability: float | None = 0.9, seed: int = 0, keep_samples: bool = False) -> Explanation:
+                min_probability: float | None = 0.9, seed: int = 0, keep_samples: bool = False,
+                reference: str = "input", own_class: int | torch.Tensor | None = None) -> Explanation:
         """Mean and variance FA maps of each scan in ``x`` towards ``target`` (default: the most
         probable class other than the predicted one; pass the scan's own class for the
-        reconstruction maps that show the model's noise floor)."""
+        reconstruction maps that show the model's noise floor). ``reference``: translations minus
+        the input (the paper), minus its reconstruction (``ICAM.fa_reference``), or minus the mean
+        of its translations to its own class (``own-class``: ``own_class``, default the predicted
+        one; the same number of samples), which cancels what any sampled translation changes."""
         if n_samples < 2:
             raise ValueError("n_samples must be at least 2 (a variance needs two samples)")
         x = self._to(x)
@@ -141,6 +147,11 @@ class Explainer:
                                              generator=generator)
         attributes = sample.attribute.view(b, n_samples, -1)
         content = self.model.encode_content(x)
+        if reference == "own-class":
+            own = prediction.predicted_class if own_class is None else own_class
+            compared_with = self.explain(x, own, n_samples, min_probability, seed).translated.to(x.dtype)
+        else:
+            compared_with = self.model.fa_reference(x, reference, content)
         chunk = _chunk_for(self.model.image_shape, self.device)
         total = torch.zeros_like(x, dtype=torch.float64)
         squares = torch.zeros_like(x, dtype=torch.float64)
@@ -153,15 +164,15 @@ class Explainer:
                 total[i] += translated.sum(0)
                 squares[i] += translated.pow(2).sum(0)
                 if keep_samples:
-                    per_scan.append((translated - x[i]).float())
+                    per_scan.append(fa_map(translated, compared_with[i]).float())
             if keep_samples:
                 kept.append(torch.cat(per_scan))
         mean_translated = total / n_samples
         variance = ((squares - n_samples * mean_translated.pow(2)) / (n_samples - 1)).clamp(min=0)
-        return Explanation(mean=(mean_translated - x).float(), var=variance.float(),
+        return Explanation(mean=fa_map(mean_translated, compared_with).float(), var=variance.float(),
                            translated=mean_translated.float(), target_class=classes, prediction=prediction,
                            n_samples=n_samples, acceptance_rate=sample.acceptance_rate, fallback=sample.fallback,
-                           samples=torch.stack(kept) if keep_samples else None)
+                           reference=reference, samples=torch.stack(kept) if keep_samples else None)
 
     def attribute(self, inputs: torch.Tensor, target: int | torch.Tensor | None = None,
                   n_samples: int = 100, **kwargs) -> torch.Tensor:
@@ -176,7 +187,7 @@ class Explainer:
         mu_a, mu_b = self.model.encode_attribute(a)[0], self.model.encode_attribute(b)[0]
         a_as_b = self.model.decode(self.model.encode_content(a), mu_b)
         b_as_a = self.model.decode(self.model.encode_content(b), mu_a)
-        return Pair(a_as_b, b_as_a, a_as_b - a, b_as_a - b)
+        return Pair(a_as_b, b_as_a, fa_map(a_as_b, a), fa_map(b_as_a, b))
 
     @torch.no_grad()
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 10) -> Interpolation:
@@ -191,7 +202,8 @@ class Explainer:
         images = torch.cat([self.model.decode(content.expand(len(z), *content.shape[1:]), z)
                             for z in path.split(_chunk_for(self.model.image_shape, self.device))])
         probabilities = torch.softmax(self.model.classifier(path).float(), 1)
-        return Interpolation(weights, images, images - images[:1], probabilities, self.model.regress(path).float())
+        return Interpolation(weights, images, fa_map(images, images[:1]), probabilities,
+                             self.model.regress(path).float())
 
 
 def load(path: str | Path, which: str = "best", device: str | torch.device | None = None) -> Explainer:

@@ -22,6 +22,7 @@ from .data.nifti import NiftiCohort, PreprocessingCache, Spatial, fill_cache, ni
 from .data.resample import resample_to_grid
 from .data.table import UNKNOWN_LABEL, DataError, read_table
 from .explain import Explainer
+from .model import next_class
 
 
 def preprocessing_for(explainer: Explainer, csv_path: Path, cache_dir: Path | None = None) -> CsvData:
@@ -231,7 +232,7 @@ def explain_interpolation(explainer: Explainer, a: Path, b: Path, steps: int, ou
 def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, target_class: int | None = None,
                    from_label: bool = False, n_samples: int = 100, min_probability: float | None = 0.9,
                    seed: int = 0, reconstruction: bool = False, figures: str = "all", limit: int | None = None,
-                   outliers: int = 5, progress=None) -> dict:
+                   outliers: int = 5, reference: str = "input", progress=None) -> dict:
     """Maps, figures (``figures``: all, outliers or none), predictions and the cohort analyses for
     every item of ``dataset``.
     ``from_label``: translate each scan from its table label to the next class (the other one
@@ -256,9 +257,11 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
         ident = output_id(dataset, i)
         target = target_class
         if from_label and int(item["label"]) != UNKNOWN_LABEL:
-            target = (int(item["label"]) + 1) % explainer.model.num_classes
+            target = next_class(int(item["label"]), explainer.model.num_classes)
+        own = int(item["label"]) if from_label and int(item["label"]) != UNKNOWN_LABEL else None
         explanation = explainer.explain(item["image"], target=target, n_samples=n_samples,
-                                        min_probability=min_probability, seed=seed)
+                                        min_probability=min_probability, seed=seed, reference=reference,
+                                        own_class=own)
         mean, var = explanation.mean[0, 0].cpu().numpy(), explanation.var[0, 0].cpu().numpy()
         mask = _brain_mask(item)
         write_map(mean, dataset, i, out / "maps" / f"{ident}_fa_mean.nii.gz")
@@ -270,7 +273,8 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
                            "fallback": explanation.fallback})
         if reconstruction:
             own = explainer.explain(item["image"], target=int(explanation.prediction.predicted_class[0]),
-                                    n_samples=n_samples, min_probability=min_probability, seed=seed)
+                                    n_samples=n_samples, min_probability=min_probability, seed=seed,
+                                    reference=reference)
             own_mean = own.mean[0, 0].cpu().numpy()
             write_map(own_mean, dataset, i, out / "maps" / f"{ident}_reconstruction_fa_mean.nii.gz")
             records[i]["reconstruction_mean_abs_fa"] = float(np.abs(own_mean)[mask > 0].mean())
@@ -295,7 +299,7 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
     write_csv(out / "predictions.csv", records)
     summary = {
         "run": explainer.checkpoint_info, "inputs": len(dataset), "explained": count, "n_samples": n_samples,
-        "min_probability": min_probability, "seed": seed,
+        "min_probability": min_probability, "seed": seed, "reference": reference,
         "target_class": "the next class after the label" if from_label else target_class if target_class is not None
         else "the most probable other class", "seconds_per_scan": round(seconds / max(1, count), 3),
         "mean_acceptance_rate": round(float(np.mean(acceptance)), 4) if acceptance else None,
@@ -314,9 +318,17 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
     return summary
 
 
+FA_CORRELATION_GROUPS = {
+    "pooled": "every explained scan, both directions",
+    "upper_class_translated_down": "scans of the highest class translated to a lower one (the paper's analysis: "
+                                   "old subjects made young)",
+}
+
+
 def _cohort_analyses(records: list[dict], explained: list[dict], regressing: bool) -> dict:
     """Prediction quality over every input with a known label/target; how the FA magnitude of
-    the explained ones relates to the predicted and the true target."""
+    the explained ones relates to the predicted and the true target, over all of them (pooled)
+    and, as in the paper, over the scans of the highest class translated down."""
     from scipy import stats
 
     result = {}
@@ -329,17 +341,27 @@ def _cohort_analyses(records: list[dict], explained: list[dict], regressing: boo
     if known:
         errors = np.array([r["predicted_target"] - r["target"] for r in known])
         result["mae"] = round(float(np.abs(errors).mean()), 4)
-    magnitude = np.array([r["mean_abs_fa"] for r in explained])
-    for name, values in (("predicted_target", [r["predicted_target"] for r in explained]),
-                         ("true_target", [r["target"] if r["target"] != "" else np.nan for r in explained])):
-        values = np.asarray(values, dtype=float)
-        ok = np.isfinite(values)
-        if ok.sum() >= 3 and np.ptp(values[ok]) > 0 and np.ptp(magnitude[ok]) > 0:
-            pearson, spearman = stats.pearsonr(magnitude[ok], values[ok]), stats.spearmanr(magnitude[ok], values[ok])
-            result[f"mean_abs_fa_vs_{name}"] = {"pearson_r": round(float(pearson[0]), 4),
-                                                "pearson_p": float(pearson[1]),
-                                                "spearman_rho": round(float(spearman[0]), 4),
-                                                "spearman_p": float(spearman[1]), "n": int(ok.sum())}
+    top = max((int(k[7:]) for k in records[0] if k.startswith("p_class")), default=0)
+    groups = {"pooled": explained,
+              "upper_class_translated_down": [
+                  r for r in explained if "target_class" in r and r["target_class"] < top
+                  and (r["label"] if r["label"] != "" else r["predicted_class"]) == top]}
+    correlations = {}
+    for group, members in groups.items():
+        magnitude = np.array([r["mean_abs_fa"] for r in members])
+        for name, values in (("predicted_target", [r["predicted_target"] for r in members]),
+                             ("true_target", [r["target"] if r["target"] != "" else np.nan for r in members])):
+            values = np.asarray(values, dtype=float)
+            ok = np.isfinite(values)
+            if ok.sum() >= 3 and np.ptp(values[ok]) > 0 and np.ptp(magnitude[ok]) > 0:
+                pearson = stats.pearsonr(magnitude[ok], values[ok])
+                spearman = stats.spearmanr(magnitude[ok], values[ok])
+                correlations.setdefault(group, {"scans": FA_CORRELATION_GROUPS[group]})[name] = {
+                    "pearson_r": round(float(pearson[0]), 4), "pearson_p": float(pearson[1]),
+                    "spearman_rho": round(float(spearman[0]), 4), "spearman_p": float(spearman[1]),
+                    "n": int(ok.sum())}
+    if correlations:
+        result["mean_abs_fa_vs_target"] = correlations
     return result
 
 

@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .model import TrainingOutputs
+from .model import TrainingOutputs, fa_map
 
 
 def adversarial(logits: torch.Tensor, real: bool) -> torch.Tensor:
@@ -88,7 +88,7 @@ def generator_terms(out: TrainingOutputs, images: torch.Tensor, labels: torch.Te
         "classification": F.cross_entropy(out.class_logits.float(), labels),
         "kl_attribute": kl_divergence(out.mu, out.logvar),
         "content_l2": out.content.float().pow(2).mean(),
-        "fa_map_l1": (translated - images).abs().mean(),
+        "fa_map_l1": fa_map(translated, images).abs().mean(),
         "latent_regression": F.l1_loss(out.random_attribute_estimate.float(), random_attribute.float()),
         "reconstruction_l1": F.l1_loss(reconstructed, images),
         "reconstruction_l2": F.mse_loss(reconstructed, images),

@@ -3,11 +3,12 @@
 An image x is split into a content latent z_c (class-irrelevant anatomy) and an attribute
 latent z_a ~ N(mu, exp(logvar)) (class-relevant). The classifier fC1 and the regressor fC2
 read the attribute mean. Translating x to class k keeps z_c(x) and swaps in an attribute of
-class k; the feature-attribution map is ``translate(x, k) - x``.
+class k; the feature-attribution map is ``translate(x, k) - x`` (``fa_map``).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from torch import nn
 from .nets import AttributeEncoder, ContentEncoder, Generator
 from .nets.blocks import init_weights
 
-LATENT_STRIDE = 16  # the attribute latent is 1 channel at 1/16 of the input's side
+SIDE_MULTIPLE = 16  # every side of the input divides by 16 (the attribute encoder's and discriminators' strides)
 
 
 @dataclass
@@ -64,6 +65,35 @@ class TrainingOutputs:
     random_attribute_estimate: torch.Tensor  # mu of Ea(randomly_translated), to regress the random attribute
 
 
+def next_class(labels: torch.Tensor | int, num_classes: int) -> torch.Tensor | int:
+    """The class an image is translated to when no other is asked for: the next one, (label + 1)
+    mod K, which is the other class when K = 2. Training pairs, validation maps, the TensorBoard
+    grids and ``icam explain --from-label`` all translate this way."""
+    return (labels + 1) % num_classes
+
+
+def translation_partners(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """For each image of a class-balanced batch, the index of an image of the next class: the j-th
+    image of class k is paired with the j-th of class next_class(k). A permutation (every class
+    has the same count in a batch), so the cross-cycle can undo it; no host synchronisation."""
+    order = torch.argsort(labels, stable=True)  # indices grouped by class, classes ascending
+    partner = torch.empty_like(order)
+    partner[order] = order.roll(-(len(labels) // num_classes))
+    return partner
+
+
+# what a translation is compared with; own-class (the mean translation to the scan's own class)
+# needs sampling, so the Explainer makes it
+FA_REFERENCES = ("input", "reconstruction", "own-class")
+
+
+def fa_map(translated: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The feature-attribution map: a translation minus what it is compared with. The paper
+    compares with the input itself; comparing with the input's reconstruction G(z_c, mu)
+    (``ICAM.fa_reference``) cancels the decoder's own error, which both images share."""
+    return translated - reference
+
+
 def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
@@ -72,33 +102,44 @@ class ICAM(nn.Module):
     """ICAM / ICAM-reg for 2D or 3D images (``image_shape`` of 2 or 3 sides, each divisible by 16)."""
 
     def __init__(self, image_shape: tuple[int, ...] | list[int], num_classes: int = 2,
-                 in_channels: int = 1, width: int = 16, init: str = "kaiming"):
+                 in_channels: int = 1, width: int = 16, init: str = "kaiming", upsampling: str = "transposed",
+                 attribute_stride: int = 16, content_noise: float = 1.0):
         super().__init__()
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) not in (2, 3):
             raise ValueError(f"image_shape must have 2 or 3 sides, got {image_shape}")
-        if any(s % LATENT_STRIDE or s <= 0 for s in image_shape):
-            raise ValueError(f"every side of image_shape must be a positive multiple of {LATENT_STRIDE}, "
+        if any(s % SIDE_MULTIPLE or s <= 0 for s in image_shape):
+            raise ValueError(f"every side of image_shape must be a positive multiple of {SIDE_MULTIPLE}, "
                              f"got {image_shape}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         self.hparams = dict(image_shape=list(image_shape), num_classes=num_classes,
-                            in_channels=in_channels, width=width)  # what rebuilds it around a state dict
+                            in_channels=in_channels, width=width, upsampling=upsampling,
+                            attribute_stride=attribute_stride,
+                            content_noise=content_noise)  # what rebuilds it around a state dict
         self.image_shape = image_shape
         self.spatial_dims = len(image_shape)
         self.num_classes = num_classes
-        self.latent_shape = tuple(s // LATENT_STRIDE for s in image_shape)
+        self.latent_shape = tuple(s // attribute_stride for s in image_shape)
         self.latent_size = math.prod(self.latent_shape)
 
-        self.content_encoder = ContentEncoder(self.spatial_dims, in_channels, width)
-        self.attribute_encoder = AttributeEncoder(self.spatial_dims, in_channels, width)
+        self.content_encoder = ContentEncoder(self.spatial_dims, in_channels, width, noise=content_noise)
+        self.attribute_encoder = AttributeEncoder(self.spatial_dims, in_channels, width, attribute_stride)
         self.classifier = nn.Linear(self.latent_size, num_classes)  # fC1
         self.regressor = nn.Linear(self.latent_size, 1)  # fC2 (ICAM-reg), on standardised targets
-        self.generator = Generator(self.spatial_dims, self.content_encoder.out_channels, in_channels, width)
+        self.generator = Generator(self.spatial_dims, self.content_encoder.out_channels, in_channels, width,
+                                   upsampling=upsampling)
         # The regressor learns standardised targets; these map its output back to original units.
         self.register_buffer("target_mean", torch.tensor(0.0))
         self.register_buffer("target_std", torch.tensor(1.0))
         init_weights(self, init)
+
+    @classmethod
+    def complete_hparams(cls, hparams: dict) -> dict:
+        """A checkpoint's hyperparameters with the defaults of those added since it was written."""
+        defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        return {**defaults, **hparams}
 
     @property
     def content_shape(self) -> tuple[int, ...]:
@@ -129,6 +170,19 @@ class ICAM(nn.Module):
         return Prediction(probabilities, probabilities.argmax(1), self.regress(mu).float(), mu)
 
     # -- translation -------------------------------------------------------------------------
+
+    def fa_reference(self, x: torch.Tensor, reference: str = "input",
+                     content: torch.Tensor | None = None) -> torch.Tensor:
+        """What a translation of x is compared with (``fa_map``): x (``input``, the paper), or
+        x decoded from its own content and attribute mean (``reconstruction``)."""
+        if reference == "input":
+            return x
+        if reference == "reconstruction":
+            content = self.encode_content(x) if content is None else content
+            return self.decode(content, self.encode_attribute(x)[0].to(content.dtype))
+        if reference == "own-class":
+            raise ValueError("the own-class reference is a mean over sampled translations: Explainer.explain makes it")
+        raise ValueError(f"reference must be one of {FA_REFERENCES}, got {reference!r}")
 
     @torch.no_grad()
     def sample_attribute(self, target_class: int | torch.Tensor, n: int = 1,

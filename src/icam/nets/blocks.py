@@ -99,49 +99,62 @@ class DownResBlock(nn.Module):
     """Residual down-sampling block of the attribute encoder (BicycleGAN's encoder block).
 
     Main path: LeakyReLU(0.2) → 3×3 conv → LeakyReLU(0.2) → 3×3 conv → 2× average pool;
-    shortcut: 2× average pool → 1×1 conv. No normalisation.
+    shortcut: 2× average pool → 1×1 conv. No normalisation. ``downsample=False`` leaves out
+    both pools (the same block at full resolution).
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int):
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, downsample: bool = True):
         super().__init__()
-        pool = layer_type("AvgPool", spatial_dims)
+        pool = layer_type("AvgPool", spatial_dims)(2) if downsample else nn.Identity()
         self.main = nn.Sequential(
             nn.LeakyReLU(0.2),
             conv(spatial_dims, in_channels, in_channels, 3, padding=1),
             nn.LeakyReLU(0.2),
             conv(spatial_dims, in_channels, out_channels, 3, padding=1),
-            pool(2),
+            pool,
         )
-        self.shortcut = nn.Sequential(pool(2), conv(spatial_dims, in_channels, out_channels, 1))
+        self.shortcut = nn.Sequential(pool, conv(spatial_dims, in_channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x) + self.shortcut(x)
 
 
-class UpBlock(nn.Module):
-    """×2 up-sampling: transposed conv (k4, s2) → LayerNorm over (C, space) → LeakyReLU.
+UPSAMPLING = ("transposed", "transposed-avgpool")
 
+
+class UpBlock(nn.Module):
+    """×2 up-sampling → LayerNorm over (C, space) → LeakyReLU.
+
+    ``transposed``: a transposed conv (k4, s2, p1). ``transposed-avgpool`` (the authors'
+    block): the same conv with output padding (2S + 1) then a 2×2 average pool of stride 1
+    (back to 2S), which smooths the transposed convolution's checkerboard.
     GroupNorm with one group is exactly a per-sample LayerNorm with a per-channel affine.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int):
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, mode: str = "transposed"):
         super().__init__()
-        self.block = nn.Sequential(
-            layer_type("ConvTranspose", spatial_dims)(in_channels, out_channels, 4, stride=2,
-                                                      padding=1, bias=False),
-            nn.GroupNorm(1, out_channels),
-            nn.LeakyReLU(0.01),
-        )
+        if mode not in UPSAMPLING:
+            raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {mode!r}")
+        smooth = mode == "transposed-avgpool"
+        layers = [layer_type("ConvTranspose", spatial_dims)(in_channels, out_channels, 4, stride=2, padding=1,
+                                                            output_padding=int(smooth), bias=False)]
+        if smooth:
+            layers.append(layer_type("AvgPool", spatial_dims)(2, stride=1))
+        self.block = nn.Sequential(*layers, nn.GroupNorm(1, out_channels), nn.LeakyReLU(0.01))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
 
 
 class GaussianNoise(nn.Module):
-    """Adds N(0, 1) noise in training mode only, so evaluation is deterministic."""
+    """Adds N(0, sd²) noise in training mode only, so evaluation is deterministic."""
+
+    def __init__(self, sd: float = 1.0):
+        super().__init__()
+        self.sd = sd
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.randn_like(x) if self.training else x
+        return x + self.sd * torch.randn_like(x) if self.training and self.sd else x
 
 
 INITS = ("kaiming", "normal")

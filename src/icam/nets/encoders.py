@@ -3,7 +3,7 @@
 Shapes for an input of side S (every side must divide by 16), base width w:
 - content: w → 2w → 4w channels, S → S/2 → S/4; four residual blocks; z_c is 4w × S/4.
 - attribute: w → 2w → 3w channels, S/2 → S/4 → S/8; two heads give mu and logvar, each
-  1 × S/16 (8×8 for 128², 8×10×8 for 128×160×128), returned flattened.
+  1 × S/16 (8×8 for 128², 8×10×8 for 128×160×128), returned flattened (S/8 with stride 8).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from .blocks import Blocks, ConvNormAct, DownResBlock, GaussianNoise, InstanceNo
 
 
 class ContentEncoder(nn.Module):
-    def __init__(self, spatial_dims: int, in_channels: int = 1, width: int = 16, res_blocks: int = 4):
+    def __init__(self, spatial_dims: int, in_channels: int = 1, width: int = 16, res_blocks: int = 4,
+                 noise: float = 1.0):
         super().__init__()
         self.out_channels = 4 * width
         self.layers = Blocks(
@@ -26,7 +27,7 @@ class ContentEncoder(nn.Module):
             *[InstanceNormResBlock(spatial_dims, 4 * width) for _ in range(res_blocks)],
             # Noise on z_c during training keeps G from reading fine detail off the content
             # code alone, so the attribute has to carry what differs between classes.
-            GaussianNoise(),
+            GaussianNoise(noise),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -34,15 +35,20 @@ class ContentEncoder(nn.Module):
 
 
 class AttributeEncoder(nn.Module):
-    def __init__(self, spatial_dims: int, in_channels: int = 1, width: int = 16):
+    """``stride`` 16 (the paper) or 8: the heads then keep the trunk's resolution, for an
+    attribute latent of twice the side (an 8×8 latent at 64², as the paper's at 128²)."""
+
+    def __init__(self, spatial_dims: int, in_channels: int = 1, width: int = 16, stride: int = 16):
         super().__init__()
+        if stride not in (8, 16):
+            raise ValueError(f"the attribute latent's stride must be 8 or 16, got {stride}")
         self.trunk = Blocks(
             conv(spatial_dims, in_channels, width, 4, stride=2, padding=1),
             DownResBlock(spatial_dims, width, 2 * width),
             DownResBlock(spatial_dims, 2 * width, 3 * width),
         )
-        self.mu_head = DownResBlock(spatial_dims, 3 * width, 1)
-        self.logvar_head = DownResBlock(spatial_dims, 3 * width, 1)
+        self.mu_head = DownResBlock(spatial_dims, 3 * width, 1, downsample=stride == 16)
+        self.logvar_head = DownResBlock(spatial_dims, 3 * width, 1, downsample=stride == 16)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.trunk(x)

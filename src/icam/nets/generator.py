@@ -16,14 +16,14 @@ class Generator(Checkpointable):
     """
 
     def __init__(self, spatial_dims: int, content_channels: int, out_channels: int = 1,
-                 width: int = 16, res_blocks: int = 3):
+                 width: int = 16, res_blocks: int = 3, upsampling: str = "transposed"):
         super().__init__()
         mixed = content_channels + width
         self.attribute_stem = InstanceNormResBlock(spatial_dims, 1, width)
         self.body = nn.Sequential(*[InstanceNormResBlock(spatial_dims, mixed) for _ in range(res_blocks)])
         self.upsample = nn.Sequential(
-            UpBlock(spatial_dims, mixed, mixed // 2),
-            UpBlock(spatial_dims, mixed // 2, mixed // 4),
+            UpBlock(spatial_dims, mixed, mixed // 2, upsampling),
+            UpBlock(spatial_dims, mixed // 2, mixed // 4, upsampling),
         )
         self.to_image = nn.Sequential(conv(spatial_dims, mixed // 4, out_channels, 1), nn.Tanh())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model import ICAM
+from ..model import ICAM, fa_map, next_class
 
 
 def middle_slice(x: torch.Tensor) -> torch.Tensor:
@@ -25,11 +25,11 @@ def translation_grid(model: ICAM, dataset, seed: int = 0, per_class: int = 2,
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
-    translated = model.translate(images, (labels + 1) % model.num_classes, generator=generator).float()
+    translated = model.translate(images, next_class(labels, model.num_classes), generator=generator).float()
     content = model.encode_content(images)
-    reconstructed = model.decode(content, model.encode_attribute(images)[0]).float()
+    reconstructed = model.fa_reference(images, "reconstruction", content).float()
     model.train(was_training)
-    fa = translated - images
+    fa = fa_map(translated, images)
     columns = [(images + 1) / 2, (translated + 1) / 2, 0.5 + fa / (2 * fa.abs().max().clamp(min=1e-6)),
                (reconstructed + 1) / 2]
     rows = [torch.cat([middle_slice(c)[i, :1] for c in columns], dim=-1) for i in range(len(picks))]

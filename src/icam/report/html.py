@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..evaluate import NCC_MINUS, NCC_PLUS
 from ..run import read_metrics
 from .figures import _pyplot, gallery_figure
 
@@ -247,7 +248,7 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
 
         def fmt(m):
             return "–" if m["mean"] is None else f"{m['mean']:.3f} ± {m['sd']:.3f}"
-        minus, plus = maps["minus (class 1 → 0)"]["ncc"], maps["plus (class 0 → 1)"]["ncc"]
+        minus, plus = maps[NCC_MINUS]["ncc"], maps[NCC_PLUS]["ncc"]
         facts[name] = (minus["mean"], plus["mean"])
         rows.append([name, fmt(minus), fmt(plus)] + [fmt(maps["all"][m]) for m in ("auroc", "ap", "dice_topk",
                                                                                       "pointing")])
