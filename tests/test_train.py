@@ -68,13 +68,14 @@ def test_checkpoint_round_trip_gives_the_same_outputs(tiny_config):
 
 
 def test_resume_continues_exactly(tiny_config):
-    full = train(tiny_config("name=full", "train.steps=6"), show_progress=False)
-    half = train(tiny_config("name=half", "train.steps=6"), stop_at=3, show_progress=False)
+    full = train(tiny_config("name=full", "train.steps=6", "train.ema_decay=0.9"), show_progress=False)
+    half = train(tiny_config("name=half", "train.steps=6", "train.ema_decay=0.9"), stop_at=3, show_progress=False)
     assert half["step"] == 3 and not half["finished"]
-    resumed = train(tiny_config("name=half", "train.steps=6"), resume=half["run_dir"], show_progress=False)
+    resumed = train(tiny_config("name=half", "train.steps=6", "train.ema_decay=0.9"), resume=half["run_dir"],
+                    show_progress=False)
     assert resumed["step"] == 6 and resumed["finished"]
     a, b = load_checkpoint(full["run_dir"]), load_checkpoint(resumed["run_dir"])
-    for net in ("model", "domain_discriminators", "content_discriminator"):
+    for net in ("model", "model_ema", "domain_discriminators", "content_discriminator"):
         for name, tensor in a[net].items():
             assert torch.equal(tensor, b[net][name]), f"{net}.{name}"
     assert a["optimizers"]["generator"]["state"][0]["exp_avg"].equal(b["optimizers"]["generator"]["state"][0]["exp_avg"])
@@ -168,3 +169,72 @@ def test_activation_checkpointing_keeps_less_for_backward_and_gives_the_same_ste
     assert forward_calls[1] > forward_calls[0]
     assert saved_bytes[1] < 0.35 * saved_bytes[0], saved_bytes
     assert torch.allclose(weights[0], weights[1], atol=1e-6)
+
+
+def _tiny_trainer(extra=()):
+    from icam.config import load_config
+    from icam.data import InMemoryCohort
+    from icam.train import Trainer, build_fabric
+
+    config = load_config(None, ["model.width=4", "runtime.accelerator=cpu", "train.steps=2",
+                                "train.images_per_class=2", *extra])
+    cohort = InMemoryCohort(torch.rand(12, 1, 32, 32) * 2 - 1, torch.arange(12) % 3)
+    return Trainer(config, build_fabric(config), ICAM((32, 32), 3, width=4), cohort, None, None,
+                   show_progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_an_iteration_updates_dc_twice_then_d_then_encoders_and_generator_which_leave_d_alone():
+    trainer = _tiny_trainer()
+    order, after_own_step = [], {}
+    discriminators = {"content_discriminator": trainer.content_discriminator.module,
+                      "domain_discriminators": trainer.domain_discriminators.module}
+
+    def snapshot(net):
+        return [p.detach().clone() for p in net.parameters()], [
+            None if p.grad is None else p.grad.clone() for p in net.parameters()]
+
+    for name, optimizer in trainer.optimizers().items():
+        def step(*args, name=name, original=optimizer.step, **kwargs):
+            result = original(*args, **kwargs)
+            order.append(name)
+            if name in discriminators:
+                after_own_step[name] = snapshot(discriminators[name])
+            return result
+        optimizer.step = step
+    generator_before = [p.detach().clone() for p in trainer.raw_model.parameters()]
+    trainer.train_step(next(trainer.batches()))
+    assert order == ["content_discriminator", "content_discriminator", "domain_discriminators", "generator"]
+    for name, net in discriminators.items():  # neither weights nor gradients moved after their own update
+        weights, grads = snapshot(net)
+        assert all(torch.equal(a, b) for a, b in zip(weights, after_own_step[name][0])), name
+        assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(grads, after_own_step[name][1])), name
+    assert any(not torch.equal(a, b) for a, b in zip(generator_before, trainer.raw_model.parameters()))
+
+
+def test_every_image_is_translated_to_the_next_class_and_the_cycle_can_undo_it():
+    from icam.model import next_class, translation_partners
+
+    labels = torch.tensor([1, 0, 2, 0, 2, 1, 1, 0, 2])  # any order within a class-balanced batch
+    partner = translation_partners(labels, 3)
+    assert torch.equal(labels[partner], next_class(labels, 3))
+    assert torch.equal(partner.sort().values, torch.arange(9))  # a permutation
+    two = torch.tensor([0, 0, 1, 1])
+    assert (two[translation_partners(two, 2)] != two).all()
+
+
+def test_the_moving_average_is_what_validation_and_explanations_use(tmp_path):
+    from icam.explain import load
+
+    trainer = _tiny_trainer(["train.ema_decay=0.9"])
+    batches = trainer.batches()
+    for _ in range(3):
+        trainer.train_step(next(batches))
+    raw, average = trainer.raw_model, trainer.inference_model
+    assert average is not raw
+    assert any(not torch.equal(a, b) for a, b in zip(raw.parameters(), average.parameters()))
+    trainer.run_dir = tmp_path
+    trainer.save("last")
+    explainer = load(tmp_path, "last", "cpu")
+    for a, b in zip(explainer.model.parameters(), average.parameters()):
+        assert torch.equal(a.detach(), b.detach())

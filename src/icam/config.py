@@ -123,6 +123,18 @@ class ModelConfig(Section):
     num_classes: int | None = Field(None, ge=2, description="inferred from the data when null")
     init: Literal["kaiming", "normal"] = Field(
         "kaiming", description="weight init: kaiming (PyTorch's default) or normal (N(0, 0.02), the authors' code)")
+    attribute_stride: Literal[8, 16] = Field(
+        16, description="the attribute latent's side is the input's / this (16: the paper's 8×8 at 128²; 8 gives "
+                        "64² inputs the same 8×8)")
+    content_noise: float = Field(1.0, ge=0, description="sd of the Gaussian noise added to the content latent in "
+                                                       "training (the authors' 1), which pushes class information "
+                                                       "into the attribute")
+    content_discriminator_norm: bool = Field(
+        True, description="InstanceNorm in the content discriminator's layers (the authors' code asks for it "
+                          "but never applies it)")
+    upsampling: Literal["transposed", "transposed-avgpool"] = Field(
+        "transposed", description="the generator's ×2 steps: a transposed conv, or (the authors') one with output "
+                                  "padding then a 2×2 average pool of stride 1, which smooths checkerboard artefacts")
 
 
 class LossWeights(Section):
@@ -167,12 +179,19 @@ class TrainConfig(Section):
         "auto", description="model selection metric; auto: mae if regressing, else ncc if "
                             "ground-truth maps exist, else balanced_accuracy")
     num_workers: int = Field(0, ge=0)
+    ema_decay: float | None = Field(
+        None, ge=0, lt=1, description="keep an exponential moving average of the encoders' and generator's "
+                                      "weights (e.g. 0.999); validation, checkpoints' inference weights and "
+                                      "explanations use it. null: off")
 
 
 class ValidationConfig(Section):
     batch_size: int = Field(32, ge=1)
     fa_samples: int = Field(4, ge=1, description="attributes averaged into each validation FA map")
     min_probability: float | None = Field(0.9, gt=0, lt=1, description="rejection threshold for those attributes")
+    fa_reference: Literal["input", "reconstruction"] = Field(
+        "input", description="what validation translations are compared with: the input (the paper) or its "
+                             "reconstruction from its own latents")
 
 
 class RuntimeConfig(Section):
@@ -198,6 +217,8 @@ class BaselineConfig(Section):
     lr: float | None = Field(None, gt=0, description="default per method: resnet SGD 1e-4 (momentum 0.9); "
                                                      "cnn-* Adam 1e-4 (0.5, 0.999); vagan Adam 1e-3 (0, 0.9)")
     validate_every: int = Field(250, ge=1)
+    patience: int | None = Field(None, ge=1, description="stop once this many validations in a row bring no new "
+                                                         "best (the best checkpoint is kept); null: all steps")
     critic_steps: int = Field(5, ge=1, description="VA-GAN: critic updates per generator update")
     warmup_critic_steps: int = Field(100, ge=1, description="VA-GAN: critic updates in the first generator steps "
                                                             "and every 100th")

@@ -11,6 +11,7 @@ so a resumed run continues exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import ClassBalancedBatchSampler, build_cohorts
 from .evaluate import SELECTION_DIRECTION, selection_metric, summarise, validation_statistics
-from .model import ICAM
+from .model import ICAM, translation_partners
 from .nets import ContentDiscriminator, DomainDiscriminator
 from .nets.blocks import init_weights, set_activation_checkpointing
 from .report.grids import translation_grid
@@ -137,7 +138,8 @@ class Trainer:
         domain = DomainDiscriminators(model.spatial_dims, model.image_shape, model.num_classes,
                                       train_set.in_channels, width)
         content = ContentDiscriminator(model.spatial_dims, model.content_shape,
-                                       model.content_encoder.out_channels, model.num_classes)
+                                       model.content_encoder.out_channels, model.num_classes,
+                                       norm=config.model.content_discriminator_norm)
         for net in (domain, content):
             init_weights(net, config.model.init)
         if self.regressing:
@@ -173,6 +175,9 @@ class Trainer:
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(o, factor) for name, o in
                            (("generator", self.generator_optimizer), ("domain_discriminators", self.domain_optimizer),
                             ("content_discriminator", self.content_optimizer))}
+        # The moving average of the encoders' and generator's weights: what validation, the best
+        # checkpoint and explanations use when train.ema_decay is set (the raw weights keep training).
+        self.ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
         self.step = 0
         self.best: dict | None = None
         self._running: dict[str, torch.Tensor] = {}
@@ -183,6 +188,11 @@ class Trainer:
     @property
     def raw_model(self) -> ICAM:
         return self.model.module
+
+    @property
+    def inference_model(self) -> ICAM:
+        """The weights that validation and explanations use: the moving average when kept."""
+        return self.ema if self.ema is not None else self.raw_model
 
     def networks(self) -> dict[str, nn.Module]:
         return {"model": self.model.module, "domain_discriminators": self.domain_discriminators.module,
@@ -214,10 +224,7 @@ class Trainer:
 
     def update_discriminators_and_generator(self, batch: dict) -> dict[str, torch.Tensor]:
         images, labels = batch["image"], batch["label"]
-        n, per_class = len(labels), self.config.train.images_per_class
-        # Batches hold classes in order, per_class images each: rolling by per_class pairs every
-        # image with one of the next class (the other class when K = 2).
-        partner = (torch.arange(n, device=labels.device) + per_class) % n
+        partner = translation_partners(labels, self.raw_model.num_classes)
         translated_labels = labels[partner]
         sample = self.raw_model.sample_attribute(translated_labels, max_candidates=None,
                                                  candidates_per_row=self.config.train.rejection_candidates)
@@ -243,6 +250,8 @@ class Trainer:
             self.generator_optimizer.zero_grad(set_to_none=True)
             self.fabric.backward(total)
         self.generator_optimizer.step()
+        if self.ema is not None:
+            self.update_ema()
 
         logged = {f"generator/{k}": v for k, v in g_terms.items()}
         logged.update({f"discriminator/{k}": v for k, v in d_terms.items()})
@@ -251,6 +260,16 @@ class Trainer:
         logged["train/attribute_acceptance"] = sample.hits / sample.drawn
         logged["train/attribute_fallback"] = (~sample.accepted).float().mean()
         return logged
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        # a shorter memory early on (TensorFlow's num_updates rule), so the average does not keep
+        # the random initial weights for the first ~1/(1 − decay) steps
+        decay = min(self.config.train.ema_decay, (1 + self.step) / (10 + self.step))
+        for average, current in zip(self.ema.parameters(), self.raw_model.parameters()):
+            average.lerp_(current, 1 - decay)
+        for average, current in zip(self.ema.buffers(), self.raw_model.buffers()):
+            average.copy_(current)
 
     def train_step(self, batches: list[dict]) -> dict[str, torch.Tensor]:
         """One iteration: Dc twice, then D, then encoders + generator (three batches)."""
@@ -285,10 +304,11 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         v = self.config.validation
-        stats = validation_statistics(self.raw_model, self.val_set, batch_size=v.batch_size,
+        stats = validation_statistics(self.inference_model, self.val_set, batch_size=v.batch_size,
                                       fa_samples=v.fa_samples, min_probability=v.min_probability,
-                                      seed=self.config.seed, rank=self.fabric.global_rank,
-                                      world_size=self.fabric.world_size, device=self.fabric.device,
+                                      seed=self.config.seed, reference=v.fa_reference,
+                                      rank=self.fabric.global_rank, world_size=self.fabric.world_size,
+                                      device=self.fabric.device,
                                       autocast=self.fabric.autocast)
         return summarise(self.fabric.all_reduce(stats, reduce_op="sum") if self.fabric.world_size > 1 else stats,
                          self.regressing)
@@ -310,22 +330,29 @@ class Trainer:
             "regressing": self.regressing,
             "best": self.best,
             **{name: net.state_dict() for name, net in self.networks().items()},
+            **({"model_ema": self.ema.state_dict()} if self.ema is not None else {}),
             "optimizers": {name: o.state_dict() for name, o in self.optimizers().items()},
             "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
         }
 
     def load_state_dict(self, state: dict, weights_only: bool = False) -> None:
         """Restore a checkpoint; ``weights_only`` takes the networks alone (``--init-from``)."""
-        if state["model_hparams"] != self.raw_model.hparams:
+        if ICAM.complete_hparams(state["model_hparams"]) != ICAM.complete_hparams(self.raw_model.hparams):
             raise ValueError(f"checkpoint model {state['model_hparams']} does not match this config's "
                              f"{self.raw_model.hparams}")
         target_stats = (self.raw_model.target_mean.clone(), self.raw_model.target_std.clone())
         for name, net in self.networks().items():
             net.load_state_dict(state[name])
-        if weights_only:  # fine-tuning: this data's target scale, a fresh optimiser state
+        if weights_only:  # fine-tuning: from the weights the source run explains with (its moving
+            # average when it kept one), with this data's target scale and a fresh optimiser state
+            self.raw_model.load_state_dict(state.get("model_ema", state["model"]))
             self.raw_model.target_mean.copy_(target_stats[0])
             self.raw_model.target_std.copy_(target_stats[1])
+            if self.ema is not None:
+                self.ema.load_state_dict(self.raw_model.state_dict())
             return
+        if self.ema is not None:
+            self.ema.load_state_dict(state.get("model_ema", state["model"]))
         for name, o in self.optimizers().items():
             o.load_state_dict(state["optimizers"][name])
         for name, s in self.schedulers.items():
@@ -379,7 +406,7 @@ class Trainer:
                     if better:
                         self.save("best")
                 if zero and (self.step % cfg.image_every == 0 or self.step == last_stop) and self.val_set is not None:
-                    writer.add_image("val/translations", translation_grid(self.raw_model, self.val_set,
+                    writer.add_image("val/translations", translation_grid(self.inference_model, self.val_set,
                                                                           seed=self.config.seed,
                                                                           device=fabric.device), self.step)
                 if self.step % cfg.checkpoint_every == 0 or self.step == last_stop or stop.requested:
@@ -490,7 +517,8 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
     if config.model.num_classes not in (None, num_classes):
         raise ValueError(f"model.num_classes is {config.model.num_classes} but the training labels are "
                          f"0..{num_classes - 1}")
-    model = ICAM(train_set.image_shape, num_classes, train_set.in_channels, config.model.width, config.model.init)
+    model = ICAM(train_set.image_shape, num_classes, train_set.in_channels, config.model.width, config.model.init,
+                 config.model.upsampling, config.model.attribute_stride, config.model.content_noise)
     trainer = Trainer(config, fabric, model, train_set, val_set, run_dir, show_progress)
     if resume is not None:
         trainer.load_state_dict(load_checkpoint(run_dir, "last"))
