@@ -70,10 +70,30 @@ def test_vagan_and_regressor(baseline_runs):
 
 
 def test_wrong_combinations_are_clear(baseline_runs):
+    resnet = BaselineModel.from_checkpoint(baseline_runs["resnet"]["run_dir"], device="cpu")  # predicts only
+    assert resnet.predict(torch.rand(1, 1, 64, 64)).probabilities.shape == (1, 2) and not resnet.makes_maps
     with pytest.raises(ValueError, match="--posthoc one of"):
-        BaselineModel.from_checkpoint(baseline_runs["resnet"]["run_dir"], device="cpu")
+        resnet.attribute(torch.rand(1, 1, 64, 64))
+    with pytest.raises(ValueError, match="explain a ResNet run"):
+        BaselineModel.from_checkpoint(baseline_runs["vagan"]["run_dir"], device="cpu", posthoc="gradcam")
     with pytest.raises(CheckpointError, match="baseline, not ICAM"):
         icam.load(baseline_runs["vagan"]["run_dir"])
+
+
+def test_gradcam_is_the_standard_one_relu_of_the_weighted_activations(baseline_runs):
+    model = BaselineModel.from_checkpoint(baseline_runs["resnet"]["run_dir"], posthoc="gradcam", device="cpu")
+    x = torch.rand(4, 1, 64, 64) * 2 - 1
+    for target in (0, 1):
+        assert (model.attribute(x, target=target) >= 0).all()  # relevance, never a negative lobe
+
+
+def test_a_baseline_stops_when_its_validation_metric_is_flat(tmp_path):
+    config = load_config(None, BASELINE + ["method=cnn-classifier", f"out_dir={tmp_path}", "baseline.steps=200",
+                                           "baseline.validate_every=2", "baseline.patience=2", "baseline.lr=1e-9"])
+    summary = train(config, show_progress=False)  # a learning rate that learns nothing: flat at once
+    assert summary["stopped_early"] and summary["step"] == 6 and summary["selection"]["step"] == 2
+    assert BaselineModel.from_checkpoint(summary["run_dir"], "best", "cpu").predict(
+        torch.rand(1, 1, 64, 64)).probabilities.shape == (1, 2)
 
 
 def test_occlusion_window_scales_from_the_paper():

@@ -1,7 +1,9 @@
 """Trained baselines with the two verbs `icam explain` needs: ``predict`` and ``attribute``.
 
 Post-hoc maps of the ResNet come from captum (the paper used it), with the paper's settings:
-Grad-CAM on the last block, up-sampled to the input; guided Grad-CAM; guided backprop;
+Grad-CAM as Selvaraju et al. define it (the ReLU of the gradient-weighted activations of the
+last block, up-sampled to the input; captum's LayerGradCam leaves the ReLU off unless asked,
+and its negative lobes would count as relevance once maps are scored by |map|); guided Grad-CAM; guided backprop;
 integrated gradients (zero baseline, 200 steps, in internal batches); occlusion with a zero
 block and stride scaled from 10 and 5 voxels at 128×160×128. VA-GAN's map is M(x).
 The ReLUs of these networks are not in place: guided backprop hooks them.
@@ -35,10 +37,9 @@ class BaselineModel:
         self.target_scale = (state.get("target_mean", 0.0), state.get("target_std", 1.0))
         self.image_shape = tuple(self.hparams["image_shape"])
         self.num_classes = self.hparams["num_classes"]
-        if self.method == "resnet" and posthoc not in POSTHOC:
-            raise ValueError(f"a ResNet run is explained by a post-hoc method: --posthoc one of {', '.join(POSTHOC)}")
-        if self.method in ("cnn-regressor", "cnn-classifier") and posthoc is not None:
-            raise ValueError(f"method {self.method} makes predictions, not maps")
+        if posthoc is not None and (self.method != "resnet" or posthoc not in POSTHOC):
+            raise ValueError(f"--posthoc {posthoc}: post-hoc methods ({', '.join(POSTHOC)}) explain a ResNet run; "
+                             f"this is a {self.method} run")
         self.posthoc = posthoc
 
     @classmethod
@@ -54,7 +55,15 @@ class BaselineModel:
 
     @property
     def makes_maps(self) -> bool:
-        return self.method in ("resnet", "vagan")
+        """VA-GAN, or a ResNet with a post-hoc method to explain it (without one it only predicts)."""
+        return self.method == "vagan" or (self.method == "resnet" and self.posthoc is not None)
+
+    def check_makes_maps(self) -> None:
+        """A clear error when this model cannot make maps (a CNN, or a ResNet without --posthoc)."""
+        if self.method == "resnet" and self.posthoc is None:
+            raise ValueError(f"a ResNet run is explained by a post-hoc method: --posthoc one of {', '.join(POSTHOC)}")
+        if not self.makes_maps:
+            raise ValueError(f"method {self.method} makes predictions, not maps")
 
     @property
     def name(self) -> str:
@@ -87,8 +96,7 @@ class BaselineModel:
         if self.method == "vagan":
             with torch.no_grad():
                 return self.network(x)
-        if not self.makes_maps:
-            raise ValueError(f"method {self.method} makes predictions, not maps")
+        self.check_makes_maps()
         if target is None:
             target = self.predict(x).predicted_class
         target = torch.as_tensor(target, device=self.device).long().expand(len(x))
@@ -109,7 +117,7 @@ def _posthoc(network, name: str, x: torch.Tensor, target: torch.Tensor) -> torch
 
     d = x.dim() - 2
     if name == "gradcam":
-        coarse = LayerGradCam(network, network.last_block).attribute(x, target=target)
+        coarse = LayerGradCam(network, network.last_block).attribute(x, target=target, relu_attributions=True)
         return LayerAttribution.interpolate(coarse, x.shape[2:], interpolate_mode="bilinear" if d == 2 else "trilinear")
     if name == "guided_gradcam":
         return GuidedGradCam(network, network.last_block).attribute(x, target=target)

@@ -54,6 +54,7 @@ class _Run:
         self.log = MetricsLog(run_dir / "metrics.jsonl")
         self.sign = 1 if higher_is_better else -1
         self.best: dict | None = None
+        self.validations_since_best = 0
 
     def save(self, name: str, model: torch.nn.Module, step: int, extra: dict | None = None) -> None:
         save_checkpoint({"method": self.hparams["method"], "model_hparams": self.hparams, "model": model.state_dict(),
@@ -67,12 +68,22 @@ class _Run:
                 self.best is None or self.sign * (value - self.best["value"]) > 0):
             self.best = {"metric": selection, "value": value, "step": step}
             self.save("best", model, step, extra)
+            self.validations_since_best = 0
+        else:
+            self.validations_since_best += 1
+
+    @property
+    def flat(self) -> bool:
+        """The validation metric stopped improving: ``baseline.patience`` validations without a new best."""
+        patience = self.config.baseline.patience
+        return patience is not None and self.validations_since_best >= patience
 
     def finish(self, step: int, model, metrics: dict, started: float, extra=None) -> dict:
         self.save("last", model, step, extra)
         seconds = time.time() - started
         summary = {"run_dir": str(self.run_dir), "method": self.hparams["method"], "step": step,
-                   "steps": self.config.baseline.steps, "finished": True, "wall_seconds": round(seconds, 2),
+                   "steps": self.config.baseline.steps, "finished": True, "stopped_early": self.flat,
+                   "wall_seconds": round(seconds, 2),
                    "seconds_per_step": round(seconds / max(1, step), 4), "selection": self.best, "validation": metrics,
                    "regressing": self.hparams["method"] == "cnn-regressor"}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -137,7 +148,9 @@ def _train_supervised(config, fabric, train_set, val_set, run_dir, hparams, prog
         if val_set is not None and (step % b.validate_every == 0 or step == b.steps):
             metrics = _validate_supervised(model, val_set, regress, extra, fabric.device)
             run.validated(step, metrics, "mae" if regress else "balanced_accuracy", model, extra)
-    return run.finish(b.steps, model, metrics, started, extra)
+            if run.flat:
+                break
+    return run.finish(step, model, metrics, started, extra)
 
 
 @torch.no_grad()
@@ -214,7 +227,9 @@ def _train_vagan(config, fabric, train_set, val_set, run_dir, hparams, progress)
         if val_set is not None and val_set.has_gt_maps and (step % b.validate_every == 0 or step == b.steps):
             metrics = _validate_vagan(generator, val_set, fabric.device)
             run.validated(step, metrics, "ncc", generator)
-    return run.finish(b.steps, generator, metrics, started)
+            if run.flat:
+                break
+    return run.finish(step, generator, metrics, started)
 
 
 @torch.no_grad()
