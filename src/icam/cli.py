@@ -214,7 +214,11 @@ def explain_command(
     from_label: bool = typer.Option(False, "--from-label", help="translate each scan from its table label to the "
                                                                "other class (for scoring against ground truth)"),
     n_samples: int = typer.Option(100, "--n-samples", help="attribute samples per scan (mean and variance maps)"),
-    min_probability: float = typer.Option(0.9, "--min-probability", help="rejection-sampling threshold (paper: 0.9)"),
+    min_probability: float = typer.Option(0.9, "--min-probability",
+                                          help="rejection-sampling threshold (the authors' code: 0.9)"),
+    reference: str = typer.Option("input", help="what translations are compared with: input (the paper), "
+                                                "reconstruction (the scan decoded from its own latents) or "
+                                                "own-class (its mean translation to its own class)"),
     seed: int = typer.Option(0, help="sampling seed: the same seed gives the same maps"),
     reconstruction: bool = typer.Option(False, "--reconstruction", help="also the maps to the scan's own class "
                                                                        "(the model's noise floor)"),
@@ -244,6 +248,8 @@ def explain_command(
         if not isinstance(explainer, Explainer):  # a baseline: its maps (or predictions) only
             if pair or interpolate:
                 raise ValueError("--pair and --interpolate need an ICAM run")
+            if explainer.method == "resnet":
+                explainer.check_makes_maps()
             dataset = _inputs(explainer, csv_path, image, split, out / ".inputs")
             summary = attribute_cohort(explainer, dataset, out, limit=limit) if explainer.makes_maps else None
             if summary is None:
@@ -257,9 +263,9 @@ def explain_command(
             with Progress(transient=True) as bar:
                 task = bar.add_task("explaining", total=len(dataset) if limit is None else min(limit, len(dataset)))
                 summary = explain_cohort(explainer, dataset, out, target_class=target_class, from_label=from_label,
-                                         n_samples=n_samples,
-                                         min_probability=min_probability, seed=seed, reconstruction=reconstruction,
-                                         limit=limit, progress=lambda done, total: bar.update(task, completed=done))
+                                         n_samples=n_samples, min_probability=min_probability, seed=seed,
+                                         reconstruction=reconstruction, limit=limit, reference=reference,
+                                         progress=lambda done, total: bar.update(task, completed=done))
             facts = [f"{summary['explained']} scans explained ({summary['seconds_per_scan']:.2f} s each, "
                      f"acceptance {summary['mean_acceptance_rate']:.2f})"]
             facts += [f"{k} {summary[k]:.3f}" for k in ("accuracy", "mae") if k in summary]
@@ -360,7 +366,9 @@ def demo_command(
                            progress=not quiet)
         typer.echo(f"done in {summary['total_minutes']:.1f} min")
         for name, test in summary["test"].items():
-            facts = [f"NCC(−) {test['ncc_minus']:.3f}", f"NCC(+) {test['ncc_plus']:.3f}"]
+            # an NCC is undefined (None) when no scan's map varies, e.g. a Grad-CAM that is 0 everywhere
+            facts = [f"{label} " + ("undefined" if test[key] is None else f"{test[key]:.3f}")
+                     for label, key in (("NCC(−)", "ncc_minus"), ("NCC(+)", "ncc_plus"))]
             facts += [f"{k} {test[k]:.3f}" for k in ("accuracy", "mae") if k in test]
             typer.echo(f"{name}: " + ", ".join(facts))
         typer.echo(f"report: {summary['report']}")

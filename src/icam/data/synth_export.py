@@ -119,3 +119,37 @@ def _summary(rows, dims, shape, n, seed, slices_per_subject, render_seconds, tot
         "age": stats([r["target"] for r in rows]), "splits": per_split, "effects": effects,
         "seconds": {"render": round(render_seconds, 2), "total_with_writing": round(total_seconds, 2)},
     }
+
+
+def write_squares(out: str | Path, n: int = 600, size: int = 64, seed: int = 0,
+                  fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict:
+    """The squares benchmark as a cohort table and NIfTI files, in its ICAM-reg form: each image
+    has a score t ~ U(0, 1) that sets its boxes' intensity, class 1 where t ≥ 0.5, and its
+    ground truth is the boxes' mask (what a translation to the other class must change).
+    A second kind of cohort for `icam benchmark --set cohort=squares`: no anatomy, no brain mask."""
+    from .squares import make_squares
+
+    out = Path(out)
+    if size % 16:
+        raise ValueError(f"the side must be a multiple of 16 (the model's requirement), got {size}")
+    for folder in ("images", "gt_maps"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    cohort = make_squares(n, size, continuous_target=True, seed=seed)
+    names = [f"sq-{i:05d}" for i in range(n)]
+    splits = assign_splits(names, cohort.labels.tolist(), cohort.targets.tolist(), fractions, seed)
+    rows = []
+    for i, (name, split) in enumerate(zip(names, splits)):
+        for folder, array in (("images", cohort.images), ("gt_maps", cohort.gt_maps)):
+            _save(array[i, 0].numpy(), np.eye(4), out / folder / f"{name}.nii.gz")
+        rows.append({"image": f"images/{name}.nii.gz", "label": int(cohort.labels[i]),
+                     "target": round(float(cohort.targets[i]), 4), "subject": name, "split": split,
+                     "gt_map": f"gt_maps/{name}.nii.gz"})
+    with (out / "cohort.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {"generator": "squares", "size": size, "subjects": n, "seed": seed,
+               "class_rule": "label 1 when the score (box intensity) >= 0.5",
+               "splits": {s: sum(r["split"] == s for r in rows) for s in SPLITS}}
+    (out / "synth.json").write_text(json.dumps(summary, indent=2))
+    return summary

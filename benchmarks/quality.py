@@ -1,0 +1,210 @@
+"""The ablation bench: ICAM-reg variants trained on the same cohorts and seeds, one table.
+
+For every seed: a cohort (brain-synth or squares, seeded; or your table), the dedicated
+networks once (the ResNet, the CNN regressor, the independent classifier that judges
+translations), then every variant: ICAM pretrained and ICAM-reg fine-tuned as
+`icam benchmark` does, its test maps scored against the ground truth, Table I. Variants that
+change only how maps are made (``reference``, ``n_samples``, ``min_probability``) reuse the
+default variant's model.
+Prints one JSON line (mean per variant and metric); writes quality.json (every seed) and
+quality.md (mean ± standard error over seeds) into --out.
+
+Examples:
+  python benchmarks/quality.py --out q --seeds 0 1 2                       # the default variants
+  python benchmarks/quality.py --out q --variants default ema kl-x16 --set shape=[128,128]
+  python benchmarks/quality.py --out q --set cohort=squares --variants default ema
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from icam.benchmark import BenchmarkRun, settings_for
+from icam.evaluate import NCC_MINUS, NCC_PLUS
+
+# Each variant: `icam benchmark` settings (``icam_set`` holds run-config overrides for both ICAM runs).
+VARIANTS = {
+    "default": [],
+    "paper-upsampling": ["icam_set=[model.upsampling=transposed-avgpool]"],
+    "ema": ["icam_set=[train.ema_decay=0.999]"],
+    "lr-decay": ["icam_set=[train.lr_schedule=linear]"],
+    "kl-x16": ["icam_set=[loss.kl_attribute=0.16]"],
+    "prediction-x5": ["icam_set=[loss.classification=50,loss.regression=50]"],
+    "latent-regression-x10": ["icam_set=[loss.latent_regression=10]"],
+    "attribute-stride-8": ["icam_set=[model.attribute_stride=8]"],
+    "rejection-64": ["icam_set=[train.rejection_candidates=64]"],
+    "width-16": ["width=16"],
+    "select-on-validation": ["icam_validations=12"],
+    "ema+lr-decay+kl-x16": ["icam_set=[train.ema_decay=0.999,train.lr_schedule=linear,loss.kl_attribute=0.16]"],
+    "ema+lr-decay+kl-x16+prediction-x5": ["icam_set=[train.ema_decay=0.999,train.lr_schedule=linear,"
+                                          "loss.kl_attribute=0.16,loss.classification=50,loss.regression=50]"],
+    "reference-reconstruction": ["reference=reconstruction"],
+    "reference-own-class": ["reference=own-class"],
+    "samples-25": ["n_samples=25"],
+    "samples-100": ["n_samples=100"],
+    "samples-200": ["n_samples=200"],
+    "threshold-0.99": ["min_probability=0.99"],
+}
+EXPLANATION_ONLY = ("reference", "n_samples", "min_probability")  # they change the maps, not the model
+METRICS = ("accuracy", "balanced_accuracy", "mae", "ncc_minus", "ncc_plus", "auroc", "table1_young_to_old",
+           "table1_old_to_young", "acceptance_rate", "train_seconds")
+
+
+def icam_metrics(bench: BenchmarkRun, run: str, maps: Path) -> dict:
+    """The variant's figures: predictions, maps (both directions) and Table I of its ICAM-reg."""
+    evaluation = bench.score(maps)
+    translation = bench.translation_success({"icam-reg": run})
+    classification, regression = evaluation.get("classification", {}), evaluation.get("regression", {})
+    return {
+        "accuracy": classification.get("accuracy"), "balanced_accuracy": classification.get("balanced_accuracy"),
+        "mae": regression.get("mae"), "ncc_minus": evaluation["maps"][NCC_MINUS]["ncc"]["mean"],
+        "ncc_plus": evaluation["maps"][NCC_PLUS]["ncc"]["mean"], "auroc": evaluation["maps"]["all"]["auroc"]["mean"],
+        "table1_young_to_old": translation["icam-reg class 0"][0],
+        "table1_old_to_young": translation["icam-reg class 1"][0],
+        "acceptance_rate": json.loads((maps / "summary.json").read_text()).get("mean_acceptance_rate"),
+        "table1_real": (translation["real class 0"][0], translation["real class 1"][0]),
+    }
+
+
+def reference_points(bench: BenchmarkRun, run: str) -> dict:
+    """What the NCC figures should be read against, on this seed's test split:
+    - population: one map for every scan of a class, the mean |ground truth| of the training
+      scans of that class (it never looks at the scan); what a method that knew only where
+      the cohort changes on average would score;
+    - reconstruction error: |G(z_c, mu) − x| of the default ICAM-reg, the part of a paper-style
+      map (translation − input) that is the decoder's failure to reproduce the scan."""
+    import numpy as np
+    import torch
+
+    from icam.evaluate import map_metrics
+    from icam.explain import load
+    from icam.inference import load_inputs
+    from icam.model import fa_map
+
+    model = load(run, "best", bench.device)
+    train = load_inputs(model, bench.csv_path, "train")
+    train_items = [train[i] for i in range(len(train))]
+    population = {k: np.mean([np.abs(t["gt_map"][0].numpy()) for t in train_items if int(t["label"]) == k], axis=0)
+                  for k in (0, 1)}
+    test = load_inputs(model, bench.csv_path, "test")
+    scores = {f"{name}_{d}": [] for name in ("population", "reconstruction_error") for d in ("ncc_minus", "ncc_plus")}
+    for i in range(len(test)):
+        item = test[i]
+        x, label = model._to(item["image"]), int(item["label"])
+        with torch.no_grad():
+            error = fa_map(model.model.fa_reference(x, "reconstruction"), x)[0, 0].cpu().numpy()
+        gt, mask = item["gt_map"][0].numpy(), item["mask"][0].numpy() if "mask" in item else None
+        direction = "ncc_minus" if label == 1 else "ncc_plus"
+        for name, fa in (("population", population[label]), ("reconstruction_error", error)):
+            value = map_metrics(fa, gt, mask)["ncc"]
+            if value is not None:
+                scores[f"{name}_{direction}"].append(value)
+    return {k: float(np.mean(v)) if v else None for k, v in scores.items()}
+
+
+def run_seed(seed: int, variants: list[str], args) -> dict:
+    """Every variant on this seed's cohort; results are kept in seed<N>/variants.json after each
+    variant, so a stopped bench continues where it stopped and seeds can run in parallel."""
+    folder = Path(args.out) / f"seed{seed}"
+    saved = folder / "variants.json"
+    results = json.loads(saved.read_text()) if saved.is_file() else {}
+    if all(v in results for v in variants):
+        return results
+    bench = BenchmarkRun(settings_for(args.preset, args.set + [f"seed={seed}"]), folder,
+                         log=lambda m: print(f"  [seed {seed}] {m}", flush=True))
+    bench.write_cohort()
+    bench.runs.update(results.get("runs", {}))
+    for method in ("resnet", "cnn-regressor", "cnn-classifier"):
+        if method not in bench.runs:
+            bench.train_baseline(method)
+    if "default" in results and "population_ncc_minus" not in results["baselines"]:  # from an older bench
+        results["baselines"].update(reference_points(bench, bench.runs["default-icam-reg"]))
+    if "baselines" not in results:
+        baselines = {method: bench.score(bench.explain_baseline(method)) for method in ("resnet", "cnn-regressor")}
+        results["baselines"] = {"resnet_accuracy": baselines["resnet"]["classification"]["accuracy"],
+                                "cnn_mae": baselines["cnn-regressor"]["regression"]["mae"]}
+    trained: dict[str, tuple[str, float]] = {  # variant → (its ICAM-reg run, seconds both trainings took)
+        v: (bench.runs[f"{v}-icam-reg"], results[v]["train_seconds"]) for v in results
+        if f"{v}-icam-reg" in bench.runs and v in results}
+    for variant in variants:
+        if variant in results:
+            continue
+        bench.settings = settings_for(args.preset, args.set + [f"seed={seed}"] + VARIANTS[variant])
+        changes_model = any(o.split("=")[0] not in EXPLANATION_ONLY for o in VARIANTS[variant])
+        source = variant if changes_model or variant == "default" else "default"
+        if source not in trained:
+            started = time.perf_counter()
+            trained[source] = (bench.train_icam(prefix=f"{source}-")[1], time.perf_counter() - started)
+        run, seconds = trained[source]
+        results[variant] = icam_metrics(bench, run, bench.explain_icam(f"{source}-icam-reg",
+                                                                       folder=f"{variant}-icam-reg"))
+        results[variant]["train_seconds"] = round(seconds)
+        real = results[variant].pop("table1_real")
+        results["baselines"].update(table1_real_young=real[0], table1_real_old=real[1])
+        if variant == "default":
+            results["baselines"].update(reference_points(bench, run))
+        results["runs"] = bench.runs
+        saved.write_text(json.dumps(results, indent=2))
+        print(json.dumps({"seed": seed, "variant": variant, **results[variant]}), flush=True)
+    return results
+
+
+def mean_and_error(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return mean, sd / math.sqrt(len(values))
+
+
+def table(per_seed: dict, variants: list[str]) -> tuple[str, dict]:
+    def cell(values):
+        mean, error = mean_and_error(values)
+        return "–" if mean is None else f"{mean:.3f}" + ("" if error is None else f" ± {error:.3f}")
+    means = {}
+    header = ["variant", *METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant in variants:
+        values = {m: [seed[variant][m] for seed in per_seed.values()] for m in METRICS}
+        means[variant] = {m: mean_and_error(v)[0] for m, v in values.items()}
+        lines.append("| " + " | ".join([variant] + [cell(values[m]) for m in METRICS]) + " |")
+    baseline_keys = list(next(iter(per_seed.values()))["baselines"])
+    baselines = {k: [seed["baselines"][k] for seed in per_seed.values()] for k in baseline_keys}
+    means["baselines"] = {k: mean_and_error(v)[0] for k, v in baselines.items()}
+    lines += ["", "Dedicated networks, the judge on real images and the reference points (population map, "
+                  "reconstruction error: see reference_points): " +
+              ", ".join(f"{k} {cell(v)}" for k, v in baselines.items())]
+    return "\n".join(lines) + "\n", means
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--set", action="append", default=[], help="an `icam benchmark` setting for every variant")
+    args = p.parse_args()
+    variants = args.variants if "default" in args.variants else ["default", *args.variants]
+    started = time.perf_counter()
+    per_seed = {seed: run_seed(seed, variants, args) for seed in args.seeds}
+    text, means = table(per_seed, variants)
+    note = (f"\n{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), preset {args.preset}"
+            f"{' with ' + ' '.join(args.set) if args.set else ''}; mean ± standard error over seeds.\n")
+    (args.out / "quality.md").write_text(text + note)
+    (args.out / "quality.json").write_text(json.dumps({"seeds": per_seed, "means": means, "settings": args.set,
+                                                       "preset": args.preset}, indent=2, default=str))
+    print(text + note)
+    minutes = round((time.perf_counter() - started) / 60, 1)
+    print(json.dumps({"benchmark": "quality", "seeds": args.seeds, "minutes": minutes, "means": means}))
+
+
+if __name__ == "__main__":
+    main()
