@@ -11,8 +11,8 @@ quality.md (mean ± standard error over seeds) into --out.
 
 Examples:
   python benchmarks/quality.py --out q --seeds 0 1 2                       # the default variants
-  python benchmarks/quality.py --out q --variants default ema kl-x16 --set shape=[128,128]
-  python benchmarks/quality.py --out q --set cohort=squares --variants default ema
+  python benchmarks/quality.py --out q --variants default no-ema kl-x16 --set shape=[128,128]
+  python benchmarks/quality.py --out q --set cohort=squares --variants default no-ema
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from icam.evaluate import NCC_MINUS, NCC_PLUS
 VARIANTS = {
     "default": [],
     "paper-upsampling": ["icam_set=[model.upsampling=transposed-avgpool]"],
-    "ema": ["icam_set=[train.ema_decay=0.999]"],
+    "no-ema": ["icam_set=[train.ema_decay=null]"],
     "lr-decay": ["icam_set=[train.lr_schedule=linear]"],
     "kl-x16": ["icam_set=[loss.kl_attribute=0.16]"],
     "prediction-x5": ["icam_set=[loss.classification=50,loss.regression=50]"],
@@ -39,9 +39,9 @@ VARIANTS = {
     "rejection-64": ["icam_set=[train.rejection_candidates=64]"],
     "width-16": ["width=16"],
     "select-on-validation": ["icam_validations=12"],
-    "ema+lr-decay+kl-x16": ["icam_set=[train.ema_decay=0.999,train.lr_schedule=linear,loss.kl_attribute=0.16]"],
-    "ema+lr-decay+kl-x16+prediction-x5": ["icam_set=[train.ema_decay=0.999,train.lr_schedule=linear,"
-                                          "loss.kl_attribute=0.16,loss.classification=50,loss.regression=50]"],
+    "lr-decay+kl-x16": ["icam_set=[train.lr_schedule=linear,loss.kl_attribute=0.16]"],
+    "lr-decay+kl-x16+prediction-x5": ["icam_set=[train.lr_schedule=linear,loss.kl_attribute=0.16,"
+                                      "loss.classification=50,loss.regression=50]"],
     "reference-reconstruction": ["reference=reconstruction"],
     "reference-own-class": ["reference=own-class"],
     "samples-25": ["n_samples=25"],

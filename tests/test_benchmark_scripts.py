@@ -45,17 +45,17 @@ def test_ddp_scaling_benchmark_on_two_cpu_processes():
 def test_quality_bench_trains_variants_and_reuses_the_model_for_map_only_ones(tmp_path):
     tiny = ["cohort=squares", "subjects=24", "icam_steps=3", "icam_reg_steps=3", "resnet_steps=3", "cnn_steps=3",
             "n_samples=4", "width=4", "baseline_validate_every=2", "translations_per_image=2"]
-    args = ["--out", str(tmp_path), "--seeds", "0", "--variants", "default", "ema", "reference-reconstruction"]
+    args = ["--out", str(tmp_path), "--seeds", "0", "--variants", "default", "no-ema", "reference-reconstruction"]
     for item in tiny:
         args += ["--set", item]
     line = run_benchmark("quality.py", *args, timeout=600)
-    assert set(line["means"]) == {"default", "ema", "reference-reconstruction", "baselines"}
-    for variant in ("default", "ema", "reference-reconstruction"):
+    assert set(line["means"]) == {"default", "no-ema", "reference-reconstruction", "baselines"}
+    for variant in ("default", "no-ema", "reference-reconstruction"):
         figures = line["means"][variant]
         assert 0 <= figures["accuracy"] <= 1 and figures["mae"] >= 0 and -1 <= figures["ncc_minus"] <= 1
     # the map-only variant explained the default model: same predictions, its own maps
     assert line["means"]["reference-reconstruction"]["accuracy"] == line["means"]["default"]["accuracy"]
     runs = sorted(p.name for p in (tmp_path / "seed0" / "runs").iterdir())
-    assert runs == ["cnn-classifier", "cnn-regressor", "default-icam", "default-icam-reg", "ema-icam", "ema-icam-reg",
+    assert runs == ["cnn-classifier", "cnn-regressor", "default-icam", "default-icam-reg", "no-ema-icam", "no-ema-icam-reg",
                     "resnet"]
-    assert "| ema |" in (tmp_path / "quality.md").read_text()
+    assert "| no-ema |" in (tmp_path / "quality.md").read_text()
