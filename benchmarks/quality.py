@@ -38,6 +38,9 @@ VARIANTS = {
     "attribute-stride-8": ["icam_set=[model.attribute_stride=8]"],
     "rejection-64": ["icam_set=[train.rejection_candidates=64]"],
     "width-16": ["width=16"],
+    # a width-16 iteration costs 1.8x a width-8 one at 64^2 on CPU (benchmarks/train_step.py): the
+    # quick preset's 1,200 + 600 steps at width 8 take as long as these at width 16
+    "width-16-equal-time": ["width=16", "icam_steps=670", "icam_reg_steps=335"],
     "select-on-validation": ["icam_validations=12"],
     "lr-decay+kl-x16": ["icam_set=[train.lr_schedule=linear,loss.kl_attribute=0.16]"],
     "lr-decay+kl-x16+prediction-x5": ["icam_set=[train.lr_schedule=linear,loss.kl_attribute=0.16,"
