@@ -124,15 +124,13 @@ def run_seed(seed: int, variants: list[str], args) -> dict:
     for method in ("resnet", "cnn-regressor", "cnn-classifier"):
         if method not in bench.runs:
             bench.train_baseline(method)
-    if "default" in results and "population_ncc_minus" not in results["baselines"]:  # from an older bench
-        results["baselines"].update(reference_points(bench, bench.runs["default-icam-reg"]))
     if "baselines" not in results:
         baselines = {method: bench.score(bench.explain_baseline(method)) for method in ("resnet", "cnn-regressor")}
         results["baselines"] = {"resnet_accuracy": baselines["resnet"]["classification"]["accuracy"],
                                 "cnn_mae": baselines["cnn-regressor"]["regression"]["mae"]}
     trained: dict[str, tuple[str, float]] = {  # variant → (its ICAM-reg run, seconds both trainings took)
         v: (bench.runs[f"{v}-icam-reg"], results[v]["train_seconds"]) for v in results
-        if f"{v}-icam-reg" in bench.runs and v in results}
+        if f"{v}-icam-reg" in bench.runs}
     for variant in variants:
         if variant in results:
             continue

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -121,17 +122,15 @@ class BenchmarkRun:
         self.seconds: dict[str, float] = {}
         self.csv_path = Path(settings.csv) if settings.csv else self.out / "cohort" / "cohort.csv"
 
+    @contextmanager
     def _timed(self, key: str, message: str):
-        run = self
-
-        class Timer:
-            def __enter__(self):
-                run.log(message)
-                self.started = time.perf_counter()
-
-            def __exit__(self, *exc):
-                run.seconds[key] = round(run.seconds.get(key, 0) + time.perf_counter() - self.started, 1)
-        return Timer()
+        """Logs ``message``, then adds the block's wall time to ``seconds[key]``."""
+        self.log(message)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[key] = round(self.seconds.get(key, 0) + time.perf_counter() - started, 1)
 
     def write_cohort(self) -> Path:
         """The synthetic cohort (once per folder), unless the settings name a table. A folder that

@@ -255,13 +255,11 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
     for done, i in enumerate(chosen, 1):
         item = dataset[i]
         ident = output_id(dataset, i)
-        target = target_class
-        if from_label and int(item["label"]) != UNKNOWN_LABEL:
-            target = next_class(int(item["label"]), explainer.model.num_classes)
-        own = int(item["label"]) if from_label and int(item["label"]) != UNKNOWN_LABEL else None
+        own_class = int(item["label"]) if from_label and int(item["label"]) != UNKNOWN_LABEL else None
+        target = target_class if own_class is None else next_class(own_class, explainer.model.num_classes)
         explanation = explainer.explain(item["image"], target=target, n_samples=n_samples,
                                         min_probability=min_probability, seed=seed, reference=reference,
-                                        own_class=own)
+                                        own_class=own_class)
         mean, var = explanation.mean[0, 0].cpu().numpy(), explanation.var[0, 0].cpu().numpy()
         mask = _brain_mask(item)
         write_map(mean, dataset, i, out / "maps" / f"{ident}_fa_mean.nii.gz")

@@ -84,12 +84,16 @@ def write_brain_synth(out: str | Path, dims: int = 2, n: int = 100, seed: int = 
                 "lesions": int(cohort.lesions[r]) if weights[2] > 0 else 0})
         if progress:
             progress(min(n, start + chunk), n)
+    return _write_table_and_summary(out, COLUMNS, rows, _summary(rows, dims, shape, n, seed, slices_per_subject,
+                                                                 render_seconds, time.perf_counter() - started))
+
+
+def _write_table_and_summary(out: Path, columns: list[str], rows: list[dict], summary: dict) -> dict:
+    """cohort.csv and synth.json, the two files every synthetic cohort ends with."""
     with (out / "cohort.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
+        writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(rows)
-    summary = _summary(rows, dims, shape, n, seed, slices_per_subject, render_seconds,
-                       time.perf_counter() - started)
     (out / "synth.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -144,12 +148,7 @@ def write_squares(out: str | Path, n: int = 600, size: int = 64, seed: int = 0,
         rows.append({"image": f"images/{name}.nii.gz", "label": int(cohort.labels[i]),
                      "target": round(float(cohort.targets[i]), 4), "subject": name, "split": split,
                      "gt_map": f"gt_maps/{name}.nii.gz"})
-    with (out / "cohort.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    summary = {"generator": "squares", "size": size, "subjects": n, "seed": seed,
-               "class_rule": "label 1 when the score (box intensity) >= 0.5",
-               "splits": {s: sum(r["split"] == s for r in rows) for s in SPLITS}}
-    (out / "synth.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return _write_table_and_summary(out, list(rows[0]), rows, {
+        "generator": "squares", "size": size, "subjects": n, "seed": seed,
+        "class_rule": "label 1 when the score (box intensity) >= 0.5",
+        "splits": {s: sum(r["split"] == s for r in rows) for s in SPLITS}})
