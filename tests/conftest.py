@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -17,6 +19,12 @@ def tiny_config(tmp_path):
     def make(*overrides: str):
         return load_config(None, TINY + [f"out_dir={tmp_path / 'runs'}", *overrides])
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_home(tmp_path_factory):
+    """The preprocessing cache defaults to the user's cache folder: tests keep theirs apart."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache-home"))
 
 
 @pytest.fixture(autouse=True)

@@ -94,10 +94,25 @@ class CsvData(Section):
     kind: Literal["csv"] = "csv"
     csv: str = Field(..., description="path of the cohort table")
     columns: CsvColumns = CsvColumns()
+    classes: list[Union[int, float, str]] | None = Field(
+        None, description="the label values that are classes, in class order, e.g. [CN, AD]: rows with another "
+                          "label (MCI) are left out and listed in excluded.csv; outputs use these names. null: "
+                          "labels are class numbers 0, 1, 2, …")
     shape: list[int] = Field(..., description="model input shape: 3 sides for volumes, 2 for slices")
     spacing: list[float] | None = Field(None, description="resample to this voxel size (mm) before fitting the shape")
     orientation: str | None = Field("RAS", description="reorient every image to these axis codes")
-    fit: Literal["pad_crop", "resize"] = Field("pad_crop", description="how images reach `shape`")
+    fit: Literal["pad_crop", "resize"] = Field(
+        "pad_crop", description="how images reach `shape`: pad_crop keeps the voxel size (the window is centred on "
+                                "the brain where the image is larger); resize scales the brain's bounding box "
+                                "(plus brain_margin) to fill the shape, the same factor on every axis")
+    brain_mask: Literal["auto", "none"] = Field(
+        "auto", description="auto: the table's mask column, else a foreground mask (Otsu threshold, largest "
+                            "connected component, holes filled); it places the window, masks the maps and their "
+                            "scores and is written with them. none: every voxel counts (phantoms with no anatomy)")
+    brain_margin: int = Field(4, ge=0, description="voxels kept around the brain's bounding box (after resampling)")
+    max_brain_cropped: float = Field(
+        0.01, ge=0, le=1, description="refuse an image when fitting the shape would cut off more than this share "
+                                      "of its brain (per image in data.json); raise it to accept the loss")
     intensity: Literal["minmax", "minmax01", "cohort", "none"] = Field(
         "minmax", description="minmax: per image to [-1, 1]; minmax01: to [0, 1]; cohort: one range for all "
                               "images (intensity_range, or the training images' clip_percentiles) to [-1, 1]")
@@ -109,7 +124,8 @@ class CsvData(Section):
     class_thresholds: list[float] | None = Field(
         None, description="derive the class from the target: class k where target ≥ k thresholds")
     split_fractions: Fractions = (0.8, 0.1, 0.1)
-    cache_dir: str | None = Field(None, description="preprocessing cache; default <csv folder>/.icam-cache")
+    cache_dir: str | None = Field(None, description="preprocessing cache; default $XDG_CACHE_HOME/icam (else "
+                                                    "~/.cache/icam). Nothing is written next to your images")
     preprocess_workers: int = Field(0, ge=0, description="processes that fill the cache")
     augment: Augmentation = Augmentation()
     skip_bad: bool = Field(False, description="leave out rows with bad input (listed in excluded.csv) "
@@ -279,6 +295,7 @@ def _explain(error: ValidationError, source: str) -> ConfigError:
         if e["type"] == "extra_forbidden":
             valid = _fields_at(e["loc"][:-1])
             lines.append(f"unknown key '{key}'; valid keys here: {', '.join(valid)}")
+
         else:
             lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
     return ConfigError(f"invalid config ({source}):\n  " + "\n  ".join(lines))
@@ -328,9 +345,23 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
+def _other_kind_keys(data: dict, source: str) -> None:
+    """One line when a data section mixes kinds (a squares dump with data.kind=csv set)."""
+    kinds = {"squares": SquaresData, "brain-synth": BrainSynthData, "csv": CsvData}
+    own = kinds.get(data.get("kind"))
+    if own is None:
+        return
+    foreign = [k for k in data if k not in own.model_fields and any(k in m.model_fields for m in kinds.values())]
+    if foreign:
+        raise ConfigError(f"invalid config ({source}): data.{', data.'.join(foreign)} belong to another data.kind, "
+                          f"not {data['kind']}; start from `icam config --print-defaults --kind {data['kind']}`")
+
+
 def build_config(tree: dict, source: str = "config") -> Config:
     if isinstance(tree.get("data"), dict) and "kind" not in tree["data"]:
         tree = {**tree, "data": {"kind": "squares", **tree["data"]}}
+    if isinstance(tree.get("data"), dict):
+        _other_kind_keys(tree["data"], source)
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
@@ -359,3 +390,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 def to_yaml(config: Config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _comment(text: str, pad: str, width: int = 100) -> list[str]:
+    import textwrap
+
+    return [f"{pad}# {line}" for line in textwrap.wrap(" ".join(text.split()), width - len(pad) - 2)]
+
+
+def commented_yaml(section: BaseModel, indent: int = 0) -> str:
+    """A config as YAML with each key's description above it (``icam config --print-defaults``):
+    a starting point to edit, which loads back to the same config."""
+    pad, lines = " " * indent, []
+    for name, field in type(section).model_fields.items():
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            doc = (type(value).__doc__ or "").strip()
+            lines += [""] * (indent == 0) + (_comment(doc, pad) if doc else []) + [f"{pad}{name}:"]
+            lines.append(commented_yaml(value, indent + 2))
+            continue
+        if field.description:
+            lines += _comment(field.description, pad)
+        # a one-element flow list, unwrapped: a scalar or a list on one line, quoted where YAML needs it
+        dumped = yaml.safe_dump([section.model_dump(mode="json")[name]], default_flow_style=True, width=1000)
+        lines.append(f"{pad}{name}: {dumped.strip()[1:-1]}")
+    return "\n".join(lines)
+
+
+def defaults_for(kind: str) -> Config:
+    """The default config for a data kind; for csv, with placeholders for the table and the shape."""
+    if kind not in DATA_KINDS:
+        raise ConfigError(f"unknown data kind {kind!r}; choose one of {', '.join(DATA_KINDS)}")
+    data = {"kind": kind, **({"csv": "cohort.csv", "shape": [128, 128]} if kind == "csv" else {})}
+    return build_config({"data": data}, "defaults")

@@ -31,6 +31,7 @@ from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import ClassBalancedBatchSampler, build_cohorts
+from .data.table import num_classes_of
 from .evaluate import SELECTION_DIRECTION, selection_metric, summarise, validation_statistics
 from .model import ICAM, translation_partners
 from .nets import ContentDiscriminator, DomainDiscriminator
@@ -513,7 +514,7 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
     cohorts, run_dir, val_set = start_run(config, fabric, resume,
                                           {"init_from": str(init_from) if init_from else None})
     train_set = cohorts["train"]
-    num_classes = int(train_set.labels.max()) + 1
+    num_classes = num_classes_of(config.data, train_set.labels.tolist())
     if config.model.num_classes not in (None, num_classes):
         raise ValueError(f"model.num_classes is {config.model.num_classes} but the training labels are "
                          f"0..{num_classes - 1}")

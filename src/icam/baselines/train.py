@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from ..checkpoint import save_checkpoint
 from ..config import Config
 from ..data import ClassBalancedBatchSampler
+from ..data.table import num_classes_of
 from ..evaluate import balanced_accuracy, ncc
 from ..progress import StepProgress
 from ..run import MetricsLog
@@ -99,7 +100,8 @@ def train_baseline(config: Config, show_progress: bool = True) -> dict:
     cohorts, run_dir, val_set = start_run(config, fabric)
     train_set = cohorts["train"]
     hparams = {"method": config.method, "image_shape": list(train_set.image_shape),
-               "num_classes": int(train_set.labels.max()) + 1, "in_channels": train_set.in_channels,
+               "num_classes": num_classes_of(config.data, train_set.labels.tolist()),
+               "in_channels": train_set.in_channels,
                "width": config.baseline.width}
     torch.manual_seed(config.seed)
     with StepProgress(config.method, show_progress, config.baseline.steps) as progress:

@@ -18,7 +18,7 @@ from .cohort import InMemoryCohort
 from .sampling import ClassBalancedBatchSampler
 from .splits import SPLITS, assign_splits
 from .squares import make_squares
-from .table import DataError, Problem, class_problems, read_table
+from .table import DataError, Problem, class_problems, num_classes_of, read_table
 
 
 @dataclass
@@ -79,21 +79,27 @@ def load_csv_cohorts(data_config, seed: int, progress=None) -> Cohorts:
     from .nifti import NiftiCohort, PreprocessingCache, Spatial, cohort_intensity_range, fill_cache
 
     csv_path = Path(data_config.csv)
-    rows, problems = read_table(csv_path, data_config.columns, data_config.class_thresholds)
-    cache = PreprocessingCache(data_config.cache_dir or csv_path.parent / ".icam-cache", Spatial.of(data_config))
-    entries, image_problems = fill_cache(cache, rows, data_config.preprocess_workers, progress)
+    table = read_table(csv_path, data_config)
+    rows, problems = table.rows, table.problems
+    if any(p.row is None for p in problems):  # a table-wide problem (e.g. labels that are not classes)
+        raise DataError(problems, f"{csv_path}: ")
+    cache = PreprocessingCache(data_config.cache_dir, Spatial.of(data_config), data_config.max_brain_cropped)
+    entries, image_problems = fill_cache(cache, [r for r in rows if r.number not in {p.row for p in problems}],
+                                         data_config.preprocess_workers, progress)
     problems += image_problems
     bad_rows = {p.row for p in problems}
     if problems and (not data_config.skip_bad or None in bad_rows):
         raise DataError(problems, f"{csv_path}: ")
     rows = [r for r in rows if r.number not in bad_rows]
     splits = _splits_for(rows, data_config, seed)
-    cohort_problems = class_problems(rows, splits)
+    cohort_problems = class_problems(rows, splits, num_classes_of(data_config, [r.label for r in rows]))
     if cohort_problems:
         raise DataError(cohort_problems, f"{csv_path}: ")
     datasets = {s: NiftiCohort([r for r, k in zip(rows, splits) if k == s], entries, data_config, augment=s == "train")
                 for s in SPLITS}
-    info = {"csv": str(csv_path), "cache": str(cache.directory)}
+    info = {"csv": str(csv_path), "cache": str(cache.directory), "preprocessing": preprocessing_facts(rows, entries)}
+    if data_config.classes:
+        info["classes"] = [str(c) for c in data_config.classes]
     if data_config.intensity == "cohort":
         lo_hi = tuple(data_config.intensity_range or cohort_intensity_range(datasets["train"],
                                                                              data_config.clip_percentiles))
@@ -102,7 +108,24 @@ def load_csv_cohorts(data_config, seed: int, progress=None) -> Cohorts:
         info["intensity_range"] = list(lo_hi)
     assignments = [{"row": r.number, "image": str(r.image), "subject": r.subject, "split": k}
                    for r, k in zip(rows, splits)]
-    return Cohorts(datasets, assignments, problems, info)
+    return Cohorts(datasets, assignments, table.excluded + problems, info)
+
+
+def preprocessing_facts(rows, entries: dict) -> dict:
+    """What preprocessing did to the cohort (data.json): shapes in and out, brain masks, and
+    every image whose fit cut off part of its brain (a warning is shown for them)."""
+    import warnings
+
+    metas = [(r, entries[r.number]["meta"]) for r in rows]
+    cropped = [{"row": r.number, "file": str(r.image), "brain_cropped": m["brain_cropped"]}
+               for r, m in metas if m["brain_cropped"] > 0]
+    if cropped:
+        worst = max(cropped, key=lambda c: c["brain_cropped"])
+        warnings.warn(f"fitting the shape cuts off part of the brain in {len(cropped)} image(s), at most "
+                      f"{worst['brain_cropped']:.1%} ({worst['file']}); listed in the run's data.json", stacklevel=2)
+    return {"source_shapes": sorted({"x".join(map(str, m["source_shape"])) for _, m in metas}),
+            "brain_masks": {k: sum(m["brain_mask"] == k for _, m in metas) for k in ("table", "foreground", "none")},
+            "brain_cropped": cropped}
 
 
 def _splits_for(rows, data_config, seed: int) -> list[str]:

@@ -1,10 +1,14 @@
 """Reading and checking a cohort table (CSV): one row per image.
 
-Columns (names configurable): ``image`` (path, relative to the CSV), ``label`` (class)
-and/or ``target`` (a number), and optionally ``subject`` (keeps a subject's scans in one
-split), ``split`` (train/val/test), ``mask`` (brain mask) and ``gt_map`` (ground-truth
-change map). Every problem is reported with its row (as numbered in a spreadsheet: the
-header is row 1) and file; nothing is dropped silently.
+Columns (names configurable, ``data.columns``): ``image`` (path, relative to the CSV),
+``label`` (class) and/or ``target`` (a number), and optionally ``subject`` (keeps a subject's
+scans in one split), ``split`` (train/val/test), ``mask`` (brain mask) and ``gt_map``
+(ground-truth change map). Labels are class numbers 0, 1, 2, … or, with ``data.classes``
+(e.g. ``[CN, AD]``), any values: the position in that list is the class, and rows with
+another label (MCI) are left out and listed, never an error. A table without a split column
+takes the splits of the run it is used with (its ``splits.csv``). Every problem is reported
+with its row (as numbered in a spreadsheet: the header is row 1) and file; nothing is
+dropped silently.
 """
 
 from __future__ import annotations
@@ -46,27 +50,75 @@ class Problem:
 class Row:
     number: int  # spreadsheet row number
     image: Path
-    label: int
+    label: int  # class index; UNKNOWN_LABEL when the row has none (or, predicting, one not in data.classes)
     target: float  # NaN when unknown
     subject: str
     split: str | None
     mask: Path | None = None
     gt_map: Path | None = None
     extra: dict = field(default_factory=dict)
+    raw_label: str = ""  # the label as the table writes it (CN, MCI, 1)
 
 
 UNKNOWN_LABEL = -1
 
 
-def read_table(path: str | Path, columns, class_thresholds: list[float] | None = None,
-               require_label: bool = True) -> tuple[list[Row], list[Problem]]:
-    """Rows that passed the table-level checks, and the problems of those that did not.
+@dataclass
+class Table:
+    """A cohort table read through a run's settings: the usable rows, the problems of the others,
+    and the rows left out by design (a label not in ``data.classes``)."""
+
+    rows: list[Row]
+    problems: list[Problem]
+    excluded: list[Problem] = field(default_factory=list)
+    split_source: str = "table"  # table, run (the run's splits.csv) or none
+
+
+def class_names(data_config, num_classes: int) -> list[str]:
+    """What outputs call each class: ``data.classes`` as written, else the class numbers."""
+    classes = getattr(data_config, "classes", None) if data_config is not None else None
+    return [str(c) for c in classes] if classes else [str(k) for k in range(num_classes)]
+
+
+def probability_columns(names: list[str]) -> list[str]:
+    """The predictions table's probability columns: p_CN, p_AD for named classes, p_class0, … for numbers."""
+    return [f"p_class{n}" if n == str(k) else f"p_{n}" for k, n in enumerate(names)]
+
+
+def names_from_columns(header) -> list[str]:
+    """The class names of a predictions table, in class order, from its probability columns."""
+    return [c[len("p_class"):] if c.startswith("p_class") else c[2:] for c in header if c.startswith("p_")]
+
+
+def num_classes_of(data_config, labels) -> int:
+    """K: the length of ``data.classes``, else the largest class number + 1."""
+    classes = getattr(data_config, "classes", None)
+    return len(classes) if classes else int(max(labels, default=-1)) + 1
+
+
+def _matches(raw: str, value) -> bool:
+    """A table's label against one of ``data.classes``: as text, or as numbers (1 = 1.0)."""
+    if raw == str(value):
+        return True
+    try:
+        return float(raw) == float(value)
+    except (TypeError, ValueError):
+        return False
+
+
+def read_table(path: str | Path, data_config, require_label: bool = True, run_dir: str | Path | None = None) -> Table:
+    """The table at ``path`` through ``data_config``'s column names, classes and class thresholds.
     A file that is missing or a column that is absent is a problem of every row, raised at once.
-    With ``require_label=False`` (prediction), a row may have no label: it gets UNKNOWN_LABEL."""
+    With ``require_label=False`` (prediction), a row may have no label, or one that is not a
+    class: it gets UNKNOWN_LABEL. Rows without a split take their split from ``run_dir``'s
+    splits.csv when given (matched by subject, then by image)."""
     path = Path(path)
+    columns = data_config.columns
+    class_thresholds = getattr(data_config, "class_thresholds", None)
+    classes = getattr(data_config, "classes", None)
     if not path.is_file():
         raise DataError([Problem(None, "the cohort table does not exist", str(path))])
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         records = list(reader)
@@ -79,7 +131,7 @@ def read_table(path: str | Path, columns, class_thresholds: list[float] | None =
         raise DataError([Problem(1, f"no '{names['label']}' column, and no '{names['target']}' column with "
                                     f"data.class_thresholds to derive the class from", str(path))])
     root = path.parent
-    rows, problems = [], []
+    rows, problems, excluded, not_numbers = [], [], [], {}
     for i, record in enumerate(records):
         number = i + 2
         row_problems = []
@@ -107,13 +159,23 @@ def read_table(path: str | Path, columns, class_thresholds: list[float] | None =
                 row_problems.append(Problem(number, f"target {raw_target!r} is not a finite number"))
         raw_label = (record.get(names["label"]) or "").strip() if has_label else ""
         label = None
-        if raw_label:
+        if raw_label and classes:
+            label = next((k for k, c in enumerate(classes) if _matches(raw_label, c)), None)
+            if label is None and require_label:
+                excluded.append(Problem(number, f"label {raw_label!r} is not one of data.classes "
+                                                f"[{', '.join(map(str, classes))}]", str(image or "")))
+                continue
+            label = UNKNOWN_LABEL if label is None else label
+        elif raw_label:
             try:
                 label = int(float(raw_label))
                 if label < 0 or label != float(raw_label):
                     raise ValueError
             except ValueError:
-                row_problems.append(Problem(number, f"label {raw_label!r} is not a class number 0, 1, 2, …"))
+                if require_label:  # one line for all such rows, below
+                    not_numbers.setdefault(raw_label, []).append(number)
+                    continue
+                label = UNKNOWN_LABEL
         elif class_thresholds and not math.isnan(target):
             label = int(np.searchsorted(np.asarray(class_thresholds), target, side="right"))
         elif not require_label:
@@ -130,9 +192,39 @@ def read_table(path: str | Path, columns, class_thresholds: list[float] | None =
         subject = (record.get(names["subject"]) or "").strip() or image.name.split(".")[0]
         used = {names[k] for k in names}
         rows.append(Row(number, image, label, target, subject, split, mask, gt_map,
-                        {k: v for k, v in record.items() if k not in used}))
+                        {k: v for k, v in record.items() if k not in used}, raw_label))
+    if not_numbers:
+        shown = ", ".join(f"{v!r} (rows {', '.join(map(str, n[:3]))}{', …' if len(n) > 3 else ''})"
+                          for v, n in list(not_numbers.items())[:6])
+        problems.append(Problem(None, f"labels are not class numbers 0, 1, 2, …: {shown}. Name the classes in the "
+                                      f"config, e.g. data.classes: [{', '.join(list(not_numbers)[:2])}] (the position "
+                                      f"is the class; rows with a label not listed are left out and listed in "
+                                      f"excluded.csv)", str(path)))
     problems.extend(_split_problems(rows))
-    return rows, problems
+    split_source = "table" if any(r.split for r in rows) else "none"
+    if run_dir is not None and not all(r.split for r in rows) and (Path(run_dir) / "splits.csv").is_file():
+        _splits_from_run(rows, Path(run_dir) / "splits.csv")
+        split_source = "run"
+    return Table(rows, problems, excluded, split_source)
+
+
+def _splits_from_run(rows: list[Row], splits_csv: Path) -> None:
+    """Give rows without a split the one the run assigned: by subject, then by image file."""
+    with splits_csv.open(newline="") as f:
+        assigned = list(csv.DictReader(f))
+    by_subject = {a["subject"]: a["split"] for a in assigned}
+    by_image = {str(Path(a["image"]).resolve()): a["split"] for a in assigned}
+    for r in rows:
+        if not r.split:
+            r.split = by_subject.get(r.subject) or by_image.get(str(r.image.resolve()))
+
+
+def require_split(table: Table, split: str, path: Path) -> list[Row]:
+    """The rows of one split; one clear line when the table and the run give no splits."""
+    if table.split_source == "none":
+        raise ValueError(f"{path}: --split {split}: the table has no split column, and the run has no splits.csv to "
+                         f"take them from; drop --split, or add a split column (train/val/test)")
+    return [r for r in table.rows if r.split == split]
 
 
 def _split_problems(rows: list[Row]) -> list[Problem]:
@@ -145,11 +237,11 @@ def _split_problems(rows: list[Row]) -> list[Problem]:
             for s, found in splits_of.items() if len(found) > 1]
 
 
-def class_problems(rows: list[Row], splits: list[str]) -> list[Problem]:
-    """Every class 0..K-1 must have training images (K = the largest label + 1)."""
+def class_problems(rows: list[Row], splits: list[str], num_classes: int | None = None) -> list[Problem]:
+    """Every class 0..K-1 must have training images (K = len(data.classes), else the largest label + 1)."""
     if not rows:
         return [Problem(None, "no usable rows")]
-    k = max(r.label for r in rows) + 1
+    k = num_classes or max(r.label for r in rows) + 1
     trained = {r.label for r, s in zip(rows, splits) if s == "train"}
     return [Problem(None, f"class {c} has no training images (classes are 0..{k - 1}; "
                           f"every class needs some)") for c in range(k) if c not in trained]
