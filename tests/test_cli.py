@@ -69,3 +69,12 @@ def test_two_process_ddp_keeps_the_ranks_identical(tmp_path):
     for net in ("model", "domain_discriminators", "content_discriminator"):
         for key, value in first[net].items():
             assert torch.equal(value, again[net][key]), (net, key)
+
+
+def test_synth_size_as_written_in_the_readme(tmp_path):
+    result = runner.invoke(app, ["synth", "--out", str(tmp_path / "s"), "--dims", "3", "--n", "6", "--size",
+                                 "32x48x32"])
+    assert result.exit_code == 0, result.output
+    assert "shape 32x48x32" in result.output
+    bad = runner.invoke(app, ["synth", "--out", str(tmp_path / "b"), "--dims", "3", "--size", "32 48"])
+    assert bad.exit_code == 2 and "expected sides joined by x" in bad.output

@@ -168,11 +168,12 @@ def test_3d_maps_are_resampled_back_to_an_input_of_another_shape(tmp_path):
 def test_fa_magnitude_is_correlated_with_the_target_pooled_and_as_the_paper_does():
     from icam.inference import _cohort_analyses
 
-    records = [{"label": label, "predicted_class": label, "p_class0": 0.5, "p_class1": 0.5, "target": age,
-                "predicted_target": age + 1, "target_class": 1 - label, "mean_abs_fa": fa}
+    names = ["young", "old"]  # records hold class names, as predictions.csv does
+    records = [{"label": names[label], "predicted_class": names[label], "p_young": 0.5, "p_old": 0.5, "target": age,
+                "predicted_target": age + 1, "target_class": names[1 - label], "mean_abs_fa": fa}
                for label, age, fa in [(0, 50, 0.1), (0, 55, 0.3), (0, 60, 0.2), (1, 70, 0.2), (1, 75, 0.3),
                                       (1, 80, 0.5), (1, 85, 0.6)]]
-    analyses = _cohort_analyses(records, records, regressing=True)["mean_abs_fa_vs_target"]
+    analyses = _cohort_analyses(records, records, regressing=True, names=names)["mean_abs_fa_vs_target"]
     assert analyses["pooled"]["true_target"]["n"] == 7
     down = analyses["upper_class_translated_down"]
     assert down["true_target"]["n"] == 4 and down["predicted_target"]["pearson_r"] > 0.9  # the old scans only

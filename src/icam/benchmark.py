@@ -95,11 +95,14 @@ def settings_for(preset: str, overrides: list[str]) -> BenchmarkSettings:
     return settings_from(BenchmarkSettings, overrides, PRESETS[preset], "benchmark settings")
 
 
-def cohort_overrides(csv_path: Path, shape, out: Path, seed: int, accelerator: str, synthetic: bool) -> list[str]:
-    """The run-config overrides every run of a benchmark or demo shares: its cohort table, run folder and seed."""
+def cohort_overrides(csv_path: Path, shape, out: Path, seed: int, accelerator: str, synthetic: bool,
+                     anatomy: bool = True) -> list[str]:
+    """The run-config overrides every run of a benchmark or demo shares: its cohort table, run folder and seed.
+    A cohort without anatomy (squares) has no brain to mask."""
     return ["data.kind=csv", f"data.csv={csv_path}", f"data.shape={list(shape)}", f"out_dir={out / 'runs'}",
             f"seed={seed}", f"runtime.accelerator={accelerator}"] + \
-        (["data.intensity=none"] if synthetic else [])  # synthetic files are already in [−1, 1]
+        (["data.intensity=none"] if synthetic else []) + \
+        ([] if anatomy else ["data.brain_mask=none"])  # synthetic files are already in [−1, 1]
 
 
 def icam_overrides(width: int, images_per_class: int, lr: float) -> list[str]:
@@ -159,8 +162,9 @@ class BenchmarkRun:
 
     def _common(self) -> list[str]:
         accelerator = "gpu" if self.device.startswith("cuda") else "cpu"
-        return cohort_overrides(self.csv_path, self.settings.shape, self.out, self.settings.seed, accelerator,
-                                self.settings.csv is None)
+        s = self.settings
+        return cohort_overrides(self.csv_path, s.shape, self.out, s.seed, accelerator, s.csv is None,
+                                anatomy=s.csv is not None or s.cohort != "squares")
 
     def _train(self, name: str, overrides: list[str], **kwargs) -> str:
         from .config import load_config

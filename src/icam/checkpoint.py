@@ -50,6 +50,15 @@ def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
     return path
 
 
+def run_folder(path: str | Path) -> Path | None:
+    """The run folder a run folder or checkpoint path belongs to (it holds config.yaml), if any."""
+    path = Path(path)
+    for candidate in (path, path.parent.parent) if path.suffix == ".pt" else (path,):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    return None
+
+
 def load_checkpoint(path: str | Path, which: str = "last") -> dict:
     path = resolve_checkpoint(path, which)
     try:

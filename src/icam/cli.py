@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +29,8 @@ def friendly_errors(command):
     """A user's mistake is one readable line and a hint, not a traceback (--debug shows it)."""
     @functools.wraps(command)
     def wrapper(*args, debug: bool = False, **kwargs):
+        if not debug:  # a warning is a line for the user, not a source location
+            warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
         try:
             return command(*args, **kwargs)
         except USER_ERRORS as e:
@@ -115,8 +118,8 @@ def synth_command(
     dims: int = typer.Option(2, "--dims", help="2 (axial slices) or 3 (volumes)"),
     n: int = typer.Option(200, "--n", help="number of subjects"),
     seed: int = typer.Option(0, help="random seed: the same seed gives the same cohort"),
-    size: Optional[list[int]] = typer.Option(
-        None, "--size", help="image shape, repeat per side (default 128 128 in 2D, 64 80 64 in 3D)"),
+    size: Optional[str] = typer.Option(
+        None, "--size", help="image shape, e.g. 64x80x64 (default 128x128 in 2D, 64x80x64 in 3D)"),
     slices: int = typer.Option(1, "--slices", help="2D: axial slices per subject (4 mm apart, split by subject)"),
     debug: bool = DEBUG,
 ):
@@ -134,9 +137,13 @@ def synth_command(
 
         if dims not in (2, 3):
             raise ValueError(f"--dims must be 2 or 3, got {dims}")
+        try:
+            shape = tuple(int(side) for side in size.replace(",", "x").split("x")) if size else None
+        except ValueError:
+            raise ValueError(f"--size {size!r}: expected sides joined by x, e.g. 64x80x64") from None
         with Progress(transient=True) as bar:
             task = bar.add_task("rendering", total=n)
-            summary = write_brain_synth(out, dims, n, seed, tuple(size) if size else None, slices,
+            summary = write_brain_synth(out, dims, n, seed, shape, slices,
                                         progress=lambda done, total: bar.update(task, completed=done))
         splits = ", ".join(f"{k} {v['subjects']} subjects ({v['class_counts'][0]} young / {v['class_counts'][1]} old)"
                            for k, v in summary["splits"].items())
@@ -151,13 +158,16 @@ def synth_command(
     friendly_errors(run)(debug=debug)
 
 
-def _inputs(explainer, csv_path: Optional[Path], image: Optional[Path], split: Optional[str], work: Path):
-    from .inference import image_table, load_inputs
+def _inputs(explainer, csv_path: Optional[Path], image: Optional[Path], split: Optional[str]):
+    from .inference import load_images, load_inputs
 
     if (csv_path is None) == (image is None):
         raise ValueError("give one of --csv CSV or --image FILE")
-    table = csv_path if csv_path is not None else image_table([image], work)
-    return load_inputs(explainer, table, split)
+    if image is not None:
+        if split is not None:
+            raise ValueError("--split selects rows of a --csv table; drop it with --image")
+        return load_images(explainer, [image])
+    return load_inputs(explainer, csv_path, split)
 
 
 def _explainer(run_dir: Path, which: str, device: Optional[str], posthoc: Optional[str] = None):
@@ -193,7 +203,7 @@ def predict_command(
         from .inference import predict_rows, write_csv
 
         explainer = _explainer(run_dir, which, device)
-        dataset = _inputs(explainer, csv_path, image, split, out.parent / ".icam-inputs")
+        dataset = _inputs(explainer, csv_path, image, split)
         records = predict_rows(explainer, dataset)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_csv(out, records)
@@ -209,8 +219,9 @@ def explain_command(
     image: Optional[Path] = typer.Option(None, "--image", help="one NIfTI image"),
     split: Optional[str] = typer.Option(None, help="only the table's rows of this split (e.g. test)"),
     limit: Optional[int] = typer.Option(None, help="explain at most this many images (all are predicted)"),
-    target_class: Optional[int] = typer.Option(None, "--target-class", help="translate to this class (default: "
-                                                                           "the most probable other class)"),
+    target_class: Optional[str] = typer.Option(None, "--target-class", help="translate to this class, by name (AD) "
+                                                                           "or number (default: the most probable "
+                                                                           "other class)"),
     from_label: bool = typer.Option(False, "--from-label", help="translate each scan from its table label to the "
                                                                "other class (for scoring against ground truth)"),
     n_samples: int = typer.Option(100, "--n-samples", help="attribute samples per scan (mean and variance maps)"),
@@ -220,6 +231,9 @@ def explain_command(
                                                 "reconstruction (the scan decoded from its own latents) or "
                                                 "own-class (its mean translation to its own class)"),
     seed: int = typer.Option(0, help="sampling seed: the same seed gives the same maps"),
+    native_intensity: bool = typer.Option(False, "--native-intensity", help="write the translations in the input's "
+                                                                           "intensity units (default: the model's "
+                                                                           "[-1, 1])"),
     reconstruction: bool = typer.Option(False, "--reconstruction", help="also the maps to the scan's own class "
                                                                        "(the model's noise floor)"),
     pair: Optional[tuple[Path, Path]] = typer.Option(None, "--pair", help="two images: each with the other's attribute"),
@@ -250,7 +264,7 @@ def explain_command(
                 raise ValueError("--pair and --interpolate need an ICAM run")
             if explainer.method == "resnet":
                 explainer.check_makes_maps()
-            dataset = _inputs(explainer, csv_path, image, split, out / ".inputs")
+            dataset = _inputs(explainer, csv_path, image, split)
             summary = attribute_cohort(explainer, dataset, out, limit=limit) if explainer.makes_maps else None
             if summary is None:
                 from .inference import predict_rows, write_csv
@@ -259,12 +273,14 @@ def explain_command(
             typer.echo(f"outputs: {out}")
             return
         if csv_path is not None or image is not None:
-            dataset = _inputs(explainer, csv_path, image, split, out / ".inputs")
+            target = _class_index(explainer.class_names, target_class)
+            dataset = _inputs(explainer, csv_path, image, split)
             with Progress(transient=True) as bar:
                 task = bar.add_task("explaining", total=len(dataset) if limit is None else min(limit, len(dataset)))
-                summary = explain_cohort(explainer, dataset, out, target_class=target_class, from_label=from_label,
+                summary = explain_cohort(explainer, dataset, out, target_class=target, from_label=from_label,
                                          n_samples=n_samples, min_probability=min_probability, seed=seed,
                                          reconstruction=reconstruction, limit=limit, reference=reference,
+                                         native_intensity=native_intensity,
                                          progress=lambda done, total: bar.update(task, completed=done))
             facts = [f"{summary['explained']} scans explained ({summary['seconds_per_scan']:.2f} s each, "
                      f"acceptance {summary['mean_acceptance_rate']:.2f})"]
@@ -278,6 +294,17 @@ def explain_command(
             explain_interpolation(explainer, interpolate[0], interpolate[1], steps, out)
         typer.echo(f"outputs: {out}")
     friendly_errors(run)(debug=debug)
+
+
+def _class_index(names: list[str], value: Optional[str]) -> Optional[int]:
+    """--target-class by the run's class name, or by number."""
+    if value is None:
+        return None
+    if value in names:
+        return names.index(value)
+    if value.isdigit() and int(value) < len(names):
+        return int(value)
+    raise ValueError(f"--target-class {value!r} is not one of this run's classes: {', '.join(names)}")
 
 
 @app.command("evaluate")
@@ -304,14 +331,21 @@ def evaluate_command(
         def fmt(m):
             return "undefined" if m["mean"] is None else f"{m['mean']:.3f} ± {m['sd']:.3f} (n {m['n']})"
         maps = result["maps"]
-        typer.echo(f"NCC(+) {fmt(maps['plus (class 0 → 1)']['ncc'])}; NCC(−) {fmt(maps['minus (class 1 → 0)']['ncc'])}")
-        typer.echo("all: " + ", ".join(f"{k} {fmt(maps['all'][k])}" for k in ("auroc", "ap", "dice_topk", "pointing")))
-        if maps["missing"]:
-            typer.echo(f"{maps['missing']} rows have no map in {outputs / 'maps'}")
+        if maps is None:
+            typer.echo("maps: not scored (the table has no ground-truth maps, gt_map column)")
+        else:
+            typer.echo(f"NCC(+) {fmt(maps['plus (class 0 → 1)']['ncc'])}; "
+                       f"NCC(−) {fmt(maps['minus (class 1 → 0)']['ncc'])}")
+            typer.echo("all: " + ", ".join(f"{k} {fmt(maps['all'][k])}" for k in ("auroc", "ap", "dice_topk",
+                                                                                  "pointing")))
+            if maps["missing"]:
+                typer.echo(f"{maps['missing']} rows have no map in {outputs / 'maps'}")
         for key in ("classification", "regression"):
             if key in result:
-                typer.echo(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in result[key].items() if k != "n"))
-        typer.echo(f"written: {outputs / 'evaluation.json'}, {outputs / 'per_subject_maps.csv'}")
+                typer.echo(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in result[key].items() if k != "n")
+                           + f" (n {result[key]['n']})")
+        written = [outputs / "evaluation.json"] + ([outputs / "per_subject_maps.csv"] if maps else [])
+        typer.echo(f"written: {', '.join(map(str, written))}")
     friendly_errors(run)(debug=debug)
 
 
@@ -452,9 +486,11 @@ def data_check_command(
         cfg = load_config(config, tree_overrides + ([] if _has_shape(config, set_) else ["data.shape=[16,16]"]))
         summary, problems = check_cohort(csv_path, cfg.data, cfg.seed, workers)
         problems = sorted(problems, key=lambda p: (p.row is not None, p.row or 0))
+        counts = ", ".join(f"{name} {n}" for name, n in zip(summary["classes"], summary["class_counts"]))
         typer.echo(f"{summary['usable_rows']} usable rows of {summary['rows']}, {summary['subjects']} subjects; "
-                   f"images per class {summary['class_counts']}; splits {summary['splits']} "
-                   f"({summary['split_source']})")
+                   f"images per class: {counts}; splits {summary['splits']} ({summary['split_source']})")
+        if summary["excluded"]:
+            typer.echo(f"{len(summary['excluded'])} rows left out by data.classes, e.g. {summary['excluded'][0]}")
         if summary["target"]:
             t = summary["target"]
             typer.echo(f"target: {t['known']} known, {t['mean']} ± {t['sd']} ({t['min']}–{t['max']})")
@@ -489,16 +525,23 @@ def _has_shape(config: Optional[Path], sets: list[str]) -> bool:
 def config_command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config to check and resolve"),
     set_: list[str] = typer.Option([], "--set", help="override a key (repeatable)"),
-    print_defaults: bool = typer.Option(False, "--print-defaults", help="print the default config"),
+    print_defaults: bool = typer.Option(False, "--print-defaults", help="print the default config, each key with "
+                                                                        "its description"),
+    kind: str = typer.Option("squares", "--kind", help="with --print-defaults: the data kind (csv: your own "
+                                                       "cohort; squares; brain-synth)"),
     debug: bool = DEBUG,
 ):
     """Print the full resolved config (or the defaults), after validating it.
 
-    Example: icam config --print-defaults > my.yaml; icam config -c my.yaml --set train.steps=100
+    Example: icam config --print-defaults --kind csv > my.yaml; icam config -c my.yaml --set train.steps=100
     """
     def show():
-        cfg = load_config(None if print_defaults else config, [] if print_defaults else set_)
-        typer.echo(to_yaml(cfg), nl=False)
+        from .config import commented_yaml, defaults_for
+
+        if print_defaults:
+            typer.echo(commented_yaml(defaults_for(kind)))
+            return
+        typer.echo(to_yaml(load_config(config, set_)), nl=False)
     friendly_errors(show)(debug=debug)
 
 

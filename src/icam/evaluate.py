@@ -210,13 +210,18 @@ def prediction_metrics(predictions: Path) -> dict:
     if not predictions.is_file():
         return {}
     result = {}
-    records = list(csv.DictReader(predictions.open()))
-    labelled = [p for p in records if p.get("label", "") != ""]
-    probability_columns = sorted((k for k in records[0] if k.startswith("p_class")), key=lambda k: int(k[7:]))
-    if labelled and probability_columns:
+    from .data.table import names_from_columns
+
+    with predictions.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header, records = reader.fieldnames or [], list(reader)
+    names = names_from_columns(header)
+    columns = [c for c in header if c.startswith("p_")]
+    labelled = [p for p in records if p.get("label", "") in names]  # not unlabelled rows, nor MCI for CN/AD
+    if labelled and columns:
         result["classification"] = classification_metrics(
-            np.array([int(p["label"]) for p in labelled]),
-            np.array([[float(p[k]) for k in probability_columns] for p in labelled]))
+            np.array([names.index(p["label"]) for p in labelled]),
+            np.array([[float(p[k]) for k in columns] for p in labelled]))
     regressed = [p for p in records if p.get("target", "") != "" and p.get("predicted_target", "") != ""]
     if regressed:
         result["regression"] = regression_metrics(np.array([float(p["target"]) for p in regressed]),
@@ -225,23 +230,22 @@ def prediction_metrics(predictions: Path) -> dict:
 
 
 def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | None = None,
-                     map_suffix: str = "fa_mean", columns=None) -> dict:
+                     map_suffix: str = "fa_mean") -> dict:
     """Score the maps and predictions an explanation run wrote (``outputs/maps/<id>_<suffix>.nii.gz``,
-    ``outputs/predictions.csv``) against the cohort table's ground truth. Maps are compared in
-    each input's own space, where both were written. Directions: NCC(+) over subjects of class 0
-    (translated 0 → 1, effects added), NCC(−) over class 1 (1 → 0, effects removed)."""
-    from .config import CsvColumns
+    ``outputs/predictions.csv``) against the cohort table's ground truth, read through the
+    explained run's column names, classes and splits (its folder is in ``outputs/summary.json``).
+    Maps are compared in each input's own space, where both were written, within the brain mask
+    written with them. Directions: NCC(+) over subjects of class 0 (translated 0 → 1, effects
+    added), NCC(−) over class 1 (1 → 0, effects removed). Without ground-truth maps, only the
+    predictions are scored."""
     from .data.nifti import load_array, nifti_stem
+    from .data.table import require_split
     from .inference import write_csv
-    from .data.table import read_table
+    from .run import explained_run, read_run_table
 
-    outputs, columns = Path(outputs), columns or CsvColumns()
-    rows, problems = read_table(csv_path, columns, require_label=False)
-    if problems:
-        from .data.table import DataError
-
-        raise DataError(problems, f"{csv_path}: ")
-    rows = [r for r in rows if split is None or r.split == split]
+    outputs, csv_path = Path(outputs), Path(csv_path)
+    table = read_run_table(explained_run(outputs), csv_path)
+    rows = table.rows if split is None else require_split(table, split, csv_path)
     per_subject, missing = [], []
     for r in rows:
         path = outputs / "maps" / f"{nifti_stem(r.image)}_{map_suffix}.nii.gz"
@@ -251,18 +255,22 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
             missing.append(path.name)
             continue
         fa, gt = load_array(path)[0], load_array(r.gt_map)[0]
-        mask = load_array(r.mask)[0] if r.mask is not None else None
+        written_mask = outputs / "maps" / f"{nifti_stem(r.image)}_mask.nii.gz"
+        mask = load_array(r.mask)[0] if r.mask is not None else \
+            load_array(written_mask)[0] if written_mask.is_file() else None
         if fa.shape != gt.shape:
             raise ValueError(f"{path.name} has shape {fa.shape} but its ground truth {r.gt_map} has {gt.shape}")
         per_subject.append({"id": nifti_stem(r.image), "label": r.label, **map_metrics(fa, gt, mask)})
-    if not per_subject:
+    has_gt = any(r.gt_map is not None for r in rows)
+    if has_gt and not per_subject:
         raise ValueError(f"no maps to score in {outputs / 'maps'} (suffix '_{map_suffix}') for rows with a gt_map "
                          f"in {csv_path}" + (f" and split {split}" if split else ""))
-    result = {"maps": {"all": summarise_maps(per_subject),
-                       NCC_PLUS: summarise_maps([m for m in per_subject if m["label"] == 0]),
-                       NCC_MINUS: summarise_maps([m for m in per_subject if m["label"] == 1]),
-                       "scored": len(per_subject), "missing": len(missing)},
-              **prediction_metrics(outputs / "predictions.csv")}
-    write_csv(outputs / "per_subject_maps.csv", per_subject)
+    maps = {"all": summarise_maps(per_subject),
+            NCC_PLUS: summarise_maps([m for m in per_subject if m["label"] == 0]),
+            NCC_MINUS: summarise_maps([m for m in per_subject if m["label"] == 1]),
+            "scored": len(per_subject), "missing": len(missing)} if has_gt else None
+    result = {"maps": maps, **prediction_metrics(outputs / "predictions.csv")}
+    if has_gt:
+        write_csv(outputs / "per_subject_maps.csv", per_subject)
     (outputs / "evaluation.json").write_text(json.dumps(result, indent=2))
     return result

@@ -14,13 +14,15 @@ the same maps.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, run_folder
 from .config import Config, build_config
+from .data.table import class_names
 from .model import ICAM, Prediction, fa_map
 
 
@@ -81,6 +83,8 @@ class Explainer:
             self.model.to(memory_format=self.memory_format)
         self.config = config
         self.checkpoint_info = {k: checkpoint[k] for k in ("step", "best", "regressing") if checkpoint and k in checkpoint}
+        self.run_dir: Path | None = None  # the run folder it was loaded from (its splits.csv, data.json)
+        self.class_names = class_names(config.data if config is not None else None, model.num_classes)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, which: str = "best", device: str | torch.device | None = None):
@@ -94,7 +98,9 @@ class Explainer:
         model = ICAM(**state["model_hparams"])
         model.load_state_dict(state.get("model_ema", state["model"]))  # the moving average, when the run kept one
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model, build_config(state["config"], f"{path} (its saved config)"), device, state)
+        explainer = cls(model, build_config(state["config"], f"{path} (its saved config)"), device, state)
+        explainer.run_dir = run_folder(path)
+        return explainer
 
     @property
     def regressing(self) -> bool:
@@ -112,6 +118,31 @@ class Explainer:
                              "preprocess them as in training (icam explain does)")
         x = x.to(self.device, torch.float32)
         return x.contiguous(memory_format=self.memory_format) if self.memory_format is not None else x
+
+    def preprocess(self, path: str | Path):
+        """A NIfTI file through this run's own preprocessing: a :class:`icam.inference.Scan` with
+        ``.image`` (1, 1, *shape), ``.mask`` and ``.write(map, path)``, which puts a map back on the
+        file's grid."""
+        from .inference import Scan, load_images
+
+        return Scan(load_images(self, [Path(path)]))
+
+    def explain_file(self, path: str | Path, out: str | Path | None = None, **options) -> Explanation:
+        """:meth:`explain` of a NIfTI file; with ``out``, the mean and variance maps and the mean
+        translation are written there on the file's grid (``<name>_fa_mean.nii.gz``, …)."""
+        from .data.nifti import nifti_stem
+
+        scan = self.preprocess(path)
+        explanation = self.explain(scan.image, **options)
+        if out is not None:
+            stem = Path(out) / nifti_stem(path)
+            direction = (f"{self.class_names[int(explanation.prediction.predicted_class[0])]}->"
+                         f"{self.class_names[int(explanation.target_class[0])]}, {explanation.n_samples} samples")
+            scan.write(explanation.mean, f"{stem}_fa_mean.nii.gz", f"icam mean FA map {direction}")
+            scan.write(explanation.var, f"{stem}_fa_var.nii.gz", f"icam FA variance {direction}", "range")
+            scan.write(explanation.translated, f"{stem}_translated.nii.gz", f"icam mean translation {direction}",
+                       "range")
+        return explanation
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> Prediction:
@@ -136,6 +167,7 @@ class Explainer:
         if n_samples < 2:
             raise ValueError("n_samples must be at least 2 (a variance needs two samples)")
         x = self._to(x)
+        _warn_if_out_of_range(x)
         prediction = self.model.predict(x)
         b = len(x)
         if target is None:
@@ -204,6 +236,16 @@ class Explainer:
         probabilities = torch.softmax(self.model.classifier(path).float(), 1)
         return Interpolation(weights, images, fa_map(images, images[:1]), probabilities,
                              self.model.regress(path).float())
+
+
+def _warn_if_out_of_range(x: torch.Tensor, limit: float = 1.5, share: float = 0.01) -> None:
+    """The model was trained on intensities scaled to [−1, 1] (its generator ends in a tanh):
+    say so when many voxels lie far outside, e.g. a raw scan passed without preprocessing."""
+    outside = float((x.abs() > limit).float().mean())
+    if outside > share:
+        warnings.warn(f"{outside:.0%} of the input's voxels lie outside [-{limit}, {limit}], far from the [-1, 1] "
+                      f"range the model was trained on (range {float(x.min()):.3g} to {float(x.max()):.3g}): "
+                      "preprocess files as in training (model.preprocess(path), or icam explain)", stacklevel=3)
 
 
 def load(path: str | Path, which: str = "best", device: str | torch.device | None = None) -> Explainer:

@@ -1,10 +1,12 @@
 """`icam predict` and `icam explain` on files: inputs preprocessed as in training, outputs
 written in each input's own space.
 
-Inputs are a cohort table (CSV, labels optional) or single NIfTI files; they go through the
-trained run's own preprocessing (orientation, spacing, shape, intensities). Every map is
-written back into the input's grid: resampled with the affines when the model ran at another
-shape, with the input's header; a 2D map of a slice of a 3D volume is written as that slice.
+Inputs are a cohort table (CSV, labels optional), read through the run's own column names,
+classes and (when the table has no split column) the run's splits.csv, or single NIfTI files;
+they go through the run's own preprocessing (orientation, spacing, brain window, shape,
+intensities). Every map is written back onto its input's grid (a 2D model's map fills its
+slice of the input volume) with a fresh header: the input's affine and qform/sform codes,
+float32, the map's own display range and a description of what it is.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,58 +24,88 @@ import numpy as np
 from .config import CsvData
 from .data.nifti import NiftiCohort, PreprocessingCache, Spatial, fill_cache, nifti_stem
 from .data.resample import resample_to_grid
-from .data.table import UNKNOWN_LABEL, DataError, read_table
+from .data.table import UNKNOWN_LABEL, DataError, probability_columns, read_table, require_split
 from .explain import Explainer
 from .model import next_class
 
 
-def preprocessing_for(explainer: Explainer, csv_path: Path, cache_dir: Path | None = None) -> CsvData:
+def preprocessing_for(model, csv_path: Path) -> CsvData:
     """The data settings that turn files into what this model was trained on."""
-    data = explainer.config.data if explainer.config is not None else None
-    shape = list(explainer.image_shape)
+    data = model.config.data if model.config is not None else None
     if data is not None and data.kind == "csv":
-        return data.model_copy(update={"csv": str(csv_path), "cache_dir": str(cache_dir) if cache_dir else None,
-                                       "skip_bad": False, "augment": data.augment.model_copy(update={"enabled": False})})
-    # brain-synth files are already in [−1, 1] and span one field of view at any size (resize);
-    # squares were min–max scaled per image
-    synth = data is not None and data.kind == "brain-synth"
-    return CsvData(csv=str(csv_path), shape=shape, intensity="none" if synth else "minmax",
-                   fit="resize" if synth else "pad_crop", cache_dir=str(cache_dir) if cache_dir else None)
+        return data.model_copy(update={"csv": str(csv_path), "skip_bad": False, "max_brain_cropped": 1.0,
+                                       "augment": data.augment.model_copy(update={"enabled": False})})
+    # brain-synth files are already in [−1, 1] and span one field of view at any size (resize, the
+    # whole image); squares were min–max scaled per image and have no anatomy to mask
+    kind = data.kind if data is not None else None
+    return CsvData(csv=str(csv_path), shape=list(model.image_shape),
+                   intensity="none" if kind == "brain-synth" else "minmax",
+                   fit="resize" if kind == "brain-synth" else "pad_crop",
+                   brain_mask="none" if kind in ("brain-synth", "squares") else "auto")
 
 
-def image_table(images: list[Path], folder: Path, name: str = "input.csv") -> Path:
-    """A cohort table listing ``images`` (for ``--image``, ``--pair``, ``--interpolate``)."""
+def load_images(model, images: list[Path]) -> NiftiCohort:
+    """Single NIfTI files (``--image``, ``--pair``, ``--interpolate``) as a cohort, through the run's
+    preprocessing: listed in a temporary table under the run's image column."""
     for image in images:
         if not Path(image).is_file():
             raise FileNotFoundError(f"no such image: {image}")
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image"])
-        writer.writerows([[str(Path(image).resolve())] for image in images])
-    return path
+    with tempfile.TemporaryDirectory(prefix="icam-inputs-") as folder:
+        path = Path(folder) / "inputs.csv"
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow([preprocessing_for(model, path).columns.image])
+            writer.writerows([[str(Path(image).resolve())] for image in images])
+        return load_inputs(model, path)
 
 
-def load_inputs(explainer: Explainer, csv_path: Path, split: str | None = None, cache_dir: Path | None = None,
-                intensity_range=None) -> NiftiCohort:
-    """Read, check and preprocess the listed files (labels and targets optional)."""
-    data = preprocessing_for(explainer, csv_path, cache_dir)
-    rows, problems = read_table(csv_path, data.columns, data.class_thresholds, require_label=False)
+def load_inputs(model, csv_path: Path, split: str | None = None) -> NiftiCohort:
+    """Read, check and preprocess the listed files (labels and targets optional), through the
+    run's column names, classes, splits and preprocessing."""
+    data = preprocessing_for(model, csv_path)
+    run_dir = getattr(model, "run_dir", None)
+    table = read_table(csv_path, data, require_label=False, run_dir=run_dir)
+    rows, problems = table.rows, table.problems
     if split is not None:
-        rows = [r for r in rows if r.split == split]
+        rows = require_split(table, split, csv_path)
         if not rows:
-            raise DataError([], f"{csv_path}: no rows in split {split!r}; ")
-    cache = PreprocessingCache(data.cache_dir or csv_path.parent / ".icam-cache", Spatial.of(data))
+            raise ValueError(f"{csv_path}: no rows in split {split!r}")
+    cache = PreprocessingCache(data.cache_dir, Spatial.of(data))
     entries, file_problems = fill_cache(cache, rows, data.preprocess_workers)
     problems += file_problems
     if problems:
         raise DataError(problems, f"{csv_path}: ")
-    range_ = intensity_range or (data.intensity_range and tuple(data.intensity_range))
+    range_ = data.intensity_range and tuple(data.intensity_range)
+    if data.intensity == "cohort" and range_ is None and run_dir is not None and (run_dir / "data.json").is_file():
+        range_ = tuple(json.loads((run_dir / "data.json").read_text()).get("intensity_range") or ()) or None
     if data.intensity == "cohort" and range_ is None:
-        raise ValueError("this run scales intensities with a cohort-wide range; it is in the run folder's data.json "
-                         "(intensity_range)")
+        raise ValueError("this run scales intensities with a cohort-wide range, which is in its run folder's "
+                         "data.json (intensity_range): load the model from its run folder")
     return NiftiCohort(rows, entries, data, intensity_range=range_)
+
+
+class Scan:
+    """One file as the model sees it, and the way back to the file's grid (``model.preprocess``)."""
+
+    def __init__(self, dataset: NiftiCohort):
+        self.dataset = dataset
+        self.item = dataset[0]
+
+    @property
+    def image(self):
+        """(1, 1, *shape): the preprocessed, scaled image."""
+        return self.item["image"][None]
+
+    @property
+    def mask(self):
+        """(1, 1, *shape): the brain mask (the table's, or the foreground mask), or None."""
+        return self.item["mask"][None] if "mask" in self.item else None
+
+    def write(self, array, path: str | Path, description: str = "icam map", display: str = "symmetric") -> Path:
+        """A map of this scan (tensor or array of the model's shape) on the file's grid, as NIfTI."""
+        volume = np.asarray(array.detach().cpu() if hasattr(array, "detach") else array, dtype=np.float32)
+        return write_map(volume.reshape(volume.shape[-len(self.dataset.image_shape):]), self.dataset, 0, Path(path),
+                         description, display)
 
 
 def output_id(dataset: NiftiCohort, i: int) -> str:
@@ -82,38 +116,63 @@ def output_id(dataset: NiftiCohort, i: int) -> str:
     return stem
 
 
-def write_map(array: np.ndarray, dataset: NiftiCohort, i: int, path: Path) -> Path:
-    """Write a map of item ``i`` in the input's own space, with the input's header."""
+def write_map(array: np.ndarray, dataset: NiftiCohort, i: int, path: Path, description: str,
+              display: str = "symmetric", mode: str = "bilinear") -> Path:
+    """Write a map of item ``i`` onto the input's own grid, with a fresh header: the input's affine
+    and qform/sform codes, float32, ``cal_min/cal_max`` from the map (``display``: symmetric
+    ±max|map|, or range: min to max) and ``description`` (≤ 80 characters) as descrip."""
     import nibabel as nib
 
     source = dataset.source(i)
-    model_affine = np.asarray(dataset[i]["affine"].numpy(), dtype=np.float64)
+    model_affine = np.asarray(dataset.item_affine(i), dtype=np.float64)
     volume = array if array.ndim == 3 else array[:, :, None]
     source_shape = tuple(source["source_shape"])
+    grid = source_shape if len(source_shape) == 3 else source_shape + (1,)
     source_affine = np.asarray(source["source_affine"])
-    original = nib.load(source["file"])
-    thin = len(source_shape) == 2 or 1 in source_shape[:3]
-    if array.ndim == 3 or thin:  # back onto the input's grid
-        target_shape = source_shape if len(source_shape) == 3 else source_shape + (1,)
-        same = target_shape == volume.shape and np.allclose(model_affine, source_affine)
-        data = volume if same else resample_to_grid(volume, model_affine, source_affine, target_shape)[0, 0].numpy()
-        image = nib.Nifti1Image(data.reshape(original.shape[:3]).astype(np.float32), source_affine,
-                                original.header.copy())
-    else:  # a slice of a volume: written as that slice, placed in the world by its affine
-        image = nib.Nifti1Image(volume.astype(np.float32), model_affine)
+    same = grid == volume.shape and np.allclose(model_affine, source_affine)
+    data = volume if same else resample_to_grid(volume, model_affine, source_affine, grid, mode)[0, 0].numpy()
+    data = np.ascontiguousarray(data.reshape(source_shape), dtype=np.float32)
+    original = nib.load(source["file"]).header
+    image = nib.Nifti1Image(data, source_affine)
+    for setter, code in ((image.set_qform, original["qform_code"]), (image.set_sform, original["sform_code"])):
+        if int(code) > 0:
+            setter(source_affine, code=int(code))
+    image.header.set_xyzt_units(*original.get_xyzt_units())
+    low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+    if display == "symmetric":
+        low, high = -max(abs(low), abs(high)), max(abs(low), abs(high))
+    image.header["cal_min"], image.header["cal_max"] = low, high
+    image.header["descrip"] = description.encode("ascii", "replace")[:80]
     image.set_data_dtype(np.float32)
-    nib.save(image, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp.nii.gz")
+    nib.save(image, str(temporary))
+    temporary.replace(path)  # never a half-written map
     return path
 
 
-def _mask_of(item: dict) -> np.ndarray | None:
-    return item["mask"][0].numpy() if "mask" in item else None
-
-
 def _brain_mask(item: dict) -> np.ndarray:
-    """The item's mask, else every voxel above the background (inputs are scaled to [−1, 1])."""
-    mask = _mask_of(item)
-    return mask if mask is not None else (item["image"][0].numpy() > -1 + 1e-3).astype(np.float32)
+    """The item's brain mask (the table's or the foreground mask), else every voxel."""
+    return item["mask"][0].numpy() if "mask" in item else np.ones(item["image"].shape[1:], dtype=np.float32)
+
+
+def _write_mask(item: dict, dataset: NiftiCohort, i: int, out: Path) -> None:
+    """The brain mask the maps were masked and scored with, on the input's grid (once per scan)."""
+    if "mask" in item:
+        write_map(item["mask"][0].numpy(), dataset, i, out / "maps" / f"{output_id(dataset, i)}_mask.nii.gz",
+                  "icam brain mask (table or foreground)", "range", mode="nearest")
+
+
+def _run_facts(model) -> dict:
+    """Which model made the outputs: its checkpoint step and run folder (evaluate and the report
+    read the run's column names, classes and splits from there)."""
+    run_dir = getattr(model, "run_dir", None)
+    return {**model.checkpoint_info, "run_dir": str(Path(run_dir).resolve()) if run_dir else None}
+
+
+def class_name(names: list[str], label: int, raw: str = "") -> str:
+    """A class index as outputs write it; an unknown one as the table wrote it (MCI), or empty."""
+    return names[label] if 0 <= label < len(names) else raw
 
 
 def predict_rows(model, dataset: NiftiCohort, batch_size: int = 16) -> list[dict]:
@@ -121,18 +180,22 @@ def predict_rows(model, dataset: NiftiCohort, batch_size: int = 16) -> list[dict
     model makes them), with the table's label and target when known."""
     from torch.utils.data import DataLoader
 
+    names = model.class_names
     records, index = [], 0
     for batch in DataLoader(dataset, batch_size=batch_size):
         prediction = model.predict(batch["image"])
         for j in range(len(batch["image"])):
             source = dataset.source(index)
+            target = float(batch["target"][j])
             record = {"id": output_id(dataset, index), "row": source["row"], "file": source["file"],
                       "slice": "" if source["slice"] is None else source["slice"],
-                      "label": "" if int(batch["label"][j]) == UNKNOWN_LABEL else int(batch["label"][j]),
-                      "target": "" if math.isnan(float(batch["target"][j])) else float(batch["target"][j])}
+                      "label": class_name(names, int(batch["label"][j]), source["raw_label"]),
+                      # float32 in the batch: 7 digits are the table's value (45.951, not 45.95100021)
+                      "target": "" if math.isnan(target) else float(f"{target:.7g}")}
             if prediction is not None and not math.isnan(float(prediction.probabilities[j, 0])):
-                record["predicted_class"] = int(prediction.predicted_class[j])
-                record.update({f"p_class{k}": round(float(p), 5) for k, p in enumerate(prediction.probabilities[j])})
+                record["predicted_class"] = names[int(prediction.predicted_class[j])]
+                record.update({column: round(float(p), 5) for column, p in
+                               zip(probability_columns(names), prediction.probabilities[j])})
             if prediction is not None and model.regressing:
                 record["predicted_target"] = round(float(prediction.target[j]), 4)
             records.append(record)
@@ -167,8 +230,9 @@ def attribute_cohort(model, dataset: NiftiCohort, out: Path, *, figures: str = "
         label = int(item["label"])
         fa = model.attribute(item["image"], target=None if label == UNKNOWN_LABEL else label)[0, 0].cpu().numpy()
         ident = output_id(dataset, i)
-        write_map(fa, dataset, i, out / "maps" / f"{ident}_fa_mean.nii.gz")
+        write_map(fa, dataset, i, out / "maps" / f"{ident}_fa_mean.nii.gz", f"icam {model.name} map")
         mask = _brain_mask(item)
+        _write_mask(item, dataset, i, out)
         records[i]["mean_abs_fa"] = float(np.abs(fa)[mask > 0].mean())
         if figures == "all":
             gt = item["gt_map"][0].numpy() if "gt_map" in item else None
@@ -177,9 +241,9 @@ def attribute_cohort(model, dataset: NiftiCohort, out: Path, *, figures: str = "
         if progress:
             progress(i + 1, count)
     write_csv(out / "predictions.csv", records)
-    summary = {"method": model.name, "run": model.checkpoint_info, "inputs": len(dataset), "explained": count,
+    summary = {"method": model.name, "run": _run_facts(model), "inputs": len(dataset), "explained": count,
                "seconds_per_scan": round((time.perf_counter() - started) / max(1, count), 3),
-               **_cohort_analyses(records, records[:count], False)}
+               **_cohort_analyses(records, records[:count], False, model.class_names)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -188,7 +252,7 @@ def explain_pair(explainer: Explainer, a: Path, b: Path, out: Path) -> list[Path
     """Scan a with b's attribute and b with a's: translations and FA maps in each input's space."""
     from .report.figures import explanation_figure
 
-    dataset = load_inputs(explainer, image_table([a, b], out / ".inputs", "pair.csv"))
+    dataset = load_images(explainer, [a, b])
     first, second = dataset[0], dataset[1]
     result = explainer.pair(first["image"], second["image"])
     ids = [output_id(dataset, 0), output_id(dataset, 1)]
@@ -197,8 +261,9 @@ def explain_pair(explainer: Explainer, a: Path, b: Path, out: Path) -> list[Path
                                                  (ids[0], result.b_as_a, result.fa_b))):
         stem = f"{ids[i]}_with_{other}"
         fa_np = fa[0, 0].cpu().numpy()
-        written.append(write_map(translated[0, 0].cpu().numpy(), dataset, i, out / f"{stem}_translated.nii.gz"))
-        written.append(write_map(fa_np, dataset, i, out / f"{stem}_fa.nii.gz"))
+        written.append(write_map(translated[0, 0].cpu().numpy(), dataset, i, out / f"{stem}_translated.nii.gz",
+                                 f"icam translation with the attribute of {other}", "range"))
+        written.append(write_map(fa_np, dataset, i, out / f"{stem}_fa.nii.gz", f"icam FA map, attribute of {other}"))
         item = (first, second)[i]
         written.append(explanation_figure(out / f"{stem}_fa.png", item["image"][0].numpy(), fa_np, None,
                                           _brain_mask(item), f"{ids[i]} with the attribute of {other}"))
@@ -209,14 +274,15 @@ def explain_interpolation(explainer: Explainer, a: Path, b: Path, steps: int, ou
     """The walk from a's attribute to b's on a's content: one translated image per step, a strip, a table."""
     from .report.figures import interpolation_strip
 
-    dataset = load_inputs(explainer, image_table([a, b], out / ".inputs", "interpolation.csv"))
+    dataset = load_images(explainer, [a, b])
     first = dataset[0]
     walk = explainer.interpolate(first["image"], dataset[1]["image"], steps)
     stem = f"{output_id(dataset, 0)}_to_{output_id(dataset, 1)}"
-    written = [write_map(walk.images[k, 0].cpu().numpy(), dataset, 0, out / f"{stem}_step{k:02d}.nii.gz")
-               for k in range(steps)]
+    written = [write_map(walk.images[k, 0].cpu().numpy(), dataset, 0, out / f"{stem}_step{k:02d}.nii.gz",
+                         f"icam interpolation step {k} of {steps}", "range") for k in range(steps)]
     records = [{"step": k, "weight": round(float(walk.weights[k]), 4),
-                **{f"p_class{c}": round(float(p), 5) for c, p in enumerate(walk.probabilities[k])},
+                **{column: round(float(p), 5) for column, p in
+                   zip(probability_columns(explainer.class_names), walk.probabilities[k])},
                 **({"predicted_target": round(float(walk.targets[k]), 4)} if explainer.regressing else {})}
                for k in range(steps)]
     written.append(write_csv(out / f"{stem}_interpolation.csv", records))
@@ -225,16 +291,18 @@ def explain_interpolation(explainer: Explainer, a: Path, b: Path, steps: int, ou
                                        walk.probabilities.cpu().numpy(),
                                        walk.targets.cpu().numpy() if explainer.regressing else None,
                                        f"{output_id(dataset, 0)}: attribute from its own to that of "
-                                       f"{output_id(dataset, 1)}"))
+                                       f"{output_id(dataset, 1)}", explainer.class_names))
     return written
 
 
 def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, target_class: int | None = None,
                    from_label: bool = False, n_samples: int = 100, min_probability: float | None = 0.9,
                    seed: int = 0, reconstruction: bool = False, figures: str = "all", limit: int | None = None,
-                   outliers: int = 5, reference: str = "input", progress=None) -> dict:
+                   outliers: int = 5, reference: str = "input", native_intensity: bool = False,
+                   progress=None) -> dict:
     """Maps, figures (``figures``: all, outliers or none), predictions and the cohort analyses for
-    every item of ``dataset``.
+    every item of ``dataset``. ``native_intensity``: the translations in the inputs' own intensity
+    units instead of the model's [−1, 1].
     ``from_label``: translate each scan from its table label to the next class (the other one
     for K = 2), as scoring against ground-truth maps needs, instead of from the prediction."""
     from .report.figures import explanation_figure, tsne_figure
@@ -242,6 +310,7 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
     out.mkdir(parents=True, exist_ok=True)
     (out / "maps").mkdir(exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
+    names = explainer.class_names
     records = predict_rows(explainer, dataset)
     # the first `limit` inputs, and the worst-predicted ones so the outlier gallery has maps
     chosen = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
@@ -262,10 +331,16 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
                                         own_class=own_class)
         mean, var = explanation.mean[0, 0].cpu().numpy(), explanation.var[0, 0].cpu().numpy()
         mask = _brain_mask(item)
-        write_map(mean, dataset, i, out / "maps" / f"{ident}_fa_mean.nii.gz")
-        write_map(var, dataset, i, out / "maps" / f"{ident}_fa_var.nii.gz")
-        write_map(explanation.translated[0, 0].cpu().numpy(), dataset, i, out / "maps" / f"{ident}_translated.nii.gz")
-        records[i].update({"target_class": int(explanation.target_class[0]),
+        source_name = names[int(explanation.prediction.predicted_class[0])] if own_class is None else names[own_class]
+        direction = f"{source_name}->{names[int(explanation.target_class[0])]}, {n_samples} samples"
+        write_map(mean, dataset, i, out / "maps" / f"{ident}_fa_mean.nii.gz", f"icam mean FA map {direction}")
+        write_map(var, dataset, i, out / "maps" / f"{ident}_fa_var.nii.gz", f"icam FA variance {direction}", "range")
+        translated = explanation.translated[0, 0].cpu().numpy()
+        write_map(dataset.denormalise(translated, i) if native_intensity else translated, dataset, i,
+                  out / "maps" / f"{ident}_translated.nii.gz",
+                  f"icam mean translation {direction}" + (", input units" if native_intensity else ""), "range")
+        _write_mask(item, dataset, i, out)
+        records[i].update({"target_class": names[int(explanation.target_class[0])],
                            "mean_abs_fa": float(np.abs(mean)[mask > 0].mean()),
                            "acceptance_rate": round(explanation.acceptance_rate, 4),
                            "fallback": explanation.fallback})
@@ -274,16 +349,17 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
                                     n_samples=n_samples, min_probability=min_probability, seed=seed,
                                     reference=reference)
             own_mean = own.mean[0, 0].cpu().numpy()
-            write_map(own_mean, dataset, i, out / "maps" / f"{ident}_reconstruction_fa_mean.nii.gz")
+            write_map(own_mean, dataset, i, out / "maps" / f"{ident}_reconstruction_fa_mean.nii.gz",
+                      f"icam mean FA map to its own class, {n_samples} samples")
             records[i]["reconstruction_mean_abs_fa"] = float(np.abs(own_mean)[mask > 0].mean())
         if i in drawn:
             p = explanation.prediction
-            known = ([f"class {int(item['label'])}"] if int(item["label"]) != UNKNOWN_LABEL else []) + \
+            known = ([records[i]["label"]] if records[i]["label"] != "" else []) + \
                 ([f"target {float(item['target']):.1f}"] if not math.isnan(float(item["target"])) else [])
-            title = (f"{ident}: predicted class {int(p.predicted_class[0])} (p {float(p.probabilities[0].max()):.2f})"
+            title = (f"{ident}: predicted {names[int(p.predicted_class[0])]} (p {float(p.probabilities[0].max()):.2f})"
                      + (f", target {float(p.target[0]):.1f}" if explainer.regressing else "")
                      + (f"; true {', '.join(known)}" if known else "")
-                     + f"; translated to class {int(explanation.target_class[0])}, {n_samples} samples")
+                     + f"; translated to {names[int(explanation.target_class[0])]}, {n_samples} samples")
             gt = item["gt_map"][0].numpy() if "gt_map" in item else None
             explanation_figure(out / "figures" / f"{ident}_fa.png", item["image"][0].numpy(), mean, var, mask,
                                title, gt)
@@ -296,14 +372,15 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
     explained = [records[i] for i in chosen]
     write_csv(out / "predictions.csv", records)
     summary = {
-        "run": explainer.checkpoint_info, "inputs": len(dataset), "explained": count, "n_samples": n_samples,
+        "run": _run_facts(explainer), "classes": names, "inputs": len(dataset), "explained": count,
+        "n_samples": n_samples,
         "min_probability": min_probability, "seed": seed, "reference": reference,
         "target_class": "the next class after the label" if from_label else target_class if target_class is not None
         else "the most probable other class", "seconds_per_scan": round(seconds / max(1, count), 3),
         "mean_acceptance_rate": round(float(np.mean(acceptance)), 4) if acceptance else None,
-        "scans_with_fallback": fallbacks, **_cohort_analyses(records, explained, explainer.regressing)}
+        "scans_with_fallback": fallbacks, **_cohort_analyses(records, explained, explainer.regressing, names)}
     if count >= 5:
-        labels = np.array([r["label"] if r["label"] != "" else r["predicted_class"] for r in explained])
+        labels = np.array([r["label"] if r["label"] in names else r["predicted_class"] for r in explained])
         targets = np.array([r["target"] if r["target"] != "" else np.nan for r in explained], dtype=float)
         tsne_figure(out / "figures" / "tsne.png", np.stack(attributes), labels, targets, seed)
         summary["tsne"] = "figures/tsne.png"
@@ -323,14 +400,14 @@ FA_CORRELATION_GROUPS = {
 }
 
 
-def _cohort_analyses(records: list[dict], explained: list[dict], regressing: bool) -> dict:
+def _cohort_analyses(records: list[dict], explained: list[dict], regressing: bool, names: list[str]) -> dict:
     """Prediction quality over every input with a known label/target; how the FA magnitude of
     the explained ones relates to the predicted and the true target, over all of them (pooled)
     and, as in the paper, over the scans of the highest class translated down."""
     from scipy import stats
 
     result = {}
-    labelled = [r for r in records if r["label"] != "" and "predicted_class" in r]
+    labelled = [r for r in records if r["label"] in names and "predicted_class" in r]
     if labelled:
         result["accuracy"] = round(float(np.mean([r["label"] == r["predicted_class"] for r in labelled])), 4)
     if not regressing:
@@ -339,11 +416,11 @@ def _cohort_analyses(records: list[dict], explained: list[dict], regressing: boo
     if known:
         errors = np.array([r["predicted_target"] - r["target"] for r in known])
         result["mae"] = round(float(np.abs(errors).mean()), 4)
-    top = max((int(k[7:]) for k in records[0] if k.startswith("p_class")), default=0)
+    top = names[-1]  # the paper's analysis: the highest class (old) translated to a lower one
     groups = {"pooled": explained,
               "upper_class_translated_down": [
-                  r for r in explained if "target_class" in r and r["target_class"] < top
-                  and (r["label"] if r["label"] != "" else r["predicted_class"]) == top]}
+                  r for r in explained if r.get("target_class", top) != top
+                  and (r["label"] if r["label"] in names else r["predicted_class"]) == top]}
     correlations = {}
     for group, members in groups.items():
         magnitude = np.array([r["mean_abs_fa"] for r in members])

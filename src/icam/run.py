@@ -101,6 +101,36 @@ def write_data_files(run_dir: Path, cohorts) -> None:
     (run_dir / "data.json").write_text(json.dumps({"splits": counts, **cohorts.info}, indent=2))
 
 
+def run_data_config(run_dir: str | Path | None, csv_path: str | Path):
+    """How a run reads a cohort table (column names, classes): its own data section when it was
+    trained on a table, else the defaults."""
+    from .config import CsvData, load_config
+
+    config_file = Path(run_dir) / "config.yaml" if run_dir else None
+    data = load_config(config_file).data if config_file is not None and config_file.is_file() else None
+    if data is not None and data.kind == "csv":
+        return data.model_copy(update={"csv": str(csv_path)})
+    return CsvData(csv=str(csv_path), shape=[16, 16])
+
+
+def explained_run(explained: str | Path) -> Path | None:
+    """The run folder an `icam explain` output folder was made with (from its summary.json)."""
+    summary = Path(explained) / "summary.json"
+    run_dir = (json.loads(summary.read_text()).get("run") or {}).get("run_dir") if summary.is_file() else None
+    return Path(run_dir) if run_dir else None
+
+
+def read_run_table(run_dir: str | Path | None, csv_path: str | Path):
+    """A cohort table as the run reads it: its column names, classes, and its splits.csv for rows
+    without a split. Problems with rows are a DataError."""
+    from .data.table import DataError, read_table
+
+    table = read_table(csv_path, run_data_config(run_dir, csv_path), require_label=False, run_dir=run_dir)
+    if table.problems:
+        raise DataError(table.problems, f"{csv_path}: ")
+    return table
+
+
 def record_resume(run_dir: Path, step: int) -> None:
     """Append to provenance.json that (and how, from which code) the run was continued."""
     path = run_dir / "provenance.json"

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, run_folder
 from ..config import build_config
+from ..data.table import class_names
 from ..model import Prediction
 from .train import build_network
 
@@ -37,6 +38,8 @@ class BaselineModel:
         self.target_scale = (state.get("target_mean", 0.0), state.get("target_std", 1.0))
         self.image_shape = tuple(self.hparams["image_shape"])
         self.num_classes = self.hparams["num_classes"]
+        self.run_dir: Path | None = None  # the run folder it was loaded from (its splits.csv)
+        self.class_names = class_names(self.config.data, self.num_classes)
         if posthoc is not None and (self.method != "resnet" or posthoc not in POSTHOC):
             raise ValueError(f"--posthoc {posthoc}: post-hoc methods ({', '.join(POSTHOC)}) explain a ResNet run; "
                              f"this is a {self.method} run")
@@ -47,7 +50,9 @@ class BaselineModel:
         state = load_checkpoint(path, which)
         if state.get("method", "icam") == "icam":
             raise CheckpointError(f"{path} is an ICAM checkpoint; load it with icam.load")
-        return cls(state, device or ("cuda" if torch.cuda.is_available() else "cpu"), posthoc)
+        model = cls(state, device or ("cuda" if torch.cuda.is_available() else "cpu"), posthoc)
+        model.run_dir = run_folder(path)
+        return model
 
     @property
     def regressing(self) -> bool:

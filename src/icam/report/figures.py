@@ -104,7 +104,8 @@ def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray,
 
 
 def interpolation_strip(path: str | Path, images: np.ndarray, fa_maps: np.ndarray, mask: np.ndarray | None,
-                        probabilities: np.ndarray, targets: np.ndarray | None, title: str) -> Path:
+                        probabilities: np.ndarray, targets: np.ndarray | None, title: str,
+                        class_names: list[str] = ("0", "1")) -> Path:
     """Top row: the images along the walk; bottom row: their change from the first step (the
     scan rebuilt with its own attribute), so only what the attribute walk changes shows."""
     plt = _pyplot()
@@ -118,7 +119,7 @@ def interpolation_strip(path: str | Path, images: np.ndarray, fa_maps: np.ndarra
         m = _views(mask, centre)[-1][1] if mask is not None else None
         overlay(axes[0, i], plane, None, None, limit)
         overlay(axes[1, i], plane, fa_plane, m, limit)
-        label = f"p(class 1) {probabilities[i, 1]:.2f}"
+        label = f"p({class_names[-1]}) {probabilities[i, -1]:.2f}"
         if targets is not None:
             label += f"\ntarget {targets[i]:.1f}"
         axes[0, i].set_title(label, fontsize=8)
@@ -130,39 +131,65 @@ def interpolation_strip(path: str | Path, images: np.ndarray, fa_maps: np.ndarra
     return Path(path)
 
 
-def _middle_slice(path: Path) -> np.ndarray:
-    """A NIfTI file as a 2D array: the image itself, or a volume's middle axial slice."""
-    from ..data.nifti import load_array
+def _ras_volume(path: Path) -> np.ndarray:
+    """A NIfTI file as a RAS volume (X, Y, Z), whatever its stored orientation (LPS, …)."""
+    import nibabel as nib
 
-    volume = load_array(path)[0].squeeze()
-    return volume if volume.ndim == 2 else volume[:, :, volume.shape[2] // 2]
+    image = nib.load(str(path))
+    if len(image.shape) == 2:
+        return np.asarray(image.dataobj, dtype=np.float32)[:, :, None]
+    return np.asarray(nib.as_closest_canonical(image).dataobj, dtype=np.float32)
+
+
+def _display_range(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """A scan in the [−1, 1] the overlays draw: as is when it is already there (the model's
+    scaling), else its 1st–99th percentiles inside the brain (a scan in scanner units)."""
+    if image.min() >= -1.01 and image.max() <= 1.01:
+        return image
+    values = image[mask > 0] if mask is not None and (mask > 0).any() else image
+    lo, hi = np.percentile(values, (1, 99))
+    return np.clip(2 * (image - lo) / max(hi - lo, 1e-12) - 1, -1, 1)
 
 
 def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4):
     """The same test subjects of a cohort table (classes alternating, one row each) under every
     method's map (``methods``: name → an `icam explain` folder), next to the ground truth. The
+    table is read as the first method's run reads it (column names, classes, splits.csv). The
     ground truth and the first method's mean map share one symmetric colour range; the first
     method's variance follows when written; every other map has its own range. None without
     test rows."""
-    import csv
-
     from ..data.nifti import nifti_stem
+    from ..run import explained_run, read_run_table
 
-    rows = [r for r in csv.DictReader(csv_path.open()) if r.get("split") == "test"]
-    by_class = [[r for r in rows if r.get("label") == k] for k in sorted({r.get("label") for r in rows})]
+    first_folder = next(iter(methods.values()))
+    table = read_run_table(explained_run(first_folder), csv_path)
+    explained = [r for r in table.rows if (first_folder / "maps" / f"{nifti_stem(r.image)}_fa_mean.nii.gz").is_file()]
+    rows = [r for r in explained if r.split == "test"] or explained
+    by_class = [[r for r in rows if r.label == k] for k in sorted({r.label for r in rows})]
     chosen = [r for group in zip(*by_class) for r in group][:subjects] or rows[:subjects]
     if not chosen:
         return None
     names = list(methods)
 
     def panels_for(row):
-        """(image, mask, [(title, data, colour limit, kind)]) of one subject."""
-        stem = nifti_stem(row["image"])
-        image = _middle_slice(csv_path.parent / row["image"])
-        mask = _middle_slice(csv_path.parent / row["mask"]) if row.get("mask") else None
-        gt = _middle_slice(csv_path.parent / row["gt_map"]) if row.get("gt_map") else None
+        """(image, mask, [(title, data, colour limit, kind)]) of one subject, on the axial slice
+        (RAS, as the figures' convention) where the first method's map is largest."""
+        stem = nifti_stem(row.image)
+        written_mask = first_folder / "maps" / f"{stem}_mask.nii.gz"
+        mask_file = row.mask or (written_mask if written_mask.is_file() else None)
         maps = {name: folder / "maps" / f"{stem}_fa_mean.nii.gz" for name, folder in methods.items()}
-        maps = {name: _middle_slice(path) if path.is_file() else None for name, path in maps.items()}
+        volumes = {name: _ras_volume(path) if path.is_file() else None for name, path in maps.items()}
+        mask_volume = _ras_volume(mask_file) if mask_file else None
+        first_volume = volumes[names[0]]
+        energy = np.abs(first_volume * (mask_volume > 0 if mask_volume is not None else 1)).sum((0, 1))
+        k = int(np.argmax(energy))
+
+        def axial(volume):
+            return volume[:, :, k] if volume is not None else None
+        mask = axial(mask_volume)
+        image = _display_range(axial(_ras_volume(row.image)), mask)
+        gt = axial(_ras_volume(row.gt_map)) if row.gt_map else None
+        maps = {name: axial(volume) for name, volume in volumes.items()}
         first = maps[names[0]]
         shared = max([symmetric_limit(m, mask) for m in (first, gt) if m is not None] or [1.0])
         panels = [("input", None, 1.0, "fa")]
@@ -171,7 +198,7 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4):
         panels.append((f"{names[0]}: mean FA", first, shared, "fa"))
         variance = methods[names[0]] / "maps" / f"{stem}_fa_var.nii.gz"
         if variance.is_file():
-            panels.append((f"{names[0]}: variance", _middle_slice(variance), None, "var"))
+            panels.append((f"{names[0]}: variance", axial(_ras_volume(variance)), None, "var"))
         panels += [(name, maps[name], symmetric_limit(maps[name], mask) if maps[name] is not None else 1.0, "fa")
                    for name in names[1:]]
         return stem, image, mask, panels
@@ -193,8 +220,8 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4):
                 overlay(ax, image, data, mask, limit)
             if r == 0:
                 ax.set_title(title, fontsize=8)
-        facts = [f"class {chosen[r]['label']}"] if chosen[r].get("label") else []
-        facts += [f"target {float(chosen[r]['target']):.1f}"] if chosen[r].get("target") else []
+        facts = [chosen[r].raw_label] if chosen[r].raw_label else []
+        facts += [f"target {chosen[r].target:.1f}"] if not np.isnan(chosen[r].target) else []
         axes[r, 0].set_ylabel(f"{stem}\n{', '.join(facts)}", fontsize=8)
     scalar = plt.cm.ScalarMappable(cmap=FA_CMAP, norm=plt.Normalize(-1, 1))
     fig.colorbar(scalar, ax=axes[:, -1], shrink=0.6, label="change, relative to each colour range")
@@ -214,7 +241,8 @@ def tsne_figure(path: str | Path, attributes: np.ndarray, labels: np.ndarray, ta
                              layout="constrained")
     for k in np.unique(labels):
         chosen = labels == k
-        axes[0, 0].scatter(xy[chosen, 0], xy[chosen, 1], s=14, label=f"class {k}", color=plt.cm.tab10(int(k) % 10))
+        axes[0, 0].scatter(xy[chosen, 0], xy[chosen, 1], s=14, label=str(k),
+                           color=plt.cm.tab10(int(np.flatnonzero(np.unique(labels) == k)[0]) % 10))
     axes[0, 0].legend(fontsize=8)
     axes[0, 0].set_title("attribute means, by class", fontsize=10)
     if show_target:

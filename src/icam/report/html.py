@@ -169,8 +169,12 @@ def _curves_figure(run_dir: Path) -> str:
 
 
 def predictions_section(report: Report, explained: Path) -> dict:
-    records = list(csv.DictReader((explained / "predictions.csv").open()))
-    labelled = [r for r in records if r.get("label", "") != "" and r.get("predicted_class", "") != ""]
+    from ..data.table import names_from_columns
+
+    with (explained / "predictions.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        names, records = names_from_columns(reader.fieldnames or []), list(reader)
+    labelled = [r for r in records if r.get("label", "") in names and r.get("predicted_class", "") in names]
     regressed = [r for r in records if r.get("target", "") != "" and r.get("predicted_target", "") != ""]
     if not labelled and not regressed:
         return {}
@@ -179,9 +183,9 @@ def predictions_section(report: Report, explained: Path) -> dict:
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.4), squeeze=False, layout="constrained")
     facts, i = {}, 0
     if labelled:
-        labels = np.array([int(r["label"]) for r in labelled])
-        predicted = np.array([int(r["predicted_class"]) for r in labelled])
-        k = max(labels.max(), predicted.max()) + 1
+        labels = np.array([names.index(r["label"]) for r in labelled])
+        predicted = np.array([names.index(r["predicted_class"]) for r in labelled])
+        k = len(names)
         confusion = np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
         ax = axes[0, i]
         ax.imshow(confusion, cmap="Blues")
@@ -189,7 +193,8 @@ def predictions_section(report: Report, explained: Path) -> dict:
             for b in range(k):
                 ax.text(b, a, str(confusion[a, b]), ha="center", va="center",
                         color="white" if confusion[a, b] > confusion.max() / 2 else "black", fontsize=13)
-        ax.set(xticks=range(k), yticks=range(k), xlabel="predicted class", ylabel="true class")
+        ax.set(xticks=range(k), yticks=range(k), xticklabels=names, yticklabels=names, xlabel="predicted class",
+               ylabel="true class")
         facts["accuracy"] = float((labels == predicted).mean())
         ax.set_title(f"confusion matrix (accuracy {facts['accuracy']:.3f}, n {len(labels)})")
         i += 1
@@ -245,6 +250,8 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
         if not path.is_file():
             continue
         maps = json.loads(path.read_text())["maps"]
+        if maps is None:  # scored without ground-truth maps: predictions only
+            continue
 
         def fmt(m):
             return "–" if m["mean"] is None else f"{m['mean']:.3f} ± {m['sd']:.3f}"
@@ -289,7 +296,7 @@ def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[s
     if first is not None:
         images_section(report, "Interpolation", sorted(first.glob("*_interpolation.png")),
                        "A walk from one scan's attribute to another's, decoded with the first scan's content. Top: "
-                       "the images with the predicted probability of class 1 and the regressed target; bottom: "
+                       "the images with the predicted probability of the last class and the regressed target; bottom: "
                        "what the walk changed so far (red brighter, blue darker).")
         summary = json.loads((first / "summary.json").read_text()) if (first / "summary.json").is_file() else {}
         outliers = [first / o["figure"] for o in summary.get("outliers", [])]
