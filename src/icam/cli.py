@@ -313,6 +313,8 @@ def evaluate_command(
     csv_path: Path = typer.Option(..., "--csv", help="the cohort table with gt_map (and mask) columns"),
     split: Optional[str] = typer.Option(None, help="only the table's rows of this split"),
     suffix: str = typer.Option("fa_mean", help="which maps to score: maps/<id>_<suffix>.nii.gz"),
+    run_dir: Optional[Path] = typer.Option(None, "--run", help="the run whose column names, classes and splits.csv "
+                                                           "read the table (default: the one the outputs name)"),
     debug: bool = DEBUG,
 ):
     """Score explanation maps against ground-truth change maps, and predictions against labels.
@@ -326,7 +328,7 @@ def evaluate_command(
     def run():
         from .evaluate import evaluate_outputs
 
-        result = evaluate_outputs(outputs, csv_path, split, suffix)
+        result = evaluate_outputs(outputs, csv_path, split, suffix, run_dir)
 
         def fmt(m):
             return "undefined" if m["mean"] is None else f"{m['mean']:.3f} ± {m['sd']:.3f} (n {m['n']})"

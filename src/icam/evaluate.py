@@ -230,10 +230,11 @@ def prediction_metrics(predictions: Path) -> dict:
 
 
 def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | None = None,
-                     map_suffix: str = "fa_mean") -> dict:
+                     map_suffix: str = "fa_mean", run_dir: str | Path | None = None) -> dict:
     """Score the maps and predictions an explanation run wrote (``outputs/maps/<id>_<suffix>.nii.gz``,
     ``outputs/predictions.csv``) against the cohort table's ground truth, read through the
-    explained run's column names, classes and splits (its folder is in ``outputs/summary.json``).
+    explained run's column names, classes and splits (``run_dir``, else the folder named in
+    ``outputs/summary.json``).
     Maps are compared in each input's own space, where both were written, within the brain mask
     written with them. Directions: NCC(+) over subjects of class 0 (translated 0 → 1, effects
     added), NCC(−) over class 1 (1 → 0, effects removed). Without ground-truth maps, only the
@@ -244,7 +245,7 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
     from .run import explained_run, read_run_table
 
     outputs, csv_path = Path(outputs), Path(csv_path)
-    table = read_run_table(explained_run(outputs), csv_path)
+    table = read_run_table(run_dir or explained_run(outputs), csv_path)
     rows = table.rows if split is None else require_split(table, split, csv_path)
     per_subject, missing = [], []
     for r in rows:

@@ -204,11 +204,14 @@ def predict_rows(model, dataset: NiftiCohort, batch_size: int = 16) -> list[dict
 
 
 def write_csv(path: Path, records: list[dict]) -> Path:
-    """A table with every key any record has (in first-seen order; missing cells empty)."""
-    with path.open("w", newline="") as f:
+    """A table with every key any record has (in first-seen order; missing cells empty), written
+    to a temporary file and renamed into place: never half a table."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", newline="") as f:
         writer = csv.DictWriter(f, list(dict.fromkeys(k for r in records for k in r)))
         writer.writeheader()
         writer.writerows(records)
+    temporary.replace(path)
     return path
 
 

@@ -31,7 +31,7 @@ from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import ClassBalancedBatchSampler, build_cohorts
-from .data.table import num_classes_of
+from .data.table import class_names, num_classes_of
 from .evaluate import SELECTION_DIRECTION, selection_metric, summarise, validation_statistics
 from .model import ICAM, translation_partners
 from .nets import ContentDiscriminator, DomainDiscriminator
@@ -425,6 +425,7 @@ class Trainer:
             "seconds_per_step": round((time.time() - started) / max(1, self.step - start_step), 4),
             "world_size": fabric.world_size,
             "regressing": self.regressing,
+            "classes": class_names(self.config.data, self.raw_model.num_classes),
             "selection": self.best,
             "validation": metrics,
         }

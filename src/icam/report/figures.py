@@ -151,18 +151,18 @@ def _display_range(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return np.clip(2 * (image - lo) / max(hi - lo, 1e-12) - 1, -1, 1)
 
 
-def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4):
+def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, run_dir: Path | None = None):
     """The same test subjects of a cohort table (classes alternating, one row each) under every
     method's map (``methods``: name → an `icam explain` folder), next to the ground truth. The
     table is read as the first method's run reads it (column names, classes, splits.csv). The
     ground truth and the first method's mean map share one symmetric colour range; the first
     method's variance follows when written; every other map has its own range. None without
-    test rows."""
+    test rows. ``run_dir``: the run, when the explanations do not name theirs."""
     from ..data.nifti import nifti_stem
     from ..run import explained_run, read_run_table
 
     first_folder = next(iter(methods.values()))
-    table = read_run_table(explained_run(first_folder), csv_path)
+    table = read_run_table(explained_run(first_folder) or run_dir, csv_path)
     explained = [r for r in table.rows if (first_folder / "maps" / f"{nifti_stem(r.image)}_fa_mean.nii.gz").is_file()]
     rows = [r for r in explained if r.split == "test"] or explained
     by_class = [[r for r in rows if r.label == k] for k in sorted({r.label for r in rows})]

@@ -218,9 +218,10 @@ def predictions_section(report: Report, explained: Path) -> dict:
     return facts
 
 
-def gallery_section(report: Report, csv_path: Path, methods: dict[str, Path], subjects: int = 4) -> None:
+def gallery_section(report: Report, csv_path: Path, methods: dict[str, Path], subjects: int = 4,
+                    run_dir: Path | None = None) -> None:
     """The same test subjects (both classes) under every method, next to the ground truth."""
-    fig = gallery_figure(csv_path, methods, subjects)
+    fig = gallery_figure(csv_path, methods, subjects, run_dir)
     if fig is None:
         return
     names = list(methods)
@@ -292,7 +293,7 @@ def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[s
     first = next(iter(explained.values()), None)
     facts = predictions_section(report, first) if first is not None and (first / "predictions.csv").is_file() else {}
     if csv_path is not None and first is not None:
-        gallery_section(report, csv_path, explained)
+        gallery_section(report, csv_path, explained, run_dir=run_dir)
     if first is not None:
         images_section(report, "Interpolation", sorted(first.glob("*_interpolation.png")),
                        "A walk from one scan's attribute to another's, decoded with the first scan's content. Top: "
