@@ -35,7 +35,8 @@ def test_train_prints_validation_and_the_run_folder(tmp_path):
 def test_stop_and_resume_from_the_command_line(tmp_path):
     args = ["train", "-q", "--out", str(tmp_path), "--name", "r", *sets(*TINY)]
     stopped = runner.invoke(app, [*args, "--stop-at", "2"])
-    assert stopped.exit_code == 0 and "stopped at step 2" in stopped.stdout
+    assert stopped.exit_code == 3 and "stopped at step 2 of 4; resume with: icam train --resume" in stopped.stderr
+    assert "validation split is empty" not in stopped.output  # it was stopped, not empty
     resumed = runner.invoke(app, ["train", "-q", "--resume", str(tmp_path / "r")])
     assert resumed.exit_code == 0, resumed.output
     assert "training finished: 4 steps" in resumed.stdout

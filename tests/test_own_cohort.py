@@ -209,7 +209,7 @@ def test_classes_by_name_and_string_labels_without_them(tmp_path):
     from icam.config import load_config
     from icam.data.table import read_table
 
-    rows = [["a.nii.gz", dx] for dx in ("CN", "AD", "MCI", "AD", "SMC")]
+    rows = [[f"{i}.nii.gz", dx] for i, dx in enumerate(("CN", "AD", "MCI", "AD", "SMC"))]
     (tmp_path / "t.csv").write_text("image,DX\n" + "\n".join(",".join(r) for r in rows) + "\n")
     for name, _ in rows:
         (tmp_path / name).touch()

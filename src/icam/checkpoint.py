@@ -23,6 +23,8 @@ class CheckpointError(ValueError):
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a write that was killed (the run is locked)
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -41,6 +43,9 @@ def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
     path = Path(path)
     if path.is_dir():
         candidate = path / "checkpoints" / f"{which}.pt"
+        if not candidate.is_file() and which == "best" and (path / "checkpoints" / "last.pt").is_file():
+            raise CheckpointError(f"{path} has no checkpoints/best.pt: without a validation split nothing selects "
+                                  "a best model; use its last one with --which last")
         if not candidate.is_file():
             raise CheckpointError(f"{path} is a folder without checkpoints/{which}.pt; "
                                   "expected an icam run folder or a checkpoint file")

@@ -24,6 +24,27 @@ DEBUG = typer.Option(False, "--debug", help="show the full traceback on errors")
 
 USER_ERRORS = (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ValueError)
 
+# Exit codes (README: Exit codes)
+EXIT_BAD_INPUT = 2  # the user's input: config, data, paths, checkpoints
+EXIT_STOPPED = 3  # a training run stopped before its last step (SIGTERM, --stop-at): resume it
+EXIT_ENVIRONMENT = 4  # the machine: permissions, a full or read-only disk, no GPU backend
+
+
+def _environment_errors() -> tuple[type, ...]:
+    """Errors of the machine rather than of the input: the OS's, and Fabric's for an accelerator
+    this machine does not have."""
+    try:
+        from lightning_fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:  # pragma: no cover - lightning-fabric is a dependency
+        return (OSError,)
+    return (OSError, MisconfigurationException)
+
+
+def _environment_message(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.strerror or e}: {e.filename}"
+    return str(e)
+
 
 def friendly_errors(command):
     """A user's mistake is one readable line and a hint, not a traceback (--debug shows it)."""
@@ -44,7 +65,14 @@ def friendly_errors(command):
                            "or a .pt file; `icam demo` makes one in minutes", err=True)
             elif not debug:
                 typer.echo("hint: run again with --debug for the full traceback", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except _environment_errors() as e:
+            if debug:
+                traceback.print_exc()
+            typer.secho(f"error: {_environment_message(e)}", fg=typer.colors.RED, err=True)
+            typer.echo("hint: check the folder's permissions and free space (or the accelerator), then run again; "
+                       "--debug shows the traceback", err=True)
+            raise typer.Exit(EXIT_ENVIRONMENT) from None
     return wrapper
 
 
@@ -101,15 +129,23 @@ def _train(config, set_, steps, out_dir, name, seed, accelerator, devices, num_n
     summary = train(cfg, resume=resume, init_from=init_from, stop_at=stop_at, show_progress=not quiet)
     if summary is None:  # not the main process
         return
+    if summary.get("already_finished"):
+        typer.echo(f"{summary['run_dir']} already finished its {summary['step']} steps: nothing to do (to train "
+                   "longer: --set train.steps=N with a larger N)")
+        return
     val = summary["validation"]
     parts = [f"{k} {val[k]:.3f}" for k in ("accuracy", "balanced_accuracy", "mae", "ncc") if k in val]
-    state = "finished" if summary["finished"] else f"stopped at step {summary['step']} (continue with --resume)"
-    typer.echo(f"training {state}: {summary['step']} steps, {summary['seconds_per_step']:.3f} s/step")
-    typer.echo(f"validation: {', '.join(parts) or 'none (the validation split is empty)'}")
+    if summary["finished"]:
+        typer.echo(f"training finished: {summary['step']} steps, {summary['seconds_per_step']:.3f} s/step")
+        typer.echo(f"validation: {', '.join(parts) or 'none (the validation split is empty)'}")
     if summary["selection"]:
         best = summary["selection"]
         typer.echo(f"best {best['metric']} {best['value']:.3f} at step {best['step']} (checkpoints/best.pt)")
     typer.echo(f"run folder: {summary['run_dir']}")
+    if not summary["finished"]:  # a partial model must not flow on into `&& icam explain`
+        typer.secho(f"stopped at step {summary['step']} of {summary['steps']}; resume with: icam train --resume "
+                    f"{summary['run_dir']}", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(EXIT_STOPPED)
 
 
 @app.command("synth")
@@ -137,6 +173,11 @@ def synth_command(
 
         if dims not in (2, 3):
             raise ValueError(f"--dims must be 2 or 3, got {dims}")
+        if n < 2 or slices < 1:
+            raise ValueError(f"--n needs 2 subjects or more and --slices 1 or more (got --n {n}, --slices {slices})")
+        if out.exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out} is not empty; icam synth writes a new cohort into an empty or new folder "
+                                  "(it never overwrites a table or images)")
         try:
             shape = tuple(int(side) for side in size.replace(",", "x").split("x")) if size else None
         except ValueError:
@@ -242,6 +283,8 @@ def explain_command(
     steps: int = typer.Option(10, help="steps of --interpolate"),
     which: str = typer.Option("best", help="best or last checkpoint of the run"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the outputs another model wrote into --out "
+                                                              "(they are cleared first)"),
     posthoc: Optional[str] = typer.Option(None, help="for a ResNet baseline run: gradcam, guided_gradcam, "
                                                      "guided_backprop, integrated_gradients or occlusion"),
     debug: bool = DEBUG,
@@ -255,10 +298,11 @@ def explain_command(
         from rich.progress import Progress
 
         from .explain import Explainer
-        from .inference import attribute_cohort, explain_cohort, explain_interpolation, explain_pair
+        from .inference import (attribute_cohort, claim_outputs, explain_cohort, explain_interpolation, explain_pair,
+                                producer_of)
 
         explainer = _explainer(run_dir, which, device, posthoc)
-        out.mkdir(parents=True, exist_ok=True)
+        claim_outputs(out, producer_of(run_dir, which, explainer), overwrite)
         if not isinstance(explainer, Explainer):  # a baseline: its maps (or predictions) only
             if pair or interpolate:
                 raise ValueError("--pair and --interpolate need an ICAM run")
@@ -491,6 +535,7 @@ def data_check_command(
         counts = ", ".join(f"{name} {n}" for name, n in zip(summary["classes"], summary["class_counts"]))
         typer.echo(f"{summary['usable_rows']} usable rows of {summary['rows']}, {summary['subjects']} subjects; "
                    f"images per class: {counts}; splits {summary['splits']} ({summary['split_source']})")
+        typer.echo(summary["identity"])
         if summary["excluded"]:
             typer.echo(f"{len(summary['excluded'])} rows left out by data.classes, e.g. {summary['excluded'][0]}")
         if summary["target"]:

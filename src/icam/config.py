@@ -17,6 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, values):
+        """pydantic reads true as 1: train.steps=true would train one step."""
+        for name, value in (values.items() if isinstance(values, dict) else ()):
+            field = cls.model_fields.get(name)
+            if isinstance(value, bool) and field is not None:
+                allowed = get_args(field.annotation) or (field.annotation,)
+                if bool not in allowed and (int in allowed or float in allowed):
+                    raise ValueError(f"'{name}' expects a number, got {str(value).lower()}")
+        return values
+
 
 class SquaresData(Section):
     """The squares benchmark of VA-GAN/ICAM: class 1 adds a central box and a second box at

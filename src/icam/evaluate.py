@@ -239,9 +239,9 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
     written with them. Directions: NCC(+) over subjects of class 0 (translated 0 → 1, effects
     added), NCC(−) over class 1 (1 → 0, effects removed). Without ground-truth maps, only the
     predictions are scored."""
-    from .data.nifti import load_array, nifti_stem
+    from .data.nifti import load_array
     from .data.table import require_split
-    from .inference import write_csv
+    from .inference import MANIFEST, write_csv
     from .run import explained_run, read_run_table
 
     outputs, csv_path = Path(outputs), Path(csv_path)
@@ -249,19 +249,19 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
     rows = table.rows if split is None else require_split(table, split, csv_path)
     per_subject, missing = [], []
     for r in rows:
-        path = outputs / "maps" / f"{nifti_stem(r.image)}_{map_suffix}.nii.gz"
+        path = outputs / "maps" / f"{r.id}_{map_suffix}.nii.gz"
         if r.gt_map is None:
             continue
         if not path.is_file():
             missing.append(path.name)
             continue
         fa, gt = load_array(path)[0], load_array(r.gt_map)[0]
-        written_mask = outputs / "maps" / f"{nifti_stem(r.image)}_mask.nii.gz"
+        written_mask = outputs / "maps" / f"{r.id}_mask.nii.gz"
         mask = load_array(r.mask)[0] if r.mask is not None else \
             load_array(written_mask)[0] if written_mask.is_file() else None
         if fa.shape != gt.shape:
             raise ValueError(f"{path.name} has shape {fa.shape} but its ground truth {r.gt_map} has {gt.shape}")
-        per_subject.append({"id": nifti_stem(r.image), "label": r.label, **map_metrics(fa, gt, mask)})
+        per_subject.append({"id": r.id, "label": r.label, **map_metrics(fa, gt, mask)})
     has_gt = any(r.gt_map is not None for r in rows)
     if has_gt and not per_subject:
         raise ValueError(f"no maps to score in {outputs / 'maps'} (suffix '_{map_suffix}') for rows with a gt_map "
@@ -270,7 +270,9 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
             NCC_PLUS: summarise_maps([m for m in per_subject if m["label"] == 0]),
             NCC_MINUS: summarise_maps([m for m in per_subject if m["label"] == 1]),
             "scored": len(per_subject), "missing": len(missing)} if has_gt else None
-    result = {"maps": maps, **prediction_metrics(outputs / "predictions.csv")}
+    manifest = outputs / MANIFEST  # which model made the maps (icam explain writes it)
+    producer = json.loads(manifest.read_text()).get("producer") if manifest.is_file() else None
+    result = {"maps": maps, "producer": producer, **prediction_metrics(outputs / "predictions.csv")}
     if has_gt:
         write_csv(outputs / "per_subject_maps.csv", per_subject)
     (outputs / "evaluation.json").write_text(json.dumps(result, indent=2))

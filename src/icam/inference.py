@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import CsvData
-from .data.nifti import NiftiCohort, PreprocessingCache, Spatial, fill_cache, nifti_stem
+from .data.nifti import NiftiCohort, PreprocessingCache, Spatial, fill_cache
 from .data.resample import resample_to_grid
 from .data.table import UNKNOWN_LABEL, DataError, probability_columns, read_table, require_split
 from .explain import Explainer
@@ -110,7 +110,7 @@ class Scan:
 
 def output_id(dataset: NiftiCohort, i: int) -> str:
     source = dataset.source(i)
-    stem = nifti_stem(source["file"])
+    stem = source["id"]
     if source["slice"] is not None and dataset.config.slices_per_subject > 1:
         stem += f"_slice{source['slice']}"
     return stem
@@ -168,6 +168,53 @@ def _run_facts(model) -> dict:
     read the run's column names, classes and splits from there)."""
     run_dir = getattr(model, "run_dir", None)
     return {**model.checkpoint_info, "run_dir": str(Path(run_dir).resolve()) if run_dir else None}
+
+
+MANIFEST = "icam-outputs.json"
+# what `icam explain` writes into its folder: cleared before it writes again
+OUTPUT_ENTRIES = ("maps", "figures", "predictions.csv", "outliers.csv", "summary.json", "evaluation.json",
+                  "per_subject_maps.csv")
+
+
+def claim_outputs(out: Path, producer: dict, overwrite: bool = False) -> None:
+    """Make ``out`` the outputs of ``producer`` (run, checkpoint and its hash, method) alone: a new
+    or empty folder, or one it made before, is cleared of its previous outputs; a folder another
+    model made is refused unless ``overwrite``; a folder of other files is refused. Writes the
+    manifest (producer, command, time), which `icam evaluate` and the report read."""
+    import shutil
+    import sys
+    from datetime import datetime, timezone
+
+    manifest = out / MANIFEST
+    if out.exists() and any(out.iterdir()):
+        if not manifest.is_file():
+            raise FileExistsError(f"{out} holds files that icam explain did not write; give a new or empty folder")
+        previous = json.loads(manifest.read_text()).get("producer", {})
+        if previous != producer and not overwrite:
+            raise FileExistsError(f"{out} holds the outputs of another model ({previous.get('run')}, checkpoint "
+                                  f"{str(previous.get('checkpoint_sha256', ''))[:12]}); give a new folder, or "
+                                  "--overwrite to replace them")
+        for name in OUTPUT_ENTRIES:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        for stale in out.glob("*.nii.gz"):  # pair and interpolation outputs
+            stale.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps({"producer": producer, "command": sys.argv,
+                                    "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=2))
+
+
+def producer_of(run_path: Path, which: str, model) -> dict:
+    """Who makes a folder's outputs: the run, its checkpoint file and hash, the method."""
+    import hashlib
+
+    from .checkpoint import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(run_path, which)
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    return {"run": str(Path(getattr(model, "run_dir", None) or run_path).resolve()),
+            "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": digest,
+            "method": getattr(model, "name", "icam")}  # a baseline's name says its post-hoc method
 
 
 def class_name(names: list[str], label: int, raw: str = "") -> str:
@@ -315,10 +362,11 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
     (out / "figures").mkdir(exist_ok=True)
     names = explainer.class_names
     records = predict_rows(explainer, dataset)
-    # the first `limit` inputs, and the worst-predicted ones so the outlier gallery has maps
-    chosen = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
+    # at most `limit` inputs: the worst-predicted ones (so the outlier gallery has maps), then the first others
+    budget = len(dataset) if limit is None else min(limit, len(dataset))
     worst = [r["row"] for r in _outliers(records, outliers)]
-    chosen += [i for i, r in enumerate(records) if r["row"] in worst and i not in chosen]
+    first = [i for i, r in enumerate(records) if r["row"] in worst][:budget]
+    chosen = sorted(first + [i for i in range(len(dataset)) if i not in first][: budget - len(first)])
     drawn = set(chosen) if figures == "all" else {i for i in chosen if records[i]["row"] in worst} \
         if figures == "outliers" else set()
     count = len(chosen)

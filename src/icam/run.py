@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -129,6 +131,42 @@ def read_run_table(run_dir: str | Path | None, csv_path: str | Path):
     if table.problems:
         raise DataError(table.problems, f"{csv_path}: ")
     return table
+
+
+def check_writable(folder: str | Path) -> None:
+    """Fail before any work when ``folder`` cannot be written: the OSError names it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
+def finished_summary(run_dir: str | Path, steps: int) -> dict | None:
+    """The summary of a run that already trained ``steps`` steps (resuming it has nothing to do)."""
+    path = Path(run_dir) / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else None
+    if summary and summary.get("finished") and summary.get("step", 0) >= steps:
+        return {**summary, "already_finished": True}
+    return None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold the run folder while training in it: a second process (two --resume) is refused
+    instead of interleaving metrics and checkpoints. The lock goes with the process."""
+    import fcntl
+
+    handle = (Path(run_dir) / ".lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise FileExistsError(f"another icam process is training in {run_dir}; wait for it to finish "
+                              "(or stop it) before resuming") from None
+    try:
+        yield
+    finally:
+        handle.close()
 
 
 def record_resume(run_dir: Path, step: int) -> None:

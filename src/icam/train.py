@@ -11,10 +11,12 @@ so a resumed run continues exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
+import shutil
 import signal
 import time
 import warnings
@@ -38,7 +40,8 @@ from .nets import ContentDiscriminator, DomainDiscriminator
 from .nets.blocks import init_weights, set_activation_checkpointing
 from .report.grids import translation_grid
 from .progress import StepProgress
-from .run import MetricsLog, create_run_dir, record_resume, write_data_files, write_run_files
+from .run import (MetricsLog, check_writable, create_run_dir, finished_summary, record_resume, run_lock,
+                  write_data_files, write_run_files)
 
 
 class DomainDiscriminators(nn.Module):
@@ -510,6 +513,12 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
         if resume is not None or init_from is not None or stop_at is not None:
             raise ValueError(f"--resume, --init-from and --stop-at are for ICAM runs, not method={config.method}")
         return train_baseline(config, show_progress)
+    if resume is not None:
+        done = finished_summary(resume, config.train.steps)
+        if done is not None:
+            return done
+    init_state = load_checkpoint(init_from, "best") if init_from is not None else None  # before any run folder
+    check_writable(resume or config.out_dir)  # before the data are read
     fabric = build_fabric(config)
     fabric.launch()
     cohorts, run_dir, val_set = start_run(config, fabric, resume,
@@ -526,7 +535,13 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
         trainer.load_state_dict(load_checkpoint(run_dir, "last"))
         if fabric.is_global_zero:
             record_resume(run_dir, trainer.step)
-    elif init_from is not None:
-        trainer.load_state_dict(load_checkpoint(init_from, "best"), weights_only=True)
-    summary = trainer.fit(stop_at=stop_at)
+    elif init_state is not None:
+        try:
+            trainer.load_state_dict(init_state, weights_only=True)
+        except Exception:
+            if fabric.is_global_zero:  # a fresh run folder with nothing in it must not block its --name
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+    with run_lock(run_dir) if fabric.is_global_zero else contextlib.nullcontext():
+        summary = trainer.fit(stop_at=stop_at)
     return summary if fabric.is_global_zero else None

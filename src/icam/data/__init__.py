@@ -18,7 +18,7 @@ from .cohort import InMemoryCohort
 from .sampling import ClassBalancedBatchSampler
 from .splits import SPLITS, assign_splits
 from .squares import make_squares
-from .table import DataError, Problem, class_problems, num_classes_of, read_table
+from .table import DataError, Problem, class_problems, read_table
 
 
 @dataclass
@@ -92,12 +92,13 @@ def load_csv_cohorts(data_config, seed: int, progress=None) -> Cohorts:
         raise DataError(problems, f"{csv_path}: ")
     rows = [r for r in rows if r.number not in bad_rows]
     splits = _splits_for(rows, data_config, seed)
-    cohort_problems = class_problems(rows, splits, num_classes_of(data_config, [r.label for r in rows]))
+    cohort_problems = class_problems(rows, splits, data_config)
     if cohort_problems:
         raise DataError(cohort_problems, f"{csv_path}: ")
     datasets = {s: NiftiCohort([r for r, k in zip(rows, splits) if k == s], entries, data_config, augment=s == "train")
                 for s in SPLITS}
-    info = {"csv": str(csv_path), "cache": str(cache.directory), "preprocessing": preprocessing_facts(rows, entries)}
+    info = {"csv": str(csv_path), "cache": str(cache.directory), "identity": table.identity,
+            "preprocessing": preprocessing_facts(rows, entries)}
     if data_config.classes:
         info["classes"] = [str(c) for c in data_config.classes]
     if data_config.intensity == "cohort":

@@ -24,7 +24,7 @@ def check_cohort(csv_path: str | Path, data_config, seed: int = 0, workers: int 
     good = [r for r in rows if r.number not in bad]
     splits = _splits_for(good, data_config, seed) if good else []
     num_classes = num_classes_of(data_config, [r.label for r in good])
-    problems += class_problems(good, splits, num_classes) if good else [Problem(None, "no usable rows")]
+    problems += class_problems(good, splits, data_config) if good else [Problem(None, "no usable rows")]
     targets = np.array([r.target for r in good if not math.isnan(r.target)])
     labels = np.array([r.label for r in good], dtype=int)
     summary = {
@@ -36,6 +36,7 @@ def check_cohort(csv_path: str | Path, data_config, seed: int = 0, workers: int 
         "class_counts": np.bincount(labels, minlength=num_classes).tolist() if len(labels) else [],
         "classes": class_names(data_config, num_classes),
         "excluded": [str(p) for p in table.excluded],
+        "identity": table.identity,
         "target": ({"known": int(len(targets)), "mean": round(float(targets.mean()), 3),
                     "sd": round(float(targets.std()), 3), "min": float(targets.min()), "max": float(targets.max())}
                    if len(targets) else None),

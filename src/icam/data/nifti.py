@@ -313,7 +313,8 @@ def preprocess_row(row: Row, spatial: Spatial) -> Preprocessed:
 
 def preprocess(path: Path, spatial: Spatial, number: int | None = None) -> tuple[np.ndarray, dict]:
     """One image file as the model sees it, before intensity scaling: (volume, meta)."""
-    done = preprocess_row(Row(number or 0, Path(path), 0, math.nan, nifti_stem(path), None), spatial)
+    done = preprocess_row(Row(number or 0, Path(path), 0, math.nan, nifti_stem(path), None, id=nifti_stem(path)),
+                          spatial)
     return done.arrays["image"], done.meta
 
 
@@ -554,7 +555,7 @@ class NiftiCohort(Dataset):
         meta = self.metas[row_index]
         row = self.rows[row_index]
         return {"row": row.number, "file": str(row.image), "slice": index, "subject": row.subject,
-                "raw_label": row.raw_label, **meta}
+                "id": row.id or nifti_stem(row.image), "raw_label": row.raw_label, **meta}
 
 
 def cohort_intensity_range(cohort: NiftiCohort, percentiles: tuple[float, float] | None,

@@ -58,6 +58,7 @@ class Row:
     gt_map: Path | None = None
     extra: dict = field(default_factory=dict)
     raw_label: str = ""  # the label as the table writes it (CN, MCI, 1)
+    id: str = ""  # unique in the table: names the row's outputs (see assign_identity)
 
 
 UNKNOWN_LABEL = -1
@@ -72,6 +73,7 @@ class Table:
     problems: list[Problem]
     excluded: list[Problem] = field(default_factory=list)
     split_source: str = "table"  # table, run (the run's splits.csv) or none
+    identity: str = ""  # how ids and subjects were found (data check and train say it)
 
 
 def class_names(data_config, num_classes: int) -> list[str]:
@@ -126,6 +128,11 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
     if names["image"] not in header:
         raise DataError([Problem(1, f"no '{names['image']}' column; the header has: {', '.join(header) or 'nothing'}",
                                  str(path))])
+    defaults = type(columns).model_fields
+    for key in ("target", "subject", "split", "mask", "gt_map"):  # optional, but asked for by name in training
+        if require_label and names[key] != defaults[key].default and names[key] not in header:
+            raise DataError([Problem(1, f"no '{names[key]}' column (data.columns.{key}); the header has: "
+                                        f"{', '.join(header)}", str(path))])
     has_label, has_target = names["label"] in header, names["target"] in header
     if require_label and not has_label and not (has_target and class_thresholds):
         raise DataError([Problem(1, f"no '{names['label']}' column, and no '{names['target']}' column with "
@@ -181,7 +188,9 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
         elif not require_label:
             label = UNKNOWN_LABEL
         elif not row_problems:
-            row_problems.append(Problem(number, "no label, and no target to derive it from"))
+            row_problems.append(Problem(number, "empty label, and no data.class_thresholds to derive the class from "
+                                                "its target" if raw_target else "no label, and no target to derive "
+                                                "it from"))
         split = (record.get(names["split"]) or "").strip().lower() or None
         if split is not None and split not in SPLITS:
             row_problems.append(Problem(number, f"split {split!r} is not one of {', '.join(SPLITS)}"))
@@ -189,7 +198,7 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
         if row_problems:
             problems.extend(row_problems)
             continue
-        subject = (record.get(names["subject"]) or "").strip() or image.name.split(".")[0]
+        subject = (record.get(names["subject"]) or "").strip()
         used = {names[k] for k in names}
         rows.append(Row(number, image, label, target, subject, split, mask, gt_map,
                         {k: v for k, v in record.items() if k not in used}, raw_label))
@@ -200,12 +209,56 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
                                       f"config, e.g. data.classes: [{', '.join(list(not_numbers)[:2])}] (the position "
                                       f"is the class; rows with a label not listed are left out and listed in "
                                       f"excluded.csv)", str(path)))
+    identity, duplicates = assign_identity(rows, root)
+    problems.extend(duplicates)
     problems.extend(_split_problems(rows))
     split_source = "table" if any(r.split for r in rows) else "none"
     if run_dir is not None and not all(r.split for r in rows) and (Path(run_dir) / "splits.csv").is_file():
         _splits_from_run(rows, Path(run_dir) / "splits.csv")
         split_source = "run"
-    return Table(rows, problems, excluded, split_source)
+    return Table(rows, problems, excluded, split_source, identity)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def assign_identity(rows: list[Row], root: Path) -> tuple[str, list[Problem]]:
+    """Give every row a unique id (what its outputs are called) and a subject when the table has
+    none; returns the rule used and one problem per row that repeats an earlier row's image.
+
+    Ids are file names without .nii.gz while they are unique; when names repeat (sub-01/T1.nii.gz,
+    sub-02/T1.nii.gz) they are the path below the table with / as _ (sub-01_T1). A row without a
+    subject is its own subject, named by its file, or by its folder when file names repeat."""
+    first_of: dict[Path, Row] = {}
+    problems = []
+    for r in rows:
+        earlier = first_of.setdefault(r.image.resolve(), r)
+        if earlier is not r:
+            same = "" if r.subject == earlier.subject else \
+                f" under another subject ({earlier.subject or '(none)'} there, {r.subject or '(none)'} here)"
+            problems.append(Problem(r.number, f"the image is also on row {earlier.number}{same}: a scan can "
+                                              "be used once", str(r.image)))
+    repeated = len({_stem(r.image) for r in rows}) < len(rows)
+    given = sum(bool(r.subject) for r in rows)
+    for r in rows:
+        if repeated:
+            relative = r.image.resolve().relative_to(root.resolve()) if r.image.resolve().is_relative_to(
+                root.resolve()) else Path(*r.image.resolve().parts[-2:])
+            r.id = "_".join([*relative.parent.parts, _stem(relative)])
+        else:
+            r.id = _stem(r.image)
+        if not r.subject:
+            r.subject = r.image.parent.name if repeated else _stem(r.image)
+    fallback = "its folder (file names repeat)" if repeated else "its file name"
+    subjects = ("the subject column" if given == len(rows) else f"for rows without a subject, {fallback}" if given
+                else fallback)
+    ids = "the path below the table (file names repeat)" if repeated else "the file name"
+    return f"each scan is named by {ids}; its subject is {subjects}", problems
 
 
 def _splits_from_run(rows: list[Row], splits_csv: Path) -> None:
@@ -237,11 +290,18 @@ def _split_problems(rows: list[Row]) -> list[Problem]:
             for s, found in splits_of.items() if len(found) > 1]
 
 
-def class_problems(rows: list[Row], splits: list[str], num_classes: int | None = None) -> list[Problem]:
-    """Every class 0..K-1 must have training images (K = len(data.classes), else the largest label + 1)."""
+def class_problems(rows: list[Row], splits: list[str], data_config=None) -> list[Problem]:
+    """Every class 0..K-1 must have training images (K = len(data.classes), else the largest label + 1).
+    Class numbers with no rows at all below the largest are most likely a typo: that row is named."""
     if not rows:
         return [Problem(None, "no usable rows")]
-    k = num_classes or max(r.label for r in rows) + 1
+    k = num_classes_of(data_config, [r.label for r in rows])
+    unused = [c for c in range(k) if all(r.label != c for r in rows)]
+    if unused and not getattr(data_config, "classes", None):
+        top = [r.number for r in rows if r.label == k - 1]
+        return [Problem(top[0], f"label {k - 1} (rows {', '.join(map(str, top[:5]))}) makes {k} classes, but "
+                                f"{', '.join(map(str, unused))} have no rows at all: a typo? (data.classes lists "
+                                "the classes; rows with other labels are then left out)")]
     trained = {r.label for r, s in zip(rows, splits) if s == "train"}
     return [Problem(None, f"class {c} has no training images (classes are 0..{k - 1}; "
                           f"every class needs some)") for c in range(k) if c not in trained]

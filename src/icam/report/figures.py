@@ -158,12 +158,11 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
     ground truth and the first method's mean map share one symmetric colour range; the first
     method's variance follows when written; every other map has its own range. None without
     test rows. ``run_dir``: the run, when the explanations do not name theirs."""
-    from ..data.nifti import nifti_stem
     from ..run import explained_run, read_run_table
 
     first_folder = next(iter(methods.values()))
     table = read_run_table(explained_run(first_folder) or run_dir, csv_path)
-    explained = [r for r in table.rows if (first_folder / "maps" / f"{nifti_stem(r.image)}_fa_mean.nii.gz").is_file()]
+    explained = [r for r in table.rows if (first_folder / "maps" / f"{r.id}_fa_mean.nii.gz").is_file()]
     rows = [r for r in explained if r.split == "test"] or explained
     by_class = [[r for r in rows if r.label == k] for k in sorted({r.label for r in rows})]
     chosen = [r for group in zip(*by_class) for r in group][:subjects] or rows[:subjects]
@@ -174,7 +173,7 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
     def panels_for(row):
         """(image, mask, [(title, data, colour limit, kind)]) of one subject, on the axial slice
         (RAS, as the figures' convention) where the first method's map is largest."""
-        stem = nifti_stem(row.image)
+        stem = row.id
         written_mask = first_folder / "maps" / f"{stem}_mask.nii.gz"
         mask_file = row.mask or (written_mask if written_mask.is_file() else None)
         maps = {name: folder / "maps" / f"{stem}_fa_mean.nii.gz" for name, folder in methods.items()}

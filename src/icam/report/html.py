@@ -81,7 +81,7 @@ class Report:
     def html(self) -> str:
         toc = "".join(f'<li><a href="#s{i}">{html.escape(h)}</a></li>' for i, (h, _) in enumerate(self.sections))
         body = "".join(f'<h2 id="s{i}">{html.escape(h)}</h2>{b}' for i, (h, b) in enumerate(self.sections))
-        headline = "".join(f"<li>{item}</li>" for item in self.headline)
+        headline = "".join(f"<li>{html.escape(item)}</li>" for item in self.headline)
         made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                 f"<style>{STYLE}</style></head><body><h1>{html.escape(self.title)}</h1>"
@@ -224,7 +224,7 @@ def gallery_section(report: Report, csv_path: Path, methods: dict[str, Path], su
     fig = gallery_figure(csv_path, methods, subjects, run_dir)
     if fig is None:
         return
-    names = list(methods)
+    names = [html.escape(name) for name in methods]
     caption = (f"Test subjects of each class (rows). Red: brighter after translation; blue: darker; shown above 20% "
                f"of the colour range, inside the brain. The ground truth and {names[0]}'s mean FA map share one "
                f"symmetric colour scale (both are intensity changes); the variance shows where {names[0]}'s samples "
@@ -235,8 +235,18 @@ def gallery_section(report: Report, csv_path: Path, methods: dict[str, Path], su
                                                    "truth does.", "feature-attribution gallery"))
 
 
-def images_section(report: Report, heading: str, paths: list[Path], caption: str) -> None:
-    paths = [p for p in paths if p.is_file()]
+def embeddable(path: Path, folder: Path) -> bool:
+    """Only PNG files inside the folder the report was given are embedded: a summary.json naming
+    ``../../secret`` or an absolute path must not pull another file into a report."""
+    try:
+        inside = path.resolve().is_relative_to(folder.resolve())
+        return inside and path.is_file() and path.open("rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    except OSError:
+        return False
+
+
+def images_section(report: Report, heading: str, paths: list[Path], caption: str, folder: Path) -> None:
+    paths = [p for p in paths if embeddable(p, folder)]
     if len(paths) == 1:
         report.add(heading, _figure(_file_png(paths[0]), caption, paths[0].stem))
     elif paths:  # one caption for the whole list, above it
@@ -298,15 +308,15 @@ def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[s
         images_section(report, "Interpolation", sorted(first.glob("*_interpolation.png")),
                        "A walk from one scan's attribute to another's, decoded with the first scan's content. Top: "
                        "the images with the predicted probability of the last class and the regressed target; bottom: "
-                       "what the walk changed so far (red brighter, blue darker).")
+                       "what the walk changed so far (red brighter, blue darker).", first)
         summary = json.loads((first / "summary.json").read_text()) if (first / "summary.json").is_file() else {}
-        outliers = [first / o["figure"] for o in summary.get("outliers", [])]
+        outliers = [first / str(o.get("figure", "")) for o in summary.get("outliers", [])]
         images_section(report, "Largest prediction errors", outliers,
                        "The test scans whose regressed target is furthest from the truth, with their maps (input, "
-                       "mean FA, variance, ground truth).")
+                       "mean FA, variance, ground truth).", first)
         images_section(report, "Attribute space", [first / "figures" / "tsne.png"],
                        "t-SNE of the attribute means of the explained scans, coloured by class and by target: "
-                       "class-relevant information should separate here.")
+                       "class-relevant information should separate here.", first)
     scores = scores_section(report, explained, benchmark)
     if "accuracy" in facts:
         report.headline.append(f"classification: accuracy {facts['accuracy']:.3f} on the explained scans")
