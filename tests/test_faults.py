@@ -38,6 +38,20 @@ def listing(folder):
 
 
 @pytest.fixture
+def other_model(run_dir, tmp_path):
+    """A second model: the shared run's folder with a checkpoint of other bytes (hence another hash)."""
+    import shutil
+
+    from icam.checkpoint import load_checkpoint, save_checkpoint
+
+    other = tmp_path / "other-run"
+    shutil.copytree(run_dir, other)
+    state = load_checkpoint(other, "last")
+    save_checkpoint({**state, "step": state["step"] + 1}, other / "checkpoints" / "last.pt")
+    return other
+
+
+@pytest.fixture
 def same_names(tmp_path):
     """The commonest layout: sub-XX/T1.nii.gz, no subject column."""
     rows = []
@@ -87,18 +101,18 @@ def test_report_embeds_only_files_inside_its_folders_and_escapes_names(run_dir, 
     assert "<img src=x onerror" not in page  # the folder's name, escaped wherever it appears
 
 
-def test_explaining_into_another_models_folder_is_refused_unless_overwrite(run_dir, same_names, tmp_path):
+def test_explaining_into_another_models_folder_is_refused_unless_overwrite(run_dir, other_model, same_names,
+                                                                           tmp_path):
     out = tmp_path / "x"
-    args = ["--csv", str(same_names), "--out", str(out), "--n-samples", "2", "--min-probability", "0.5"]
-    assert runner.invoke(app, ["explain", str(run_dir), *args, "--which", "last", "--limit", "2"]).exit_code == 0
+    args = ["--csv", str(same_names), "--out", str(out), "--n-samples", "2", "--min-probability", "0.5",
+            "--which", "last"]
+    assert runner.invoke(app, ["explain", str(run_dir), *args, "--limit", "2"]).exit_code == 0
     assert len(list((out / "maps").glob("*_fa_mean.nii.gz"))) == 2  # --limit: at most
     before = listing(out)
-    other = runner.invoke(app, ["explain", str(run_dir), *args, "--which", "best"])  # another checkpoint
-    if other.exit_code == 0:  # best and last are the same file in this run: the same producer
-        pytest.skip("the run's best and last checkpoints are identical")
+    other = runner.invoke(app, ["explain", str(other_model), *args])
     assert other.exit_code == EXIT_BAD_INPUT and "outputs of another model" in other.stderr
     assert listing(out) == before
-    replaced = runner.invoke(app, ["explain", str(run_dir), *args, "--which", "best", "--overwrite", "--limit", "3"])
+    replaced = runner.invoke(app, ["explain", str(other_model), *args, "--overwrite", "--limit", "3"])
     assert replaced.exit_code == 0, replaced.output
     assert len(list((out / "maps").glob("*_fa_mean.nii.gz"))) == 3  # the old maps were cleared
 
@@ -136,6 +150,10 @@ def test_a_read_only_output_folder_is_an_environment_error_before_the_data_are_r
         result = runner.invoke(app, ["train", "--out", str(blocked / "runs"), "-q", "--set", "train.steps=1"])
         assert result.exit_code == EXIT_ENVIRONMENT, result.output
         assert "error: Not a directory" in result.stderr and "Traceback" not in result.output
+        for command in (["synth", "--out", str(blocked / "s"), "--n", "4"],
+                        ["config", "-c", str(blocked / "c.yaml")]):
+            result = runner.invoke(app, command)
+            assert result.exit_code in (EXIT_BAD_INPUT, EXIT_ENVIRONMENT) and "Traceback" not in result.output
     else:  # pragma: no cover - CI runs as root
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert done.stdout.splitlines()[0] == str(EXIT_ENVIRONMENT)
@@ -205,3 +223,37 @@ def test_a_run_folder_is_locked_while_training(tmp_path):
                 pass
     with run_lock(tmp_path):  # released
         pass
+
+
+def test_evaluate_refuses_a_folder_of_maps_from_two_models(same_names, run_dir, other_model, tmp_path):
+    import shutil
+
+    rows = list(csv.reader(same_names.open()))
+    for row in rows[1:]:
+        gt = np.zeros((64, 64, 1), dtype=np.float32)
+        gt[24:40, 24:40] = 1
+        nib.save(nib.Nifti1Image(gt, np.eye(4)), str(same_names.parent / row[0].replace("T1", "gt")))
+    with same_names.open("w", newline="") as f:
+        csv.writer(f).writerows([rows[0] + ["gt_map"]] + [r + [r[0].replace("T1", "gt")] for r in rows[1:]])
+    folders = {}
+    for name, model in (("a", run_dir), ("b", other_model)):
+        folders[name] = tmp_path / name
+        result = runner.invoke(app, ["explain", str(model), "--csv", str(same_names), "--out", str(folders[name]),
+                                     "--which", "last", "--n-samples", "2", "--min-probability", "0.5", "--limit", "3"])
+        assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["evaluate", str(folders["a"]), "--csv", str(same_names)]).exit_code == 0
+    copied = next((folders["b"] / "maps").glob("*_fa_mean.nii.gz")).name
+    shutil.copy(folders["b"] / "maps" / copied, folders["a"] / "maps")
+    mixed = runner.invoke(app, ["evaluate", str(folders["a"]), "--csv", str(same_names)])
+    assert mixed.exit_code == EXIT_BAD_INPUT and "come from 2 different models" in mixed.stderr
+
+
+def test_an_accelerator_the_machine_lacks_is_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():  # pragma: no cover - CI has no GPU
+        pytest.skip("this machine has a GPU")
+    tiny = [o for o in TINY if not o.startswith("runtime.accelerator")]
+    result = runner.invoke(app, ["train", "--accelerator", "gpu", "--out", str(tmp_path), "-q", *sets(*tiny)])
+    assert result.exit_code == EXIT_ENVIRONMENT and "runtime.accelerator=gpu" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no run folder

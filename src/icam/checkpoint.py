@@ -64,6 +64,13 @@ def run_folder(path: str | Path) -> Path | None:
     return None
 
 
+def fingerprint(path: str | Path, which: str = "last") -> str:
+    """The SHA-256 of a checkpoint file: which weights made an output (manifests, map headers)."""
+    import hashlib
+
+    return hashlib.sha256(resolve_checkpoint(path, which).read_bytes()).hexdigest()
+
+
 def load_checkpoint(path: str | Path, which: str = "last") -> dict:
     path = resolve_checkpoint(path, which)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import traceback
 import warnings
@@ -31,13 +32,12 @@ EXIT_ENVIRONMENT = 4  # the machine: permissions, a full or read-only disk, no G
 
 
 def _environment_errors() -> tuple[type, ...]:
-    """Errors of the machine rather than of the input: the OS's, and Fabric's for an accelerator
-    this machine does not have."""
-    try:
-        from lightning_fabric.utilities.exceptions import MisconfigurationException
-    except ImportError:  # pragma: no cover - lightning-fabric is a dependency
-        return (OSError,)
-    return (OSError, MisconfigurationException)
+    """Errors of the machine rather than of the input: the OS's, and an accelerator it lacks."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    from .run import MachineError
+
+    return (OSError, MachineError, MisconfigurationException)
 
 
 def _environment_message(e: BaseException) -> str:
@@ -141,6 +141,10 @@ def _train(config, set_, steps, out_dir, name, seed, accelerator, devices, num_n
     if summary["selection"]:
         best = summary["selection"]
         typer.echo(f"best {best['metric']} {best['value']:.3f} at step {best['step']} (checkpoints/best.pt)")
+    data_facts = Path(summary["run_dir"]) / "data.json"
+    identity = json.loads(data_facts.read_text()).get("identity") if data_facts.is_file() else None
+    if identity:
+        typer.echo(f"data: {identity}")
     typer.echo(f"run folder: {summary['run_dir']}")
     if not summary["finished"]:  # a partial model must not flow on into `&& icam explain`
         typer.secho(f"stopped at step {summary['step']} of {summary['steps']}; resume with: icam train --resume "

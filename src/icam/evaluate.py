@@ -241,13 +241,15 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
     predictions are scored."""
     from .data.nifti import load_array
     from .data.table import require_split
+    import nibabel as nib
+
     from .inference import MANIFEST, write_csv
     from .run import explained_run, read_run_table
 
     outputs, csv_path = Path(outputs), Path(csv_path)
     table = read_run_table(run_dir or explained_run(outputs), csv_path)
     rows = table.rows if split is None else require_split(table, split, csv_path)
-    per_subject, missing = [], []
+    per_subject, missing, stamps = [], [], {}
     for r in rows:
         path = outputs / "maps" / f"{r.id}_{map_suffix}.nii.gz"
         if r.gt_map is None:
@@ -256,12 +258,17 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
             missing.append(path.name)
             continue
         fa, gt = load_array(path)[0], load_array(r.gt_map)[0]
+        stamps.setdefault(nib.load(str(path)).header["aux_file"].tobytes().rstrip(b"\0").decode(), []).append(r.id)
         written_mask = outputs / "maps" / f"{r.id}_mask.nii.gz"
         mask = load_array(r.mask)[0] if r.mask is not None else \
             load_array(written_mask)[0] if written_mask.is_file() else None
         if fa.shape != gt.shape:
             raise ValueError(f"{path.name} has shape {fa.shape} but its ground truth {r.gt_map} has {gt.shape}")
         per_subject.append({"id": r.id, "label": r.label, **map_metrics(fa, gt, mask)})
+    if len(stamps) > 1:  # each map carries its checkpoint's hash: a folder mixing models is no result
+        raise ValueError(f"the maps in {outputs / 'maps'} come from {len(stamps)} different models (checkpoint "
+                         + "; ".join(f"{k or 'unstamped'}: {', '.join(v[:3])}" for k, v in stamps.items())
+                         + "); explain again into a new folder")
     has_gt = any(r.gt_map is not None for r in rows)
     if has_gt and not per_subject:
         raise ValueError(f"no maps to score in {outputs / 'maps'} (suffix '_{map_suffix}') for rows with a gt_map "

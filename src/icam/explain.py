@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, run_folder
+from .checkpoint import CheckpointError, fingerprint, load_checkpoint, run_folder
 from .config import Config, build_config
 from .data.table import class_names
 from .model import ICAM, Prediction, fa_map
@@ -84,6 +84,7 @@ class Explainer:
         self.config = config
         self.checkpoint_info = {k: checkpoint[k] for k in ("step", "best", "regressing") if checkpoint and k in checkpoint}
         self.run_dir: Path | None = None  # the run folder it was loaded from (its splits.csv, data.json)
+        self.fingerprint = ""  # its checkpoint's SHA-256, stamped on the maps it writes
         self.class_names = class_names(config.data if config is not None else None, model.num_classes)
 
     @classmethod
@@ -100,6 +101,7 @@ class Explainer:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         explainer = cls(model, build_config(state["config"], f"{path} (its saved config)"), device, state)
         explainer.run_dir = run_folder(path)
+        explainer.fingerprint = fingerprint(path, which)
         return explainer
 
     @property

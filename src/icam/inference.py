@@ -29,6 +29,14 @@ from .explain import Explainer
 from .model import next_class
 
 
+MANIFEST = "icam-outputs.json"
+MAP_STAMP = 16  # hex digits of the checkpoint's SHA-256 in each map's aux_file
+# what `icam explain` writes into its folder: cleared before it writes again
+OUTPUT_ENTRIES = ("maps", "figures", "predictions.csv", "outliers.csv", "summary.json", "evaluation.json",
+                  "per_subject_maps.csv")
+
+
+
 def preprocessing_for(model, csv_path: Path) -> CsvData:
     """The data settings that turn files into what this model was trained on."""
     data = model.config.data if model.config is not None else None
@@ -81,7 +89,9 @@ def load_inputs(model, csv_path: Path, split: str | None = None) -> NiftiCohort:
     if data.intensity == "cohort" and range_ is None:
         raise ValueError("this run scales intensities with a cohort-wide range, which is in its run folder's "
                          "data.json (intensity_range): load the model from its run folder")
-    return NiftiCohort(rows, entries, data, intensity_range=range_)
+    dataset = NiftiCohort(rows, entries, data, intensity_range=range_)
+    dataset.model_fingerprint = getattr(model, "fingerprint", "")  # maps written from it carry it (aux_file)
+    return dataset
 
 
 class Scan:
@@ -143,6 +153,8 @@ def write_map(array: np.ndarray, dataset: NiftiCohort, i: int, path: Path, descr
         low, high = -max(abs(low), abs(high)), max(abs(low), abs(high))
     image.header["cal_min"], image.header["cal_max"] = low, high
     image.header["descrip"] = description.encode("ascii", "replace")[:80]
+    # the producing checkpoint's SHA-256 prefix: evaluate refuses a folder of maps from several models
+    image.header["aux_file"] = getattr(dataset, "model_fingerprint", "")[:MAP_STAMP].encode()
     image.set_data_dtype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp.nii.gz")
@@ -168,12 +180,6 @@ def _run_facts(model) -> dict:
     read the run's column names, classes and splits from there)."""
     run_dir = getattr(model, "run_dir", None)
     return {**model.checkpoint_info, "run_dir": str(Path(run_dir).resolve()) if run_dir else None}
-
-
-MANIFEST = "icam-outputs.json"
-# what `icam explain` writes into its folder: cleared before it writes again
-OUTPUT_ENTRIES = ("maps", "figures", "predictions.csv", "outliers.csv", "summary.json", "evaluation.json",
-                  "per_subject_maps.csv")
 
 
 def claim_outputs(out: Path, producer: dict, overwrite: bool = False) -> None:
@@ -206,14 +212,10 @@ def claim_outputs(out: Path, producer: dict, overwrite: bool = False) -> None:
 
 def producer_of(run_path: Path, which: str, model) -> dict:
     """Who makes a folder's outputs: the run, its checkpoint file and hash, the method."""
-    import hashlib
-
     from .checkpoint import resolve_checkpoint
 
-    checkpoint = resolve_checkpoint(run_path, which)
-    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     return {"run": str(Path(getattr(model, "run_dir", None) or run_path).resolve()),
-            "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": digest,
+            "checkpoint": str(resolve_checkpoint(run_path, which).resolve()), "checkpoint_sha256": model.fingerprint,
             "method": getattr(model, "name", "icam")}  # a baseline's name says its post-hoc method
 
 

@@ -28,6 +28,10 @@ from .config import Config, to_yaml
 PACKAGES = ("icam", "torch", "numpy", "lightning-fabric", "pydantic", "monai", "nibabel", "nilearn", "captum")
 
 
+class MachineError(RuntimeError):
+    """The machine cannot do what was asked (an accelerator it lacks): not the input's fault."""
+
+
 def create_run_dir(out_dir: str | Path, name: str | None = None) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

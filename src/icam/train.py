@@ -40,7 +40,7 @@ from .nets import ContentDiscriminator, DomainDiscriminator
 from .nets.blocks import init_weights, set_activation_checkpointing
 from .report.grids import translation_grid
 from .progress import StepProgress
-from .run import (MetricsLog, check_writable, create_run_dir, finished_summary, record_resume, run_lock,
+from .run import (MachineError, MetricsLog, check_writable, create_run_dir, finished_summary, record_resume, run_lock,
                   write_data_files, write_run_files)
 
 
@@ -467,7 +467,11 @@ def build_fabric(config: Config) -> Fabric:
                       "to a slow path here (measured 17x slower than 32-true); use --precision 32-true",
                       stacklevel=2)
     torch.backends.cudnn.benchmark = rt.cudnn_benchmark
-    return Fabric(accelerator=rt.accelerator, devices=rt.devices, num_nodes=rt.num_nodes, precision=rt.precision)
+    try:
+        return Fabric(accelerator=rt.accelerator, devices=rt.devices, num_nodes=rt.num_nodes, precision=rt.precision)
+    except (RuntimeError, ValueError) as e:  # e.g. "No supported gpu backend found!" on a CPU machine
+        raise MachineError(f"runtime.accelerator={rt.accelerator}, devices={rt.devices}: {e} (this machine: "
+                           f"{torch.cuda.device_count()} CUDA devices; --accelerator auto uses what there is)") from e
 
 
 def start_run(config: Config, fabric: Fabric, resume: str | Path | None = None,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint, run_folder
+from ..checkpoint import CheckpointError, fingerprint, load_checkpoint, run_folder
 from ..config import build_config
 from ..data.table import class_names
 from ..model import Prediction
@@ -39,6 +39,7 @@ class BaselineModel:
         self.image_shape = tuple(self.hparams["image_shape"])
         self.num_classes = self.hparams["num_classes"]
         self.run_dir: Path | None = None  # the run folder it was loaded from (its splits.csv)
+        self.fingerprint = ""  # its checkpoint's SHA-256, stamped on the maps it writes
         self.class_names = class_names(self.config.data, self.num_classes)
         if posthoc is not None and (self.method != "resnet" or posthoc not in POSTHOC):
             raise ValueError(f"--posthoc {posthoc}: post-hoc methods ({', '.join(POSTHOC)}) explain a ResNet run; "
@@ -52,6 +53,7 @@ class BaselineModel:
             raise CheckpointError(f"{path} is an ICAM checkpoint; load it with icam.load")
         model = cls(state, device or ("cuda" if torch.cuda.is_available() else "cpu"), posthoc)
         model.run_dir = run_folder(path)
+        model.fingerprint = fingerprint(path, which)
         return model
 
     @property
