@@ -66,8 +66,8 @@ def same_names(tmp_path):
 def test_same_file_names_in_subject_folders_are_subjects_and_distinct_outputs(same_names, run_dir, tmp_path):
     check = runner.invoke(app, ["data", "check", str(same_names)])
     assert check.exit_code == 0, check.output
-    assert "12 subjects" in check.stdout and "its subject is its folder (file names repeat)" in check.stdout
-    assert "'val': 0" not in check.stdout  # the subjects spread over the splits
+    assert "12 subjects" in check.stdout and "its subject is the first folder that tells scans apart" in check.stdout
+    assert "'val': 0" not in check.stdout and "warning" not in check.output  # the subjects spread over the splits
     out = tmp_path / "explained"
     result = runner.invoke(app, ["explain", str(run_dir), "--csv", str(same_names), "--out", str(out),
                                  "--n-samples", "2", "--min-probability", "0.5", "--which", "last"])
@@ -75,6 +75,28 @@ def test_same_file_names_in_subject_folders_are_subjects_and_distinct_outputs(sa
     ids = [r["id"] for r in csv.DictReader((out / "predictions.csv").open())]
     assert len(set(ids)) == 12 and "sub-03_T1" in ids
     assert len(list((out / "maps").glob("*_fa_mean.nii.gz"))) == 12
+
+
+def test_bids_layout_subjects_are_the_subject_folders_and_an_empty_split_is_said(tmp_path):
+    rows = []
+    for i in range(8):
+        square_scan(tmp_path / "rawdata" / f"sub-{i:02d}" / "anat" / "T1w.nii.gz", i)
+        rows.append([f"rawdata/sub-{i:02d}/anat/T1w.nii.gz", i % 2, f"{60 + i}"])
+    with (tmp_path / "participants.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["image", "label", "age"], *rows])
+    check = runner.invoke(app, ["data", "check", str(tmp_path / "participants.csv")])
+    assert check.exit_code == 0 and "8 subjects" in check.stdout  # not one subject called "anat"
+    from icam.config import load_config
+    from icam.data.table import read_table
+
+    table = read_table(tmp_path / "participants.csv", load_config(None, ["data.kind=csv", "data.csv=x",
+                                                                         "data.shape=[64,64]"]).data)
+    assert [r.subject for r in table.rows][:2] == ["sub-00", "sub-01"]
+    assert table.rows[0].id == "sub-00_anat_T1w"
+    with (tmp_path / "one.csv").open("w", newline="") as f:  # one subject's scans: no val or test possible
+        csv.writer(f).writerows([["image", "label", "subject"], *[[r[0], r[1], "s"] for r in rows]])
+    check = runner.invoke(app, ["data", "check", str(tmp_path / "one.csv")])
+    assert "warning: the val split is empty (1 subject;" in check.stderr
 
 
 def test_a_scan_listed_twice_is_one_line_per_row(same_names):

@@ -540,6 +540,8 @@ def data_check_command(
         typer.echo(f"{summary['usable_rows']} usable rows of {summary['rows']}, {summary['subjects']} subjects; "
                    f"images per class: {counts}; splits {summary['splits']} ({summary['split_source']})")
         typer.echo(summary["identity"])
+        for warning in summary["warnings"]:
+            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
         if summary["excluded"]:
             typer.echo(f"{len(summary['excluded'])} rows left out by data.classes, e.g. {summary['excluded'][0]}")
         if summary["target"]:

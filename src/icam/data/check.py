@@ -27,12 +27,13 @@ def check_cohort(csv_path: str | Path, data_config, seed: int = 0, workers: int 
     problems += class_problems(good, splits, data_config) if good else [Problem(None, "no usable rows")]
     targets = np.array([r.target for r in good if not math.isnan(r.target)])
     labels = np.array([r.label for r in good], dtype=int)
+    subjects = len({r.subject for r in good})
     summary = {
         "rows": len(rows) + len(table.excluded) + len({p.row for p in problems if p.row is not None}
                                                       - {r.number for r in rows}),
         "usable_rows": len(good),
         "rows_with_problems": len(bad - {None}),
-        "subjects": len({r.subject for r in good}),
+        "subjects": subjects,
         "class_counts": np.bincount(labels, minlength=num_classes).tolist() if len(labels) else [],
         "classes": class_names(data_config, num_classes),
         "excluded": [str(p) for p in table.excluded],
@@ -43,6 +44,9 @@ def check_cohort(csv_path: str | Path, data_config, seed: int = 0, workers: int 
         "splits": {s: sum(k == s for k in splits) for s in SPLITS},
         "split_source": "table" if all(r.split for r in good) else "assigned by subject (seeded)"
                         if not any(r.split for r in good) else "table, the rest assigned by subject",
+        "warnings": [f"the {s} split is empty ({subjects} subject{'s' * (subjects != 1)}; a subject's scans stay "
+                     "in one split): no validation or test scores" for s in ("val", "test")
+                     if good and not any(k == s for k in splits)],
         "image_shapes": sorted({tuple(shapes[r.number]["image"]) for r in good}, key=str)[:10],
     }
     return summary, problems

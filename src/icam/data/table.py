@@ -209,7 +209,7 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
                                       f"config, e.g. data.classes: [{', '.join(list(not_numbers)[:2])}] (the position "
                                       f"is the class; rows with a label not listed are left out and listed in "
                                       f"excluded.csv)", str(path)))
-    identity, duplicates = assign_identity(rows, root)
+    identity, duplicates = assign_identity(rows)
     problems.extend(duplicates)
     problems.extend(_split_problems(rows))
     split_source = "table" if any(r.split for r in rows) else "none"
@@ -227,13 +227,15 @@ def _stem(path: Path) -> str:
     return name
 
 
-def assign_identity(rows: list[Row], root: Path) -> tuple[str, list[Problem]]:
+def assign_identity(rows: list[Row]) -> tuple[str, list[Problem]]:
     """Give every row a unique id (what its outputs are called) and a subject when the table has
     none; returns the rule used and one problem per row that repeats an earlier row's image.
 
     Ids are file names without .nii.gz while they are unique; when names repeat (sub-01/T1.nii.gz,
-    sub-02/T1.nii.gz) they are the path below the table with / as _ (sub-01_T1). A row without a
-    subject is its own subject, named by its file, or by its folder when file names repeat."""
+    sub-02/T1.nii.gz; BIDS' sub-01/anat/T1w.nii.gz) they are the path below the folders every
+    scan shares, with / as _ (sub-01_T1, sub-01_anat_T1w). A row without a subject is its own
+    subject, named by its file, or by the first folder that tells the scans apart when file
+    names repeat (sub-01)."""
     first_of: dict[Path, Row] = {}
     problems = []
     for r in rows:
@@ -245,19 +247,19 @@ def assign_identity(rows: list[Row], root: Path) -> tuple[str, list[Problem]]:
                                               "be used once", str(r.image)))
     repeated = len({_stem(r.image) for r in rows}) < len(rows)
     given = sum(bool(r.subject) for r in rows)
-    for r in rows:
-        if repeated:
-            relative = r.image.resolve().relative_to(root.resolve()) if r.image.resolve().is_relative_to(
-                root.resolve()) else Path(*r.image.resolve().parts[-2:])
-            r.id = "_".join([*relative.parent.parts, _stem(relative)])
-        else:
-            r.id = _stem(r.image)
+    folders = [r.image.resolve().parent.parts for r in rows]
+    shared = 0  # how many leading folders every scan has in common
+    while folders and all(len(f) > shared and f[shared] == folders[0][shared] for f in folders):
+        shared += 1
+    for r, parts in zip(rows, folders):
+        below = parts[shared:]
+        r.id = "_".join([*below, _stem(r.image)]) if repeated else _stem(r.image)
         if not r.subject:
-            r.subject = r.image.parent.name if repeated else _stem(r.image)
-    fallback = "its folder (file names repeat)" if repeated else "its file name"
+            r.subject = below[0] if repeated and below else _stem(r.image)
+    fallback = "the first folder that tells scans apart (file names repeat)" if repeated else "its file name"
     subjects = ("the subject column" if given == len(rows) else f"for rows without a subject, {fallback}" if given
                 else fallback)
-    ids = "the path below the table (file names repeat)" if repeated else "the file name"
+    ids = "its path below the folders all scans share (file names repeat)" if repeated else "its file name"
     return f"each scan is named by {ids}; its subject is {subjects}", problems
 
 
