@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -53,6 +54,13 @@ def test_report_renders_in_chromium_without_errors(report, tmp_path):
         assert f'alt="{alt}"' in dom.stdout, alt
     console_errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line and "error" in line.lower()]
     assert not console_errors, console_errors
+    assert re.search(r"class=\"health (red|amber|green)\"", dom.stdout)  # the banner, whatever it says
+    scores = dom.stdout.split("Scores against ground truth</h2>")[1].split("</table>")[0]
+    cells = [re.findall(r"<td>(.*?)</td>", row)[1:] for row in re.findall(r"<tr>(.*?)</tr>", scores)]
+    cells = [c for row in cells for c in row]
+    assert cells and all(re.fullmatch(r"-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\], n \d+|undefined \(n \d+\)"
+                                      r"|-?\d\.\d{3}, n 1 \(too few for an interval\)", c)
+                         for c in cells), cells  # every score with its interval and n
     shot = tmp_path / "report.png"
     screenshot = subprocess.run(flags + [f"--screenshot={shot}", report.as_uri()], capture_output=True, text=True,
                                 timeout=120)
@@ -66,3 +74,58 @@ def test_report_renders_in_chromium_without_errors(report, tmp_path):
 def test_report_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "holds no icam run" in result.stderr
+
+
+def test_intervals_are_honest_at_small_n():
+    from icam.intervals import bootstrap_interval, describe, paired_difference, wilson_interval
+
+    low, high = wilson_interval(6, 12)
+    assert round(low, 3) == 0.254 and round(high, 3) == 0.746  # not 0.5 ± 0.52 (an sd of a 0/1 outcome)
+    assert wilson_interval(12, 12)[1] == 1.0 and wilson_interval(0, 0) is None
+    values = np.random.default_rng(0).normal(0.4, 0.1, 30)
+    low, high = bootstrap_interval(values)
+    assert low < values.mean() < high and high - low < 0.1
+    assert bootstrap_interval(values) == bootstrap_interval(values)  # seeded: a report is reproducible
+    d = paired_difference(values + 0.2, values)
+    assert d["n"] == 30 and d["ci"][0] == pytest.approx(0.2) and describe(d["mean"], d["ci"], 30).endswith("n 30")
+
+
+def _squares_table(folder, n: int):
+    import csv
+
+    import nibabel as nib
+
+    rows = []
+    for i in range(n):
+        rng = np.random.default_rng(100 + i)
+        image = rng.normal(0, 50, (64, 64, 1))
+        image[24:40, 24:40] += 300 * (i % 2)
+        nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)), str(folder / f"s{i:02d}.nii.gz"))
+        rows.append([f"s{i:02d}.nii.gz", i % 2])
+    with (folder / "t.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["image", "label"], *rows])
+    return folder / "t.csv"
+
+
+def test_health_banner_flags_a_failed_model_and_passes_a_healthy_one(run_dir, tmp_path):
+    from .conftest import TINY
+
+    table = _squares_table(tmp_path, 32)
+    failed = runner.invoke(app, ["train", "-q", "--out", str(tmp_path / "runs"), "--name", "failed",
+                                 *[x for o in TINY + ["train.steps=1"] for x in ("--set", o)]])
+    assert failed.exit_code == 0, failed.output
+    pages = {}
+    for name, run in (("healthy", run_dir), ("failed", tmp_path / "runs" / "failed")):
+        out = tmp_path / f"explained-{name}"
+        for args in (["explain", str(run), "--csv", str(table), "--out", str(out), "--n-samples", "2",
+                      "--min-probability", "0.5", "--which", "last"],
+                     ["report", str(run), "--explained", str(out), "-o", str(tmp_path / f"{name}.html")]):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 0, result.output
+        pages[name] = (tmp_path / f"{name}.html").read_text()
+    assert "class='health green'>No warning signs: accuracy" in pages["healthy"]
+    assert "health red" not in pages["healthy"] and "health amber" not in pages["healthy"]
+    assert "class='health red'" in pages["failed"] and "No warning signs" not in pages["failed"]
+    assert re.search(r"no better than always predicting the commonest class|predicted as the same class",
+                     pages["failed"])
+    assert ">Data<" in pages["failed"] and "No t-SNE" not in pages["healthy"]

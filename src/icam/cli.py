@@ -378,8 +378,10 @@ def evaluate_command(
 
         result = evaluate_outputs(outputs, csv_path, split, suffix, run_dir)
 
-        def fmt(m):
-            return "undefined" if m["mean"] is None else f"{m['mean']:.3f} ± {m['sd']:.3f} (n {m['n']})"
+        from .intervals import describe
+
+        def fmt(m):  # the mean [95% interval], n
+            return describe(m["mean"], m.get("ci"), m["n"])
         maps = result["maps"]
         if maps is None:
             typer.echo("maps: not scored (the table has no ground-truth maps, gt_map column)")
@@ -392,8 +394,8 @@ def evaluate_command(
                 typer.echo(f"{maps['missing']} rows have no map in {outputs / 'maps'}")
         for key in ("classification", "regression"):
             if key in result:
-                typer.echo(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in result[key].items() if k != "n")
-                           + f" (n {result[key]['n']})")
+                typer.echo(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in result[key].items()
+                                                  if isinstance(v, float)) + f" (n {result[key]['n']})")
         written = [outputs / "evaluation.json"] + ([outputs / "per_subject_maps.csv"] if maps else [])
         typer.echo(f"written: {', '.join(map(str, written))}")
     friendly_errors(run)(debug=debug)

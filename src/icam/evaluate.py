@@ -73,12 +73,17 @@ def map_metrics(fa: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None,
 
 
 def summarise_maps(per_subject: list[dict]) -> dict:
-    """Mean ± sd of each map metric over the subjects where it is defined, with the counts."""
+    """Mean, sd and a 95% interval of each map metric over the subjects where it is defined, with
+    the counts: a bootstrap interval over subjects; Wilson's for the pointing game (a proportion)."""
+    from .intervals import bootstrap_interval, wilson_interval
+
     out = {}
     for name in ("ncc", "auroc", "ap", "dice_topk", "pointing"):
         values = np.array([m[name] for m in per_subject if m.get(name) is not None], dtype=float)
+        ci = wilson_interval(int(values.sum()), len(values)) if name == "pointing" else bootstrap_interval(values)
         out[name] = ({"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                      "n": int(len(values))} if len(values) else {"mean": None, "sd": None, "n": 0})
+                      "ci": ci, "n": int(len(values))} if len(values) else {"mean": None, "sd": None, "ci": None,
+                                                                            "n": 0})
     out["undefined"] = sum(1 for m in per_subject if m.get("ncc") is None)
     return out
 
@@ -91,8 +96,13 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
     predicted = probabilities.argmax(1)
     k = probabilities.shape[1]
     confusion = torch.from_numpy(np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)).double()
+    from .intervals import wilson_interval
+
     result = {"accuracy": float((predicted == labels).mean()), "balanced_accuracy": balanced_accuracy(confusion),
-              "f1": float(f1_score(labels, predicted, average="macro", labels=list(range(k)))), "n": int(len(labels))}
+              "f1": float(f1_score(labels, predicted, average="macro", labels=list(range(k)))), "n": int(len(labels)),
+              "accuracy_ci": wilson_interval(int((predicted == labels).sum()), len(labels)),
+              "chance": float(np.bincount(labels, minlength=k).max() / len(labels)),  # always the commonest class
+              "predicted_classes": int(len(np.unique(predicted)))}
     if len(np.unique(labels)) == k:
         result["roc_auc"] = float(roc_auc_score(labels, probabilities[:, 1]) if k == 2 else
                                   roc_auc_score(labels, probabilities, multi_class="ovr"))
@@ -105,8 +115,14 @@ def regression_metrics(true: np.ndarray, predicted: np.ndarray) -> dict[str, flo
 
     true, predicted = np.asarray(true, dtype=float), np.asarray(predicted, dtype=float)
     error = predicted - true
+    from .intervals import bootstrap_interval
+
     result = {"mae": float(np.abs(error).mean()), "mae_sd": float(np.abs(error).std(ddof=1)) if len(error) > 1 else 0.0,
-              "rmse": float(np.sqrt((error ** 2).mean())), "n": int(len(true))}
+              "mae_ci": bootstrap_interval(np.abs(error)), "rmse": float(np.sqrt((error ** 2).mean())),
+              "n": int(len(true)),
+              # predicting these scans' mean target for every scan: a model must beat it
+              "mae_of_the_mean": float(np.abs(true - true.mean()).mean()),
+              "predicted_sd": float(predicted.std()), "true_sd": float(true.std())}
     if len(true) > 2 and np.ptp(true) > 0 and np.ptp(predicted) > 0:
         result["pearson"] = float(stats.pearsonr(true, predicted)[0])
         result["spearman"] = float(stats.spearmanr(true, predicted)[0])

@@ -29,6 +29,7 @@ from .explain import Explainer
 from .model import next_class
 
 
+TSNE_MINIMUM = 30  # explained scans a t-SNE of attribute means needs
 MANIFEST = "icam-outputs.json"
 MAP_STAMP = 16  # hex digits of the checkpoint's SHA-256 in each map's aux_file
 # what `icam explain` writes into its folder: cleared before it writes again
@@ -318,7 +319,8 @@ def explain_pair(explainer: Explainer, a: Path, b: Path, out: Path) -> list[Path
         written.append(write_map(fa_np, dataset, i, out / f"{stem}_fa.nii.gz", f"icam FA map, attribute of {other}"))
         item = (first, second)[i]
         written.append(explanation_figure(out / f"{stem}_fa.png", item["image"][0].numpy(), fa_np, None,
-                                          _brain_mask(item), f"{ids[i]} with the attribute of {other}"))
+                                          _brain_mask(item), f"{ids[i]} with the attribute of {other}",
+                                          map_title="FA of this one translation"))
     return written
 
 
@@ -432,7 +434,7 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
         else "the most probable other class", "seconds_per_scan": round(seconds / max(1, count), 3),
         "mean_acceptance_rate": round(float(np.mean(acceptance)), 4) if acceptance else None,
         "scans_with_fallback": fallbacks, **_cohort_analyses(records, explained, explainer.regressing, names)}
-    if count >= 5:
+    if count >= TSNE_MINIMUM:  # fewer points make a t-SNE picture of noise (perplexity ~ n / 3)
         labels = np.array([r["label"] if r["label"] in names else r["predicted_class"] for r in explained])
         targets = np.array([r["target"] if r["target"] != "" else np.nan for r in explained], dtype=float)
         tsne_figure(out / "figures" / "tsne.png", np.stack(attributes), labels, targets, seed)

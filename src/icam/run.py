@@ -102,8 +102,13 @@ def write_data_files(run_dir: Path, cohorts) -> None:
 
     write_csv("splits.csv", cohorts.assignments)
     write_csv("excluded.csv", [{"row": p.row, "file": p.file or "", "reason": p.message} for p in cohorts.excluded])
-    counts = {split: {"images": len(d), "class_counts": [int(c) for c in d.labels.bincount()]}
-              for split, d in cohorts.splits.items()}
+    def facts(dataset) -> dict:
+        known = dataset.targets[~dataset.targets.isnan()]
+        target = {"known": int(len(known)), "min": float(known.min()), "mean": float(known.mean()),
+                  "max": float(known.max())} if len(known) else None
+        return {"images": len(dataset), "class_counts": [int(c) for c in dataset.labels.bincount()], "target": target}
+
+    counts = {split: facts(d) for split, d in cohorts.splits.items()}
     (run_dir / "data.json").write_text(json.dumps({"splits": counts, **cohorts.info}, indent=2))
 
 

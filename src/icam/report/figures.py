@@ -63,13 +63,14 @@ def overlay(ax, image: np.ndarray, fa: np.ndarray | None, mask: np.ndarray | Non
 
 
 def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray, fa_var: np.ndarray | None,
-                       mask: np.ndarray | None, title: str, gt_map: np.ndarray | None = None) -> Path:
+                       mask: np.ndarray | None, title: str, gt_map: np.ndarray | None = None,
+                       map_title: str = "mean FA over input") -> Path:
     """One scan: the input, the mean FA map over it, the FA variance (and the ground truth if
     known), each map with its own colour bar. 3D volumes: three orthogonal views (rows) through
     the largest mean effect."""
     plt = _pyplot()
     centre = peak(fa_mean, mask) if image.ndim == 3 else ()
-    panels = [("input", None, None), ("mean FA over input", fa_mean, "fa")]
+    panels = [("input", None, None), (map_title, fa_mean, "fa")]
     if fa_var is not None:
         panels.append(("FA variance", fa_var, "var"))
     if gt_map is not None:

@@ -21,7 +21,10 @@ import yaml
 
 from ..evaluate import NCC_MINUS, NCC_PLUS
 from ..run import read_metrics
+from ..inference import TSNE_MINIMUM
+from ..intervals import bootstrap_interval, describe, paired_difference, wilson_interval
 from .figures import _pyplot, gallery_figure
+from .health import GREEN, health_findings, healthy_line
 
 STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1180px;
@@ -30,11 +33,15 @@ h1 { margin-top: 28px; } h2 { border-bottom: 1px solid #d7dde6; padding-bottom: 
 figure { margin: 14px 0; } figure img { max-width: 100%; height: auto; border: 1px solid #e4e8ee; }
 figcaption { font-size: 0.9em; color: #4a5566; max-width: 980px; }
 table { border-collapse: collapse; margin: 10px 0; font-size: 0.92em; }
-th, td { border: 1px solid #d7dde6; padding: 4px 9px; text-align: right; } th { background: #f2f5f9; }
+th, td { border: 1px solid #d7dde6; padding: 4px 9px; text-align: right; white-space: nowrap; }
+th { background: #f2f5f9; }
 td:first-child, th:first-child { text-align: left; }
 .headline { background: #f4f8fc; border-left: 4px solid #3b6fb6; padding: 10px 16px; }
 details pre { background: #f6f8fa; padding: 10px; overflow-x: auto; font-size: 0.85em; }
 .note { color: #6b7585; font-size: 0.88em; }
+.health { padding: 8px 16px; margin: 6px 0; border-left: 4px solid; }
+.health.red { background: #fdecea; border-color: #b42318; } .health.amber { background: #fff4e0; border-color: #b26b00; }
+.health.green { background: #ecf7ee; border-color: #2f7d3a; }
 table.facts td { text-align: left; }
 """
 
@@ -74,6 +81,7 @@ def _markdown_table(text: str) -> str:
 class Report:
     def __init__(self, title: str):
         self.title, self.sections, self.headline = title, [], []
+        self.health: list[tuple[str, str]] = []  # (red | amber | green, sentence), shown first
 
     def add(self, heading: str, body: str) -> None:
         self.sections.append((heading, body))
@@ -82,11 +90,12 @@ class Report:
         toc = "".join(f'<li><a href="#s{i}">{html.escape(h)}</a></li>' for i, (h, _) in enumerate(self.sections))
         body = "".join(f'<h2 id="s{i}">{html.escape(h)}</h2>{b}' for i, (h, b) in enumerate(self.sections))
         headline = "".join(f"<li>{html.escape(item)}</li>" for item in self.headline)
+        health = "".join(f"<div class='health {level}'>{html.escape(text)}</div>" for level, text in self.health)
         made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                 f"<style>{STYLE}</style></head><body><h1>{html.escape(self.title)}</h1>"
                 f"<p class='note'>Made by icam on {made}. Every figure is embedded: this file opens offline.</p>"
-                + (f"<div class='headline'><b>Headline numbers</b><ul>{headline}</ul></div>" if headline else "")
+                + health + (f"<div class='headline'><b>Headline numbers</b><ul>{headline}</ul></div>" if headline else "")
                 + f"<nav><ul>{toc}</ul></nav>{body}</body></html>")
 
 
@@ -96,13 +105,67 @@ def run_section(report: Report, run_dir: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     packages = provenance.get("packages", {})
     git = provenance.get("git", {})
+    stages = [(run, json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {})
+              for run in training_chain(run_dir)]
+    steps = " + ".join(f"{done.get('step', '?')} ({run.name})" for run, done in stages) if len(stages) > 1 \
+        else summary.get("step", "")
     facts = [["run folder", str(run_dir)], ["seed", provenance.get("seed", "")],
-             ["steps", summary.get("step", "")], ["training time", f"{summary.get('wall_seconds', 0) / 60:.1f} min"],
+             ["steps", steps], ["training time", f"{summary.get('wall_seconds', 0) / 60:.1f} min"],
              ["git commit", (git.get("commit") or "not a git checkout") + (" (modified)" if git.get("dirty") else "")],
              ["packages", ", ".join(f"{k} {v}" for k, v in packages.items())],
              ["started", provenance.get("started", "")]]
     report.add(f"Run: {run_dir.name}", _table(None, facts) +
                f"<details><summary>Full resolved config (YAML)</summary><pre>{html.escape(config)}</pre></details>")
+
+
+def health_section(report: Report, explained: Path) -> None:
+    """The banner: what would make a reader distrust the results, else one line that all is well."""
+    from ..evaluate import prediction_metrics
+
+    predictions = prediction_metrics(explained / "predictions.csv")
+    summary = json.loads((explained / "summary.json").read_text()) if (explained / "summary.json").is_file() else {}
+    evaluation = explained / "evaluation.json"
+    maps = json.loads(evaluation.read_text()).get("maps") if evaluation.is_file() else None
+    report.health = health_findings(predictions, summary, maps) or (
+        [(GREEN, healthy_line(predictions))] if predictions else [])
+
+
+def data_section(report: Report, run_dir: Path) -> None:
+    """The cohort the run was trained on: the table, rows per split and class, the target range,
+    rows left out (with reasons), how scans were named and preprocessed."""
+    path = run_dir / "data.json"
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()).get("data", {}) if (
+        run_dir / "config.yaml").is_file() else {}
+    names = data.get("classes")
+    rows = []
+    for split, facts in data.get("splits", {}).items():
+        counts = facts.get("class_counts", [])
+        labels = names or [str(k) for k in range(len(counts))]
+        target = facts.get("target")
+        rows.append([split, facts.get("images", ""), ", ".join(f"{c} {n}" for c, n in zip(labels, counts)),
+                     f"{target['min']:.1f}–{target['max']:.1f} (mean {target['mean']:.1f})" if target else "–"])
+    body = _table(["split", "images", "per class", "target range"], rows)
+    preprocessing = data.get("preprocessing", {})
+    facts = [["cohort table", data.get("csv", "")], ["scans and subjects", data.get("identity", "")],
+             ["model input", f"{config.get('shape')} voxels, {config.get('fit')}, "
+                             + (f"resampled to {config['spacing']} mm" if config.get("spacing") else "native voxel size")
+                             + f", orientation {config.get('orientation')}" if config else ""],
+             ["source shapes", ", ".join(preprocessing.get("source_shapes", []))],
+             ["brain masks", ", ".join(f"{k} {v}" for k, v in preprocessing.get("brain_masks", {}).items() if v)]]
+    cropped = preprocessing.get("brain_cropped", [])
+    if cropped:
+        worst = max(c["brain_cropped"] for c in cropped)
+        facts.append(["brain cut by the fit", f"{len(cropped)} images, at most {worst:.1%} of a brain"])
+    body += _table(None, [f for f in facts if f[1]])
+    excluded_file = run_dir / "excluded.csv"
+    excluded = list(csv.DictReader(excluded_file.open())) if excluded_file.is_file() else []
+    if excluded:
+        body += f"<p class='note'>{len(excluded)} rows left out of the table (the first 20):</p>"
+        body += _table(["row", "file", "reason"], [[e["row"], e["file"], e["reason"]] for e in excluded[:20]])
+    report.add("Data", body)
 
 
 def training_chain(run_dir: Path) -> list[Path]:
@@ -196,19 +259,22 @@ def predictions_section(report: Report, explained: Path) -> dict:
         ax.set(xticks=range(k), yticks=range(k), xticklabels=names, yticklabels=names, xlabel="predicted class",
                ylabel="true class")
         facts["accuracy"] = float((labels == predicted).mean())
-        ax.set_title(f"confusion matrix (accuracy {facts['accuracy']:.3f}, n {len(labels)})")
+        facts["accuracy_text"] = describe(facts["accuracy"], wilson_interval(int((labels == predicted).sum()),
+                                                                             len(labels)), len(labels))
+        ax.set_title(f"confusion matrix: accuracy {facts['accuracy_text']}", fontsize=10)
         i += 1
     if regressed:
         true = np.array([float(r["target"]) for r in regressed])
         predicted = np.array([float(r["predicted_target"]) for r in regressed])
         facts["mae"] = float(np.abs(predicted - true).mean())
+        facts["mae_text"] = describe(facts["mae"], bootstrap_interval(np.abs(predicted - true)), len(true), 2)
         facts["r"] = float(np.corrcoef(true, predicted)[0, 1]) if len(true) > 2 else float("nan")
         ax = axes[0, i]
         ax.scatter(true, predicted, s=16, alpha=0.8)
         low, high = min(true.min(), predicted.min()), max(true.max(), predicted.max())
         ax.plot([low, high], [low, high], color="grey", linestyle="--", label="predicted = true")
         ax.set(xlabel="true target (e.g. age, years)", ylabel="predicted target (same units)",
-               title=f"MAE {facts['mae']:.2f}, Pearson r {facts['r']:.2f} (n {len(true)})")
+               title=f"MAE {facts['mae_text']}; Pearson r {facts['r']:.2f}")
         ax.legend(fontsize=8)
     parts = (["how often each true class (rows) was predicted as each class (columns)"] if labelled else []) + \
         (["the regressed target against the true one; points on the dashed line are exact"] if regressed else [])
@@ -265,18 +331,20 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
             continue
 
         def fmt(m):
-            return "–" if m["mean"] is None else f"{m['mean']:.3f} ± {m['sd']:.3f}"
+            return describe(m["mean"], tuple(m["ci"]) if m.get("ci") else None, m["n"])
         minus, plus = maps[NCC_MINUS]["ncc"], maps[NCC_PLUS]["ncc"]
         facts[name] = (minus["mean"], plus["mean"])
         rows.append([name, fmt(minus), fmt(plus)] + [fmt(maps["all"][m]) for m in ("auroc", "ap", "dice_topk",
                                                                                       "pointing")])
     body = ""
     if rows:
-        body += _table(["method", "NCC(−)", "NCC(+)", "AUROC", "AP", "Dice top-k", "pointing"], rows)
-        body += ("<p class='note'>Each test subject's map against its own ground-truth change inside its brain mask "
-                 "(mean ± sd): NCC(−) for old → young translations, NCC(+) for young → old; AUROC and average "
-                 "precision of |map| for the changed voxels; Dice of the top-k voxels; the pointing game (is the "
-                 "largest |map| in a changed voxel). Higher is better everywhere.</p>")
+        body += _table(["method", "NCC(−)", "NCC(+)", "AUROC", "AP", "Dice top-k", "pointing (share)"], rows)
+        body += ("<p class='note'>Each test subject's map against its own ground-truth change inside its brain mask: "
+                 "the mean over subjects [95% bootstrap interval, subjects resampled], n subjects. NCC(−) for old → "
+                 "young translations, NCC(+) for young → old; AUROC and average precision of |map| for the changed "
+                 "voxels; Dice of the top-k voxels; the pointing game (the share of subjects whose largest |map| is "
+                 "in a changed voxel, with Wilson's interval). Higher is better everywhere.</p>")
+        body += _differences(methods)
     if benchmark is not None:
         titles = {"table2_maps": "Benchmark: maps against ground truth (paper Table II)",
                   "table1_translation": "Benchmark: translation success (paper Table I)",
@@ -290,6 +358,32 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
     return facts
 
 
+def _differences(methods: dict[str, Path]) -> str:
+    """The first method's NCC minus each other's on the same subjects, with a paired bootstrap
+    interval: whether "ICAM beats Grad-CAM" holds beyond the spread of these subjects."""
+    def per_subject(folder):
+        path = folder / "per_subject_maps.csv"
+        return {r["id"]: r for r in csv.DictReader(path.open())} if path.is_file() else {}
+    names = list(methods)
+    first = per_subject(methods[names[0]])
+    rows = []
+    for name in names[1:]:
+        other = per_subject(methods[name])
+        cells = [f"{names[0]} − {name}"]
+        for label in ("1", "0"):  # NCC(−): class-1 subjects; NCC(+): class 0
+            pairs = [(float(first[i]["ncc"]), float(other[i]["ncc"])) for i in first if i in other
+                     and first[i]["label"] == label and first[i]["ncc"] not in ("", "None")
+                     and other[i]["ncc"] not in ("", "None")]
+            d = paired_difference([a for a, _ in pairs], [b for _, b in pairs])
+            cells.append(describe(d["mean"], d["ci"], d["n"]))
+        rows.append(cells)
+    if not rows:
+        return ""
+    return ("<h3>Differences between methods</h3>" + _table(["NCC difference", "NCC(−)", "NCC(+)"], rows)
+            + "<p class='note'>The mean per-subject difference in NCC on the same subjects [95% paired bootstrap "
+              "interval], n pairs: an interval that excludes 0 is a difference these subjects support.</p>")
+
+
 def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[str, Path] | None = None,
                  csv_path: Path | None = None, benchmark: Path | None = None, title: str = "icam report",
                  extra_headline: list[str] = ()) -> Path:
@@ -299,8 +393,11 @@ def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[s
     explained = explained or {}
     if run_dir is not None:
         run_section(report, run_dir)
+        data_section(report, run_dir)
         curves_section(report, run_dir)
     first = next(iter(explained.values()), None)
+    if first is not None:
+        health_section(report, first)
     facts = predictions_section(report, first) if first is not None and (first / "predictions.csv").is_file() else {}
     if csv_path is not None and first is not None:
         gallery_section(report, csv_path, explained, run_dir=run_dir)
@@ -314,14 +411,20 @@ def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[s
         images_section(report, "Largest prediction errors", outliers,
                        "The test scans whose regressed target is furthest from the truth, with their maps (input, "
                        "mean FA, variance, ground truth).", first)
-        images_section(report, "Attribute space", [first / "figures" / "tsne.png"],
-                       "t-SNE of the attribute means of the explained scans, coloured by class and by target: "
-                       "class-relevant information should separate here.", first)
+        if (first / "figures" / "tsne.png").is_file():
+            images_section(report, "Attribute space", [first / "figures" / "tsne.png"],
+                           f"t-SNE of the attribute means of the {summary.get('explained', 'explained')} explained "
+                           "scans, coloured by class and by target: class-relevant information should separate "
+                           "here.", first)
+        elif summary.get("explained"):
+            report.add("Attribute space", f"<p class='note'>No t-SNE: it is drawn from {TSNE_MINIMUM} explained scans "
+                                          f"up, and this folder has {summary['explained']}.</p>")
     scores = scores_section(report, explained, benchmark)
     if "accuracy" in facts:
-        report.headline.append(f"classification: accuracy {facts['accuracy']:.3f} on the explained scans")
+        report.headline.append(f"classification: accuracy {facts['accuracy_text']} scans [95% Wilson interval]")
     if "mae" in facts:
-        report.headline.append(f"regression: MAE {facts['mae']:.2f} in the target's units, Pearson r {facts['r']:.2f}")
+        report.headline.append(f"regression: MAE {facts['mae_text']} scans, in the target's units [95% bootstrap "
+                               f"interval]; Pearson r {facts['r']:.2f}")
     maps = [f"{name} {minus:.3f}" + (f" / {plus:.3f}" if plus is not None else "")
             for name, (minus, plus) in scores.items() if minus is not None]
     if maps:
