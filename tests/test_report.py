@@ -129,3 +129,32 @@ def test_health_banner_flags_a_failed_model_and_passes_a_healthy_one(run_dir, tm
     assert re.search(r"no better than always predicting the commonest class|predicted as the same class",
                      pages["failed"])
     assert ">Data<" in pages["failed"] and "No t-SNE" not in pages["healthy"]
+
+
+def test_every_slice_is_lettered_on_the_side_the_subject_is():
+    """A scan with a marker in its left hemisphere (RAS: small first index) must show the marker
+    on the side labelled L, in every view of a 3D figure and in the 2D overlays."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from icam.report.figures import ORIENTATION, _views, overlay
+
+    volume = np.zeros((20, 24, 16))
+    volume[3, 12, 8] = 1.0  # left (x small), the middle otherwise
+    volume[10, 20, 8] = 0.5  # anterior (y large)
+    for view, plane in _views(volume, (3, 12, 8)):
+        fig, ax = plt.subplots()
+        overlay(ax, plane, None, None, 1.0, view)
+        letters = {t.get_text(): t.get_position() for t in ax.texts}
+        left, right, bottom, top = ORIENTATION[view]
+        assert letters[left][0] < 0.5 < letters[right][0] and letters[bottom][1] < 0.5 < letters[top][1]
+        shown = ax.images[0].get_array()  # rows: the vertical axis (origin lower), columns: horizontal
+        row, column = np.unravel_index(np.argmax(shown), shown.shape)
+        if view in ("axial", "coronal"):  # the marker is in the subject's left: drawn on the L side
+            assert column < shown.shape[1] / 2 and left == "L"
+        if view == "axial":  # and anterior marker at the top
+            rows = np.nonzero(shown == 0.5)[0]
+            assert rows.mean() > shown.shape[0] / 2 and top == "A"
+        plt.close(fig)

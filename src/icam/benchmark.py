@@ -430,14 +430,14 @@ def _write_tables(out: Path, evaluations: dict, predictions: dict, translation: 
 def _comparison_figure(out: Path, maps_dirs: dict, csv_path: Path, subjects: int) -> Path | None:
     """The same test subjects side by side: input, ground truth and each method's map (the
     report's gallery, as a PNG beside the tables)."""
-    from .report.figures import _pyplot, gallery_figure
+    from .report.figures import DPI, _pyplot, gallery_figure
 
     fig = gallery_figure(csv_path, {METHOD_LABELS[k]: folder for k, folder in maps_dirs.items()}, subjects)
     if fig is None:
         return None
     path = out / "results" / "comparison.png"
     fig.suptitle("Test subjects (red brighter, blue darker): the ground truth and ICAM share one symmetric colour "
-                 "range, every other map has its own; VA-GAN maps class 1 → 0 only", fontsize=9)
-    fig.savefig(path, dpi=90)
+                 "range, every other map has its own; VA-GAN maps class 1 → 0 only", fontsize=10)
+    fig.savefig(path, dpi=DPI)
     _pyplot().close(fig)
     return path

@@ -3,7 +3,8 @@
 Colours: FA maps use a diverging map with red = intensity increase under the translation
 and blue = decrease, on a symmetric range (± the 99.5th percentile of |FA| in the brain),
 shown only inside the brain mask. Arrays are RAS: axial views show the subject's right on
-the right (neurological convention), anterior at the top.
+the right (neurological convention), anterior at the top, and every slice carries its
+orientation letters. Figures are written at DPI dots per inch with text of 10 pt or more.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from pathlib import Path
 import numpy as np
 
 FA_CMAP = "RdBu_r"
+DPI = 150
+# the letters at the (left, right, bottom, top) edges of each view of a RAS volume, as drawn
+# by overlay (the first array axis to the right, the second up)
+ORIENTATION = {"axial": ("L", "R", "P", "A"), "coronal": ("L", "R", "I", "S"), "sagittal": ("P", "A", "I", "S"),
+               "": ("L", "R", "P", "A")}
 
 
 def _pyplot():
@@ -50,16 +56,31 @@ def peak(fa: np.ndarray, mask: np.ndarray | None = None) -> tuple[int, ...]:
 OVERLAY_FLOOR = 0.2  # |FA| below this share of the colour range is left transparent: the scan shows through
 
 
-def overlay(ax, image: np.ndarray, fa: np.ndarray | None, mask: np.ndarray | None, limit: float):
-    """A grey scan with the FA map on top (inside the mask, where |FA| ≥ OVERLAY_FLOOR × range)."""
+def orientation_letters(ax, view: str = "axial") -> None:
+    """The subject's directions at the edges of a slice (neurological convention: left on the left)."""
+    left, right, bottom, top = ORIENTATION[view]
+    style = {"transform": ax.transAxes, "fontsize": 10, "color": "#f5d742", "fontweight": "bold"}
+    for text, x, y, ha, va in ((left, 0.02, 0.5, "left", "center"), (right, 0.98, 0.5, "right", "center"),
+                               (bottom, 0.5, 0.02, "center", "bottom"), (top, 0.5, 0.98, "center", "top")):
+        ax.text(x, y, text, ha=ha, va=va, **style)
+
+
+RELEVANCE_CMAP = "inferno"  # post-hoc relevance (ReLU'd Grad-CAM, |gradients|) has no sign: a sequential map
+
+
+def overlay(ax, image: np.ndarray, fa: np.ndarray | None, mask: np.ndarray | None, limit: float,
+            view: str = "axial", relevance: bool = False):
+    """A grey scan with the FA map on top (inside the mask, where |FA| ≥ OVERLAY_FLOOR × range),
+    with its orientation letters. ``relevance``: a map without sign, drawn from 0 in a sequential map."""
     ax.imshow(image.T, cmap="gray", origin="lower", vmin=-1, vmax=1, interpolation="nearest")
     if fa is not None:
         hidden = np.abs(fa) < OVERLAY_FLOOR * limit
         shown = np.ma.masked_where(hidden | ((mask <= 0) if mask is not None else False), fa)
-        ax.imshow(shown.T, cmap=FA_CMAP, origin="lower", vmin=-limit, vmax=limit, alpha=0.85,
-                  interpolation="nearest")
+        ax.imshow(shown.T, cmap=RELEVANCE_CMAP if relevance else FA_CMAP, origin="lower",
+                  vmin=0 if relevance else -limit, vmax=limit, alpha=0.85, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
+    orientation_letters(ax, view)
 
 
 def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray, fa_var: np.ndarray | None,
@@ -89,9 +110,10 @@ def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray,
                 artist = ax.imshow(shown.T, cmap="magma", origin="lower", interpolation="nearest")
                 ax.set_xticks([])
                 ax.set_yticks([])
+                orientation_letters(ax, view)
             else:
-                overlay(ax, base, plane if kind == "fa" else None, m, limit or 1.0)
-            ax.set_title(name + (f" ({view})" if view else ""), fontsize=9)
+                overlay(ax, base, plane if kind == "fa" else None, m, limit or 1.0, view)
+            ax.set_title(name + (f" ({view})" if view else ""), fontsize=10)
         if kind == "fa":
             scalar = plt.cm.ScalarMappable(cmap=FA_CMAP, norm=plt.Normalize(-limit, limit))
             fig.colorbar(scalar, ax=axes[:, c], shrink=0.8, label="red: brighter, blue: darker")
@@ -99,7 +121,7 @@ def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray,
             fig.colorbar(artist, ax=axes[:, c], shrink=0.8, label="variance over samples")
     fig.suptitle(title, fontsize=10)
     path = Path(path)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
@@ -123,11 +145,11 @@ def interpolation_strip(path: str | Path, images: np.ndarray, fa_maps: np.ndarra
         label = f"p({class_names[-1]}) {probabilities[i, -1]:.2f}"
         if targets is not None:
             label += f"\ntarget {targets[i]:.1f}"
-        axes[0, i].set_title(label, fontsize=8)
+        axes[0, i].set_title(label, fontsize=10)
     axes[0, 0].set_ylabel("translated")
     axes[1, 0].set_ylabel("change from step 0")
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return Path(path)
 
@@ -199,8 +221,8 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
         variance = methods[names[0]] / "maps" / f"{stem}_fa_var.nii.gz"
         if variance.is_file():
             panels.append((f"{names[0]}: variance", axial(_ras_volume(variance)), None, "var"))
-        panels += [(name, maps[name], symmetric_limit(maps[name], mask) if maps[name] is not None else 1.0, "fa")
-                   for name in names[1:]]
+        panels += [(name, maps[name], symmetric_limit(maps[name], mask) if maps[name] is not None else 1.0,
+                    "relevance" if maps[name] is not None and maps[name].min() >= 0 else "fa") for name in names[1:]]
         return stem, image, mask, panels
 
     built = [panels_for(row) for row in chosen]
@@ -216,13 +238,14 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
                           origin="lower")
                 ax.set_xticks([])
                 ax.set_yticks([])
+                orientation_letters(ax)
             else:
-                overlay(ax, image, data, mask, limit)
+                overlay(ax, image, data, mask, limit, relevance=kind == "relevance")
             if r == 0:
-                ax.set_title(title, fontsize=8)
+                ax.set_title(title, fontsize=10)
         facts = [chosen[r].raw_label] if chosen[r].raw_label else []
         facts += [f"target {chosen[r].target:.1f}"] if not np.isnan(chosen[r].target) else []
-        axes[r, 0].set_ylabel(f"{stem}\n{', '.join(facts)}", fontsize=8)
+        axes[r, 0].set_ylabel(f"{stem}\n{', '.join(facts)}", fontsize=10)
     scalar = plt.cm.ScalarMappable(cmap=FA_CMAP, norm=plt.Normalize(-1, 1))
     fig.colorbar(scalar, ax=axes[:, -1], shrink=0.6, label="change, relative to each colour range")
     return fig
@@ -243,7 +266,7 @@ def tsne_figure(path: str | Path, attributes: np.ndarray, labels: np.ndarray, ta
         chosen = labels == k
         axes[0, 0].scatter(xy[chosen, 0], xy[chosen, 1], s=14, label=str(k),
                            color=plt.cm.tab10(int(np.flatnonzero(np.unique(labels) == k)[0]) % 10))
-    axes[0, 0].legend(fontsize=8)
+    axes[0, 0].legend(fontsize=10)
     axes[0, 0].set_title("attribute means, by class", fontsize=10)
     if show_target:
         sc = axes[0, 1].scatter(xy[:, 0], xy[:, 1], c=targets, cmap="viridis", s=14)
@@ -252,6 +275,6 @@ def tsne_figure(path: str | Path, attributes: np.ndarray, labels: np.ndarray, ta
     for ax in axes[0]:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return Path(path)

@@ -23,7 +23,7 @@ from ..evaluate import NCC_MINUS, NCC_PLUS
 from ..run import read_metrics
 from ..inference import TSNE_MINIMUM
 from ..intervals import bootstrap_interval, describe, paired_difference, wilson_interval
-from .figures import _pyplot, gallery_figure
+from .figures import DPI, _pyplot, gallery_figure
 from .health import GREEN, health_findings, healthy_line
 
 STYLE = """
@@ -49,7 +49,7 @@ table.facts td { text-align: left; }
 def _png(fig) -> str:
     plt = _pyplot()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
+    fig.savefig(buffer, format="png", dpi=DPI)
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
@@ -182,53 +182,75 @@ def training_chain(run_dir: Path) -> list[Path]:
 
 
 def curves_section(report: Report, run_dir: Path) -> None:
-    figures = [_curves_figure(run) for run in training_chain(run_dir)]
-    if any(figures):
-        report.add("Training", "".join(f for f in figures if f))
+    figure = _curves_figure(training_chain(run_dir))
+    if figure:
+        report.add("Training", figure)
 
 
-def _curves_figure(run_dir: Path) -> str:
-    records = read_metrics(run_dir)
-    train = [r for r in records if r["split"] == "train"]
-    val = [r for r in records if r["split"] == "val"]
-    if not train:
+VALIDATION_PANELS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+                     ("ncc", "NCC against ground-truth maps"), ("mae", "MAE (target units)"))
+
+
+def _curves_figure(chain: list[Path]) -> str:
+    """Every stage of a run (pretraining, then fine-tuning) on one step axis, the boundaries
+    marked; one panel per quantity, each on its own axis."""
+    stages, offset = [], 0
+    for run in chain:
+        records = read_metrics(run)
+        train = [r for r in records if r["split"] == "train"]
+        if not train:
+            continue
+        config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+        stages.append((run, offset, train, [r for r in records if r["split"] == "val"], config.get("loss", {})))
+        offset += train[-1]["step"]
+    if not stages:
         return ""
+    validated = [key for key, _ in VALIDATION_PANELS if any(v and key in v[0] for _, _, _, v, _ in stages)]
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), layout="constrained")
-    steps = [r["step"] for r in train]
-    for key, label in (("generator/total", "encoders + generator, total"),
-                       ("discriminator/domain_adversarial", "domain discriminators"),
-                       ("discriminator/content", "content discriminator")):
-        if key in train[0]:
-            axes[0].plot(steps, [r[key] for r in train], label=label)
+    panels = 2 + len(validated)
+    columns = min(panels, 3)
+    fig, axes = plt.subplots((panels + columns - 1) // columns, columns, figsize=(5.2 * columns, 3.9 *
+                             ((panels + columns - 1) // columns)), squeeze=False, layout="constrained")
+    axes = axes.ravel()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    for run, start, train, val, weights in stages:
+        steps = [start + r["step"] for r in train]
+        for k, (key, label) in enumerate((("generator/total", "encoders + generator, total"),
+                                          ("discriminator/domain_adversarial", "domain discriminators"),
+                                          ("discriminator/content", "content discriminator"))):
+            if key in train[0]:
+                axes[0].plot(steps, [r[key] for r in train], label=label, color=f"C{k}")
+        for k, (key, label) in enumerate((("generator/classification", "classification (CE)"),
+                                          ("generator/regression", "regression"), ("generator/fa_map_l1", "FA-map L1"),
+                                          ("generator/latent_regression", "latent regression"))):
+            if key in train[0] and weights.get(key.split("/")[1], 1) != 0:  # a term switched off is not shown
+                axes[1].plot(steps, [r[key] for r in train], label=label, color=f"C{k}")
+        for ax, key in zip(axes[2:], validated):
+            if val and key in val[0]:
+                ax.plot([start + r["step"] for r in val], [r[key] for r in val], marker="o", color="C0")
+        if start:  # where this stage began
+            for ax in axes[:panels]:
+                ax.axvline(start, color="grey", linestyle="--", linewidth=1)
+            axes[0].text(start, 1.0, f" {run.name} starts", transform=axes[0].get_xaxis_transform(), fontsize=10,
+                         va="top", color="grey")
     axes[0].set_yscale("log")
-    axes[0].set(title="training losses", xlabel="iteration", ylabel="loss (log scale)")
-    axes[0].legend(fontsize=8)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-    weights = config.get("loss", {})
-    for key, label in (("generator/classification", "classification (CE)"), ("generator/regression", "regression"),
-                       ("generator/fa_map_l1", "FA-map L1"), ("generator/latent_regression", "latent regression")):
-        if key in train[0] and weights.get(key.split("/")[1], 1) != 0:  # a term switched off is not shown
-            axes[1].plot(steps, [r[key] for r in train], label=label)
-    axes[1].set(title="selected terms (unweighted)", xlabel="iteration", ylabel="loss")
-    axes[1].legend(fontsize=8)
-    if val:
-        for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("ncc", "NCC")):
-            if key in val[0]:
-                axes[2].plot([r["step"] for r in val], [r[key] for r in val], marker="o", label=label)
-        axes[2].set(title="validation", xlabel="iteration", ylabel="score")
-        if "mae" in val[0]:
-            twin = axes[2].twinx()
-            twin.plot([r["step"] for r in val], [r["mae"] for r in val], marker="s", color="black", label="MAE")
-            twin.set_ylabel("MAE (target units)")
-            twin.legend(fontsize=8, loc="lower right")
-        axes[2].legend(fontsize=8, loc="lower left")
-    fig.suptitle(f"run {run_dir.name}", fontsize=10)
-    return _figure(_png(fig), f"<b>{html.escape(run_dir.name)}</b>, {train[-1]['step']} iterations. Left: the "
-                   "adversarial losses and the total objective of the encoders and generator (log scale). Middle: "
-                   "the classification, regression, FA-map and latent-regression terms before weighting. Right: "
-                   "validation metrics at each evaluation (NCC against ground-truth maps where the data has them; "
-                   "MAE on the right axis when regressing).", "training curves")
+    axes[0].set(title="training losses (log scale)", xlabel="step", ylabel="loss")
+    axes[1].set(title="selected terms, unweighted", xlabel="step", ylabel="loss")
+    for ax in axes[:2]:
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=10)
+    for ax, key in zip(axes[2:], validated):
+        label = dict(VALIDATION_PANELS)[key]
+        ax.set(title=f"validation: {label}", xlabel="step", ylabel=label.split(" (")[0].split(" against")[0])
+    names = " then ".join(run.name for run, *_ in stages)
+    return _figure(_png(fig), f"<b>{html.escape(names)}</b>, {offset} steps in all"
+                   + (" (the dashed line: where the next stage starts, from the previous one's weights)"
+                      if len(stages) > 1 else "") + ". Top left: the adversarial losses and the total objective of "
+                   "the encoders and generator (log scale). Next: the classification, regression, FA-map and "
+                   "latent-regression terms before weighting. Then each validation metric on its own axis.",
+                   "training curves")
 
 
 def predictions_section(report: Report, explained: Path) -> dict:
@@ -275,7 +297,7 @@ def predictions_section(report: Report, explained: Path) -> dict:
         ax.plot([low, high], [low, high], color="grey", linestyle="--", label="predicted = true")
         ax.set(xlabel="true target (e.g. age, years)", ylabel="predicted target (same units)",
                title=f"MAE {facts['mae_text']}; Pearson r {facts['r']:.2f}")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=10)
     parts = (["how often each true class (rows) was predicted as each class (columns)"] if labelled else []) + \
         (["the regressed target against the true one; points on the dashed line are exact"] if regressed else [])
     caption = ". ".join(f"{side}: {text}" for side, text in zip(("Left", "Right"), parts)) if len(parts) == 2 \
@@ -291,12 +313,14 @@ def gallery_section(report: Report, csv_path: Path, methods: dict[str, Path], su
     if fig is None:
         return
     names = [html.escape(name) for name in methods]
-    caption = (f"Test subjects of each class (rows). Red: brighter after translation; blue: darker; shown above 20% "
+    caption = (f"Test subjects of each class (rows), axial slices in neurological convention (the subject's left "
+               f"on the left; letters at the edges). Red: brighter after translation; blue: darker; shown above 20% "
                f"of the colour range, inside the brain. The ground truth and {names[0]}'s mean FA map share one "
                f"symmetric colour scale (both are intensity changes); the variance shows where {names[0]}'s samples "
                f"disagree.")
     if len(names) > 1:
-        caption += f" {', '.join(names[1:])} are post-hoc maps in other units, each on its own symmetric scale."
+        caption += (f" {', '.join(names[1:])} are post-hoc maps in other units, each on its own scale: relevance "
+                    f"without a sign (standard Grad-CAM) in a sequential map from 0 (dark to yellow).")
     report.add("Feature-attribution maps", _figure(_png(fig), caption + " A good map lights up where the ground "
                                                    "truth does.", "feature-attribution gallery"))
 
