@@ -87,8 +87,9 @@ def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray,
                        mask: np.ndarray | None, title: str, gt_map: np.ndarray | None = None,
                        map_title: str = "mean FA over input") -> Path:
     """One scan: the input, the mean FA map over it, the FA variance (and the ground truth if
-    known), each map with its own colour bar. 3D volumes: three orthogonal views (rows) through
-    the largest mean effect."""
+    known), each with a labelled colour bar; the mean FA and the ground truth share one
+    symmetric scale (both are intensity changes), and masked voxels are black in every panel.
+    3D volumes: three orthogonal views (rows) through the largest mean effect."""
     plt = _pyplot()
     centre = peak(fa_mean, mask) if image.ndim == 3 else ()
     panels = [("input", None, None), (map_title, fa_mean, "fa")]
@@ -100,13 +101,15 @@ def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray,
     fig, axes = plt.subplots(len(views), len(panels), figsize=(3.1 * len(panels), 3.0 * len(views) + 0.5),
                              squeeze=False, layout="constrained")
     masks = _views(mask, centre) if mask is not None else [(v, None) for v, _ in views]
+    shared = max(symmetric_limit(v, mask) for v in (fa_mean, gt_map) if v is not None)  # one scale for changes
     for c, (name, volume, kind) in enumerate(panels):
         planes = _views(volume, centre) if volume is not None else views
-        limit = symmetric_limit(volume, mask) if kind == "fa" else None
+        limit = shared if kind == "fa" else None
         for r, ((view, base), (_, plane), (_, m)) in enumerate(zip(views, planes, masks)):
             ax = axes[r, c]
             if kind == "var":
                 shown = np.ma.masked_where(m <= 0, plane) if m is not None else plane
+                ax.set_facecolor("black")  # outside the brain: as dark as the other panels' background
                 artist = ax.imshow(shown.T, cmap="magma", origin="lower", interpolation="nearest")
                 ax.set_xticks([])
                 ax.set_yticks([])
@@ -116,7 +119,7 @@ def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray,
             ax.set_title(name + (f" ({view})" if view else ""), fontsize=10)
         if kind == "fa":
             scalar = plt.cm.ScalarMappable(cmap=FA_CMAP, norm=plt.Normalize(-limit, limit))
-            fig.colorbar(scalar, ax=axes[:, c], shrink=0.8, label="red: brighter, blue: darker")
+            fig.colorbar(scalar, ax=axes[:, c], shrink=0.8, label="change (input in [-1, 1])")
         elif kind == "var":
             fig.colorbar(artist, ax=axes[:, c], shrink=0.8, label="variance over samples")
     fig.suptitle(title, fontsize=10)
@@ -234,6 +237,7 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
         for c, (title, data, limit, kind) in enumerate(panels):
             ax = axes[r, c]
             if kind == "var":
+                ax.set_facecolor("black")  # outside the brain: as dark as the other panels' background
                 ax.imshow((np.ma.masked_where(mask <= 0, data) if mask is not None else data).T, cmap="magma",
                           origin="lower")
                 ax.set_xticks([])
