@@ -216,42 +216,58 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
         gt = axial(_ras_volume(row.gt_map)) if row.gt_map else None
         maps = {name: axial(volume) for name, volume in volumes.items()}
         first = maps[names[0]]
-        shared = max([symmetric_limit(m, mask) for m in (first, gt) if m is not None] or [1.0])
-        panels = [("input", None, 1.0, "fa")]
+        panels = [("input", None, "input")]
         if gt is not None:
-            panels.append(("ground truth", gt, shared, "fa"))
-        panels.append((f"{names[0]}: mean FA", first, shared, "fa"))
+            panels.append(("ground truth", gt, "change"))
+        panels.append((f"{names[0]}: mean FA", first, "change"))
         variance = methods[names[0]] / "maps" / f"{stem}_fa_var.nii.gz"
         if variance.is_file():
-            panels.append((f"{names[0]}: variance", axial(_ras_volume(variance)), None, "var"))
-        panels += [(name, maps[name], symmetric_limit(maps[name], mask) if maps[name] is not None else 1.0,
-                    "relevance" if maps[name] is not None and maps[name].min() >= 0 else "fa") for name in names[1:]]
+            panels.append((f"{names[0]}: variance", axial(_ras_volume(variance)), "var"))
+        panels += [(name, maps[name], "relevance" if maps[name] is not None and maps[name].min() >= 0 else "signed")
+                   for name in names[1:]]
         return stem, image, mask, panels
 
     built = [panels_for(row) for row in chosen]
+    # one scale for every intensity change (ground truth and the mean FA, all rows) and one for the
+    # variances; post-hoc maps are in other units, each shown relative to its own range
+    change = max([symmetric_limit(d, m) for _, _, m, panels in built for _, d, k in panels
+                  if k == "change" and d is not None] or [1.0])
+    spread = max([float(np.percentile(d[m > 0] if m is not None and (m > 0).any() else d, 99.5))
+                  for _, _, m, panels in built for _, d, k in panels if k == "var" and d is not None] or [1.0])
     plt = _pyplot()
     columns = len(built[0][3])
-    fig, axes = plt.subplots(len(built), columns, figsize=(2.3 * columns, 2.4 * len(built)), squeeze=False,
+    fig, axes = plt.subplots(len(built), columns, figsize=(2.6 * columns + 1.5, 2.6 * len(built)), squeeze=False,
                              layout="constrained")
     for r, (stem, image, mask, panels) in enumerate(built):
-        for c, (title, data, limit, kind) in enumerate(panels):
+        for c, (title, data, kind) in enumerate(panels):
             ax = axes[r, c]
             if kind == "var":
                 ax.set_facecolor("black")  # outside the brain: as dark as the other panels' background
                 ax.imshow((np.ma.masked_where(mask <= 0, data) if mask is not None else data).T, cmap="magma",
-                          origin="lower")
+                          origin="lower", vmin=0, vmax=spread)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 orientation_letters(ax)
+            elif kind in ("relevance", "signed") and data is not None:
+                overlay(ax, image, data / symmetric_limit(data, mask), mask, 1.0, relevance=kind == "relevance")
             else:
-                overlay(ax, image, data, mask, limit, relevance=kind == "relevance")
+                overlay(ax, image, data, mask, change)
             if r == 0:
                 ax.set_title(title, fontsize=10)
         facts = [chosen[r].raw_label] if chosen[r].raw_label else []
         facts += [f"target {chosen[r].target:.1f}"] if not np.isnan(chosen[r].target) else []
         axes[r, 0].set_ylabel(f"{stem}\n{', '.join(facts)}", fontsize=10)
-    scalar = plt.cm.ScalarMappable(cmap=FA_CMAP, norm=plt.Normalize(-1, 1))
-    fig.colorbar(scalar, ax=axes[:, -1], shrink=0.6, label="change, relative to each colour range")
+    kinds = [k for _, _, k in built[0][3]]
+    bars = {"change": (FA_CMAP, -change, change, "change (input in [-1, 1])"),
+            "var": ("magma", 0, spread, "variance over samples"),
+            "relevance": (RELEVANCE_CMAP, 0, 1, "relevance / its 99.5th percentile"),
+            "signed": (FA_CMAP, -1, 1, "signed map / its 99.5th percentile")}
+    for kind, (cmap, low, high, label) in bars.items():
+        if kind in kinds:  # one bar per scale, beside the last column drawn on it
+            column = len(kinds) - 1 - kinds[::-1].index(kind)
+            scalar = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(low, high))
+            bar = fig.colorbar(scalar, ax=axes[:, column], shrink=0.8, label=label, location="bottom", aspect=12)
+            bar.set_ticks([low, (low + high) / 2, high], labels=[f"{t:.2g}" for t in (low, (low + high) / 2, high)])
     return fig
 
 

@@ -315,12 +315,12 @@ def gallery_section(report: Report, csv_path: Path, methods: dict[str, Path], su
     names = [html.escape(name) for name in methods]
     caption = (f"Test subjects of each class (rows), axial slices in neurological convention (the subject's left "
                f"on the left; letters at the edges). Red: brighter after translation; blue: darker; shown above 20% "
-               f"of the colour range, inside the brain. The ground truth and {names[0]}'s mean FA map share one "
-               f"symmetric colour scale (both are intensity changes); the variance shows where {names[0]}'s samples "
-               f"disagree.")
+               f"of the colour range, inside the brain. The ground truth and {names[0]}'s mean FA maps of every row "
+               f"share one symmetric scale in intensity units (the bar under them); the variance, where "
+               f"{names[0]}'s samples disagree, has its own.")
     if len(names) > 1:
-        caption += (f" {', '.join(names[1:])} are post-hoc maps in other units, each on its own scale: relevance "
-                    f"without a sign (standard Grad-CAM) in a sequential map from 0 (dark to yellow).")
+        caption += (f" {', '.join(names[1:])} are post-hoc maps in other units, each divided by its own 99.5th "
+                    f"percentile: relevance without a sign (standard Grad-CAM) in a sequential map from 0.")
     report.add("Feature-attribution maps", _figure(_png(fig), caption + " A good map lights up where the ground "
                                                    "truth does.", "feature-attribution gallery"))
 
