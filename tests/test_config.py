@@ -5,7 +5,7 @@ import yaml
 from typer.testing import CliRunner
 
 from icam.cli import app
-from icam.config import Config, ConfigError, load_config, to_yaml
+from icam.config import Config, ConfigError, load_config
 
 runner = CliRunner()
 

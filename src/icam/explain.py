@@ -132,7 +132,7 @@ class Explainer:
     def explain_file(self, path: str | Path, out: str | Path | None = None, **options) -> Explanation:
         """:meth:`explain` of a NIfTI file; with ``out``, the mean and variance maps and the mean
         translation are written there on the file's grid (``<name>_fa_mean.nii.gz``, …)."""
-        from .data.nifti import nifti_stem
+        from .data.table import nifti_stem
 
         scan = self.preprocess(path)
         explanation = self.explain(scan.image, **options)

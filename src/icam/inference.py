@@ -16,7 +16,6 @@ import json
 import math
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +161,13 @@ def write_map(array: np.ndarray, dataset: NiftiCohort, i: int, path: Path, descr
     nib.save(image, str(temporary))
     temporary.replace(path)  # never a half-written map
     return path
+
+
+def map_stamp(path: Path) -> str:
+    """The hash prefix of the checkpoint that made a map (what write_map puts in aux_file)."""
+    import nibabel as nib
+
+    return nib.load(str(path)).header["aux_file"].tobytes().rstrip(b"\0").decode()
 
 
 def _brain_mask(item: dict) -> np.ndarray:

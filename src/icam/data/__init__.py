@@ -84,7 +84,8 @@ def load_csv_cohorts(data_config, seed: int, progress=None) -> Cohorts:
     if any(p.row is None for p in problems):  # a table-wide problem (e.g. labels that are not classes)
         raise DataError(problems, f"{csv_path}: ")
     cache = PreprocessingCache(data_config.cache_dir, Spatial.of(data_config), data_config.max_brain_cropped)
-    entries, image_problems = fill_cache(cache, [r for r in rows if r.number not in {p.row for p in problems}],
+    bad_rows = {p.row for p in problems}
+    entries, image_problems = fill_cache(cache, [r for r in rows if r.number not in bad_rows],
                                          data_config.preprocess_workers, progress)
     problems += image_problems
     bad_rows = {p.row for p in problems}

@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .resample import resample_to_grid
-from .table import DataError, Problem, Row
+from .table import DataError, Problem, Row, nifti_stem
 
 CACHE_VERSION = 2
 KINDS = ("image", "mask", "gt_map")
@@ -104,15 +104,6 @@ def check_array(array: np.ndarray, path: Path, number: int | None, may_be_consta
     elif array.size == 0 or (array.min() == array.max() and not may_be_constant):
         problems.append(Problem(number, "the image is empty (every voxel has the same value)", str(path)))
     return problems
-
-
-def nifti_stem(path: str | Path) -> str:
-    """A NIfTI file's name without .nii.gz / .nii: how outputs name the input they belong to."""
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def load_array(path: Path, number: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -219,8 +219,9 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
     return Table(rows, problems, excluded, split_source, identity)
 
 
-def _stem(path: Path) -> str:
-    name = path.name
+def nifti_stem(path: str | Path) -> str:
+    """A NIfTI file's name without .nii.gz / .nii: how outputs name the input they belong to."""
+    name = Path(path).name
     for suffix in (".nii.gz", ".nii"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
@@ -245,7 +246,7 @@ def assign_identity(rows: list[Row]) -> tuple[str, list[Problem]]:
                 f" under another subject ({earlier.subject or '(none)'} there, {r.subject or '(none)'} here)"
             problems.append(Problem(r.number, f"the image is also on row {earlier.number}{same}: a scan can "
                                               "be used once", str(r.image)))
-    repeated = len({_stem(r.image) for r in rows}) < len(rows)
+    repeated = len({nifti_stem(r.image) for r in rows}) < len(rows)
     given = sum(bool(r.subject) for r in rows)
     folders = [r.image.resolve().parent.parts for r in rows]
     shared = 0  # how many leading folders every scan has in common
@@ -253,9 +254,9 @@ def assign_identity(rows: list[Row]) -> tuple[str, list[Problem]]:
         shared += 1
     for r, parts in zip(rows, folders):
         below = parts[shared:]
-        r.id = "_".join([*below, _stem(r.image)]) if repeated else _stem(r.image)
+        r.id = "_".join([*below, nifti_stem(r.image)]) if repeated else nifti_stem(r.image)
         if not r.subject:
-            r.subject = below[0] if repeated and below else _stem(r.image)
+            r.subject = below[0] if repeated and below else nifti_stem(r.image)
     fallback = "the first folder that tells scans apart (file names repeat)" if repeated else "its file name"
     subjects = ("the subject column" if given == len(rows) else f"for rows without a subject, {fallback}" if given
                 else fallback)
