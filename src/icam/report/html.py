@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..evaluate import NCC_MINUS, NCC_PLUS
+from ..evaluate import NCC_MINUS, NCC_PLUS, prediction_metrics
 from ..run import read_metrics
 from ..inference import TSNE_MINIMUM
-from ..intervals import bootstrap_interval, describe, paired_difference, wilson_interval
+from ..intervals import describe, paired_difference
 from .figures import DPI, _pyplot, gallery_figure
 from .health import GREEN, health_findings, healthy_line
 
@@ -44,6 +44,11 @@ details pre { background: #f6f8fa; padding: 10px; overflow-x: auto; font-size: 0
 .health.green { background: #ecf7ee; border-color: #2f7d3a; }
 table.facts td { text-align: left; }
 """
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON file the folders may or may not hold ({} when absent)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _png(fig) -> str:
@@ -101,12 +106,10 @@ class Report:
 
 def run_section(report: Report, run_dir: Path) -> None:
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
-    provenance = json.loads((run_dir / "provenance.json").read_text()) if (run_dir / "provenance.json").is_file() else {}
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    provenance, summary = _read_json(run_dir / "provenance.json"), _read_json(run_dir / "summary.json")
     packages = provenance.get("packages", {})
     git = provenance.get("git", {})
-    stages = [(run, json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {})
-              for run in training_chain(run_dir)]
+    stages = [(run, _read_json(run / "summary.json")) for run in training_chain(run_dir)]
     steps = " + ".join(f"{done.get('step', '?')} ({run.name})" for run, done in stages) if len(stages) > 1 \
         else summary.get("step", "")
     facts = [["run folder", str(run_dir)], ["seed", provenance.get("seed", "")],
@@ -118,14 +121,8 @@ def run_section(report: Report, run_dir: Path) -> None:
                f"<details><summary>Full resolved config (YAML)</summary><pre>{html.escape(config)}</pre></details>")
 
 
-def health_section(report: Report, explained: Path) -> None:
+def health_section(report: Report, predictions: dict, summary: dict, maps: dict | None) -> None:
     """The banner: what would make a reader distrust the results, else one line that all is well."""
-    from ..evaluate import prediction_metrics
-
-    predictions = prediction_metrics(explained / "predictions.csv")
-    summary = json.loads((explained / "summary.json").read_text()) if (explained / "summary.json").is_file() else {}
-    evaluation = explained / "evaluation.json"
-    maps = json.loads(evaluation.read_text()).get("maps") if evaluation.is_file() else None
     report.health = health_findings(predictions, summary, maps) or (
         [(GREEN, healthy_line(predictions))] if predictions else [])
 
@@ -253,7 +250,9 @@ def _curves_figure(chain: list[Path]) -> str:
                    "training curves")
 
 
-def predictions_section(report: Report, explained: Path) -> dict:
+def predictions_section(report: Report, explained: Path, metrics: dict) -> dict:
+    """The confusion matrix and predicted-vs-true targets; ``metrics`` (prediction_metrics of the
+    same table) gives their figures with intervals."""
     from ..data.table import names_from_columns
 
     with (explained / "predictions.csv").open(newline="") as f:
@@ -280,17 +279,16 @@ def predictions_section(report: Report, explained: Path) -> dict:
                         color="white" if confusion[a, b] > confusion.max() / 2 else "black", fontsize=13)
         ax.set(xticks=range(k), yticks=range(k), xticklabels=names, yticklabels=names, xlabel="predicted class",
                ylabel="true class")
-        facts["accuracy"] = float((labels == predicted).mean())
-        facts["accuracy_text"] = describe(facts["accuracy"], wilson_interval(int((labels == predicted).sum()),
-                                                                             len(labels)), len(labels))
+        c = metrics["classification"]
+        facts["accuracy"], facts["accuracy_text"] = c["accuracy"], describe(c["accuracy"], c["accuracy_ci"], c["n"])
         ax.set_title(f"confusion matrix: accuracy {facts['accuracy_text']}", fontsize=10)
         i += 1
     if regressed:
         true = np.array([float(r["target"]) for r in regressed])
         predicted = np.array([float(r["predicted_target"]) for r in regressed])
-        facts["mae"] = float(np.abs(predicted - true).mean())
-        facts["mae_text"] = describe(facts["mae"], bootstrap_interval(np.abs(predicted - true)), len(true), 2)
-        facts["r"] = float(np.corrcoef(true, predicted)[0, 1]) if len(true) > 2 else float("nan")
+        r = metrics["regression"]
+        facts["mae"], facts["mae_text"] = r["mae"], describe(r["mae"], r["mae_ci"], r["n"], 2)
+        facts["r"] = r.get("pearson", float("nan"))  # undefined with two points or a constant prediction
         ax = axes[0, i]
         ax.scatter(true, predicted, s=16, alpha=0.8)
         low, high = min(true.min(), predicted.min()), max(true.max(), predicted.max())
@@ -420,9 +418,13 @@ def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[s
         data_section(report, run_dir)
         curves_section(report, run_dir)
     first = next(iter(explained.values()), None)
+    facts, summary = {}, {}
     if first is not None:
-        health_section(report, first)
-    facts = predictions_section(report, first) if first is not None and (first / "predictions.csv").is_file() else {}
+        metrics = prediction_metrics(first / "predictions.csv")  # once: the banner, the figures, the headline
+        summary = _read_json(first / "summary.json")
+        health_section(report, metrics, summary, _read_json(first / "evaluation.json").get("maps"))
+        if metrics:
+            facts = predictions_section(report, first, metrics)
     if csv_path is not None and first is not None:
         gallery_section(report, csv_path, explained, run_dir=run_dir)
     if first is not None:
@@ -430,7 +432,6 @@ def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[s
                        "A walk from one scan's attribute to another's, decoded with the first scan's content. Top: "
                        "the images with the predicted probability of the last class and the regressed target; bottom: "
                        "what the walk changed so far (red brighter, blue darker).", first)
-        summary = json.loads((first / "summary.json").read_text()) if (first / "summary.json").is_file() else {}
         outliers = [first / str(o.get("figure", "")) for o in summary.get("outliers", [])]
         images_section(report, "Largest prediction errors", outliers,
                        "The test scans whose regressed target is furthest from the truth, with their maps (input, "
