@@ -257,9 +257,7 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
     predictions are scored."""
     from .data.nifti import load_array
     from .data.table import require_split
-    import nibabel as nib
-
-    from .inference import MANIFEST, write_csv
+    from .inference import MANIFEST, map_stamp, write_csv
     from .run import explained_run, read_run_table
 
     outputs, csv_path = Path(outputs), Path(csv_path)
@@ -274,7 +272,7 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
             missing.append(path.name)
             continue
         fa, gt = load_array(path)[0], load_array(r.gt_map)[0]
-        stamps.setdefault(nib.load(str(path)).header["aux_file"].tobytes().rstrip(b"\0").decode(), []).append(r.id)
+        stamps.setdefault(map_stamp(path), []).append(r.id)
         written_mask = outputs / "maps" / f"{r.id}_mask.nii.gz"
         mask = load_array(r.mask)[0] if r.mask is not None else \
             load_array(written_mask)[0] if written_mask.is_file() else None
