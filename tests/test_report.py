@@ -43,6 +43,20 @@ def test_report_is_self_contained(report):
     assert "Headline numbers" in text and "figcaption" in text
 
 
+def test_every_string_from_the_folders_is_escaped_in_the_page():
+    """Run names, table cells and captions come from users' folders: none may become markup."""
+    from icam.report.html import Details, Figure, Note, Report, Table
+
+    hostile = "<img src=x onerror=alert(1)>"
+    report = Report(f"run {hostile}", headline=[hostile], health=[("red", hostile)])
+    report.add(f"Run: {hostile}", [Table(["a", hostile], [[hostile, "1"]], note=hostile), Note(hostile),
+                                   Details(hostile, hostile), Figure("data:image/png;base64,AA==", hostile, hostile,
+                                                                     lead=hostile)])
+    page = report.html()
+    assert "<img src=x" not in page and page.count("&lt;img src=x onerror=alert(1)&gt;") >= 10
+    assert page.count("<img ") == 1 and "<script" not in page
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs Debian's chromium)")
 def test_report_renders_in_chromium_without_errors(report, tmp_path):
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -123,12 +137,38 @@ def test_health_banner_flags_a_failed_model_and_passes_a_healthy_one(run_dir, tm
             result = runner.invoke(app, args)
             assert result.exit_code == 0, result.output
         pages[name] = (tmp_path / f"{name}.html").read_text()
-    assert "class='health green'>No warning signs: accuracy" in pages["healthy"]
+    assert 'class="health green">No warning signs: accuracy' in pages["healthy"]
     assert "health red" not in pages["healthy"] and "health amber" not in pages["healthy"]
-    assert "class='health red'" in pages["failed"] and "No warning signs" not in pages["failed"]
+    assert 'class="health red"' in pages["failed"] and "No warning signs" not in pages["failed"]
     assert re.search(r"no better than always predicting the commonest class|predicted as the same class",
                      pages["failed"])
     assert ">Data<" in pages["failed"] and "No t-SNE" not in pages["healthy"]
+
+
+def test_figures_turn_any_stored_orientation_to_ras_and_name_each_cut_in_mm():
+    """A run may keep its arrays in LPS (data.orientation) and a 2D model sees slices: the
+    figures turn each to RAS by its affine, so the letters hold, and give the cut in mm."""
+    from icam.data.nifti import slice_affine
+    from icam.report.figures import _views, cut_label, to_ras
+
+    ras = np.zeros((20, 24, 16))
+    ras[3, 12, 8] = 1.0  # the subject's left
+    ras_affine = np.array([[2.0, 0, 0, -20], [0, 2, 0, -24], [0, 0, 2, -16], [0, 0, 0, 1]])
+    lps = ras[::-1, ::-1, :]  # the same scan stored LPS: x and y run the other way
+    lps_affine = np.array([[-2.0, 0, 0, 18], [0, -2, 0, 22], [0, 0, 2, -16], [0, 0, 0, 1]])
+    (turned,), affine = to_ras([lps], lps_affine)
+    assert np.array_equal(turned, ras) and np.allclose(affine, ras_affine)
+    assert cut_label("sagittal", affine, (3, 12, 8)) == "sagittal x = -14 mm"
+    assert cut_label("axial", affine, (3, 12, 8)) == "axial z = 0 mm"
+    assert [view for view, _ in _views(turned, (3, 12, 8))] == ["sagittal", "coronal", "axial"]
+    # 2D models: an axial slice is one axial view, a sagittal slice (slice_axis 0) one sagittal view
+    (axial,), affine = to_ras([lps[:, :, 8]], slice_affine(lps_affine, 2, 8))
+    assert axial.shape == (20, 24, 1) and np.argmax(axial[:, 12, 0]) == 3
+    assert [v for v, _ in _views(axial, (3, 12, 0))] == ["axial"] and cut_label("axial", affine, (3, 12, 0)) == \
+        "axial z = 0 mm"
+    (sagittal,), affine = to_ras([lps[16]], slice_affine(lps_affine, 0, 16))
+    assert sagittal.shape == (1, 24, 16) and [v for v, _ in _views(sagittal, (0, 12, 8))] == ["sagittal"]
+    assert cut_label("sagittal", affine, (0, 12, 8)) == "sagittal x = -14 mm"
 
 
 def test_every_slice_is_lettered_on_the_side_the_subject_is():

@@ -296,7 +296,7 @@ def attribute_cohort(model, dataset: NiftiCohort, out: Path, *, figures: str = "
         if figures == "all":
             gt = item["gt_map"][0].numpy() if "gt_map" in item else None
             explanation_figure(out / "figures" / f"{ident}_fa.png", item["image"][0].numpy(), fa, None, mask,
-                               f"{ident}: {model.name} map", gt)
+                               f"{ident}: {model.name} map", gt, affine=dataset.item_affine(i))
         if progress:
             progress(i + 1, count)
     write_csv(out / "predictions.csv", records)
@@ -326,7 +326,7 @@ def explain_pair(explainer: Explainer, a: Path, b: Path, out: Path) -> list[Path
         item = (first, second)[i]
         written.append(explanation_figure(out / f"{stem}_fa.png", item["image"][0].numpy(), fa_np, None,
                                           _brain_mask(item), f"{ids[i]} with the attribute of {other}",
-                                          map_title="FA of this one translation"))
+                                          map_title="FA of this one translation", affine=dataset.item_affine(i)))
     return written
 
 
@@ -351,7 +351,7 @@ def explain_interpolation(explainer: Explainer, a: Path, b: Path, steps: int, ou
                                        walk.probabilities.cpu().numpy(),
                                        walk.targets.cpu().numpy() if explainer.regressing else None,
                                        f"{output_id(dataset, 0)}: attribute from its own to that of "
-                                       f"{output_id(dataset, 1)}", explainer.class_names))
+                                       f"{output_id(dataset, 1)}", explainer.class_names, dataset.item_affine(0)))
     return written
 
 
@@ -423,7 +423,7 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
                      + f"; translated to {names[int(explanation.target_class[0])]}, {n_samples} samples")
             gt = item["gt_map"][0].numpy() if "gt_map" in item else None
             explanation_figure(out / "figures" / f"{ident}_fa.png", item["image"][0].numpy(), mean, var, mask,
-                               title, gt)
+                               title, gt, affine=dataset.item_affine(i))
         attributes.append(explanation.prediction.attribute_mean[0].cpu().numpy())
         acceptance.append(explanation.acceptance_rate)
         fallbacks += explanation.fallback

@@ -2,9 +2,11 @@
 
 Colours: FA maps use a diverging map with red = intensity increase under the translation
 and blue = decrease, on a symmetric range (± the 99.5th percentile of |FA| in the brain),
-shown only inside the brain mask. Arrays are RAS: axial views show the subject's right on
-the right (neurological convention), anterior at the top, and every slice carries its
-orientation letters. Figures are written at DPI dots per inch with text of 10 pt or more.
+shown only inside the brain mask. Arrays are turned to RAS by their affine before drawing
+(whatever orientation the run used): views show the subject's left on the left
+(neurological convention), anterior or superior at the top; every slice carries its
+orientation letters and 3D cuts their world coordinate in mm. Figures are written at DPI
+dots per inch with text of 10 pt or more.
 """
 
 from __future__ import annotations
@@ -35,12 +37,43 @@ def symmetric_limit(fa: np.ndarray, mask: np.ndarray | None = None) -> float:
     return float(max(np.percentile(values, 99.5), 1e-6))
 
 
+VIEWS = ("sagittal", "coronal", "axial")  # the plane across each RAS axis
+WORLD_AXES = ("x", "y", "z")
+
+
+def to_ras(arrays: list[np.ndarray | None], affine: np.ndarray | None) -> tuple[list, np.ndarray | None]:
+    """Arrays on one grid (a 2D model's slice is an (A, B) plane of its item's affine, whose
+    third column is the slice axis) as RAS volumes, with their affine: flips and transposes
+    only, no resampling. Without an affine the arrays are taken to be RAS already."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+    arrays = [a[:, :, None] if a is not None and a.ndim == 2 and affine is not None else a for a in arrays]
+    if affine is None:
+        return arrays, None
+    transform = ornt_transform(io_orientation(affine), axcodes2ornt("RAS"))
+    shape = next(a.shape for a in arrays if a is not None)
+    ras_affine = np.asarray(affine, dtype=np.float64) @ inv_ornt_aff(transform, shape)
+    return [apply_orientation(a, transform) if a is not None else None for a in arrays], ras_affine
+
+
 def _views(volume: np.ndarray, centre: tuple[int, ...]) -> list[tuple[str, np.ndarray]]:
-    """2D: the image itself. 3D: sagittal, coronal and axial planes through ``centre``."""
+    """The planes of a RAS volume through ``centre``: sagittal, coronal and axial, or the one
+    plane of a volume that is one voxel thick (a 2D model's slice). A bare 2D array: itself."""
     if volume.ndim == 2:
         return [("", volume)]
-    x, y, z = centre
-    return [("sagittal", volume[x, :, :]), ("coronal", volume[:, y, :]), ("axial", volume[:, :, z])]
+    thin = [axis for axis in range(3) if volume.shape[axis] == 1]
+    planes = [(VIEWS[axis], np.take(volume, centre[axis] if not thin else 0, axis=axis))
+              for axis in (thin or range(3))]
+    return planes
+
+
+def cut_label(view: str, affine: np.ndarray | None, centre: tuple[int, ...]) -> str:
+    """A view with the world coordinate of its cut, as viewers show it: "axial z = 12 mm"."""
+    if not view or affine is None:
+        return view
+    axis = VIEWS.index(view)
+    world = np.asarray(affine, dtype=np.float64) @ np.array([*centre, 1.0])
+    return f"{view} {WORLD_AXES[axis]} = {world[axis]:.0f} mm"
 
 
 def peak(fa: np.ndarray, mask: np.ndarray | None = None) -> tuple[int, ...]:
@@ -85,12 +118,14 @@ def overlay(ax, image: np.ndarray, fa: np.ndarray | None, mask: np.ndarray | Non
 
 def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray, fa_var: np.ndarray | None,
                        mask: np.ndarray | None, title: str, gt_map: np.ndarray | None = None,
-                       map_title: str = "mean FA over input") -> Path:
+                       map_title: str = "mean FA over input", affine: np.ndarray | None = None) -> Path:
     """One scan: the input, the mean FA map over it, the FA variance (and the ground truth if
     known), each with a labelled colour bar; the mean FA and the ground truth share one
     symmetric scale (both are intensity changes), and masked voxels are black in every panel.
-    3D volumes: three orthogonal views (rows) through the largest mean effect."""
+    3D volumes: three orthogonal views (rows) through the largest mean effect, each row named
+    with its cut in mm (``affine``: the arrays' voxel → mm matrix)."""
     plt = _pyplot()
+    (image, fa_mean, fa_var, mask, gt_map), affine = to_ras([image, fa_mean, fa_var, mask, gt_map], affine)
     centre = peak(fa_mean, mask) if image.ndim == 3 else ()
     panels = [("input", None, None), (map_title, fa_mean, "fa")]
     if fa_var is not None:
@@ -116,7 +151,10 @@ def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray,
                 orientation_letters(ax, view)
             else:
                 overlay(ax, base, plane if kind == "fa" else None, m, limit or 1.0, view)
-            ax.set_title(name + (f" ({view})" if view else ""), fontsize=10)
+            if r == 0:
+                ax.set_title(name, fontsize=10)
+            if c == 0:
+                ax.set_ylabel(cut_label(view, affine, centre), fontsize=10)
         if kind == "fa":
             scalar = plt.cm.ScalarMappable(cmap=FA_CMAP, norm=plt.Normalize(-limit, limit))
             fig.colorbar(scalar, ax=axes[:, c], shrink=0.8, label="change (input in [-1, 1])")
@@ -131,40 +169,50 @@ def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray,
 
 def interpolation_strip(path: str | Path, images: np.ndarray, fa_maps: np.ndarray, mask: np.ndarray | None,
                         probabilities: np.ndarray, targets: np.ndarray | None, title: str,
-                        class_names: list[str] = ("0", "1")) -> Path:
+                        class_names: list[str] = ("0", "1"), affine: np.ndarray | None = None) -> Path:
     """Top row: the images along the walk; bottom row: their change from the first step (the
-    scan rebuilt with its own attribute), so only what the attribute walk changes shows."""
+    scan rebuilt with its own attribute), so only what the attribute walk changes shows. 3D:
+    the axial plane through the largest final change."""
     plt = _pyplot()
     k = len(images)
-    centre = peak(fa_maps[-1], mask) if images.ndim == 4 else ()
+    volumes, affine = to_ras([*images, *fa_maps, mask], affine)
+    images, fa_maps, mask = volumes[:k], volumes[k:2 * k], volumes[-1]
+    centre = peak(fa_maps[-1], mask) if images[0].ndim == 3 else ()
     limit = symmetric_limit(fa_maps[-1], mask)
     fig, axes = plt.subplots(2, k, figsize=(1.9 * k, 4.2), squeeze=False, layout="constrained")
     for i in range(k):
-        plane = _views(images[i], centre)[-1][1]
+        view, plane = _views(images[i], centre)[-1]
         fa_plane = _views(fa_maps[i], centre)[-1][1]
         m = _views(mask, centre)[-1][1] if mask is not None else None
-        overlay(axes[0, i], plane, None, None, limit)
-        overlay(axes[1, i], plane, fa_plane, m, limit)
+        overlay(axes[0, i], plane, None, None, limit, view)
+        overlay(axes[1, i], plane, fa_plane, m, limit, view)
         label = f"p({class_names[-1]}) {probabilities[i, -1]:.2f}"
         if targets is not None:
             label += f"\ntarget {targets[i]:.1f}"
         axes[0, i].set_title(label, fontsize=10)
     axes[0, 0].set_ylabel("translated")
     axes[1, 0].set_ylabel("change from step 0")
-    fig.suptitle(title, fontsize=10)
+    cut = cut_label(view, affine, centre)
+    fig.suptitle(title + (f" ({cut})" if cut else ""), fontsize=10)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return Path(path)
 
 
-def _ras_volume(path: Path) -> np.ndarray:
-    """A NIfTI file as a RAS volume (X, Y, Z), whatever its stored orientation (LPS, …)."""
+def _ras_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI file as a RAS volume (X, Y, Z), whatever its stored orientation (LPS, …), and
+    its affine."""
     import nibabel as nib
 
     image = nib.load(str(path))
     if len(image.shape) == 2:
-        return np.asarray(image.dataobj, dtype=np.float32)[:, :, None]
-    return np.asarray(nib.as_closest_canonical(image).dataobj, dtype=np.float32)
+        return np.asarray(image.dataobj, dtype=np.float32)[:, :, None], image.affine
+    image = nib.as_closest_canonical(image)
+    return np.asarray(image.dataobj, dtype=np.float32), image.affine
+
+
+def _ras_volume(path: Path) -> np.ndarray:
+    return _ras_image(path)[0]
 
 
 def _display_range(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -212,7 +260,8 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
         def axial(volume):
             return volume[:, :, k] if volume is not None else None
         mask = axial(mask_volume)
-        image = _display_range(axial(_ras_volume(row.image)), mask)
+        image_volume, affine = _ras_image(row.image)
+        image = _display_range(axial(image_volume), mask)
         gt = axial(_ras_volume(row.gt_map)) if row.gt_map else None
         maps = {name: axial(volume) for name, volume in volumes.items()}
         first = maps[names[0]]
@@ -225,20 +274,21 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
             panels.append((f"{names[0]}: variance", axial(_ras_volume(variance)), "var"))
         panels += [(name, maps[name], "relevance" if maps[name] is not None and maps[name].min() >= 0 else "signed")
                    for name in names[1:]]
-        return stem, image, mask, panels
+        cut = cut_label("axial", affine, (image_volume.shape[0] // 2, image_volume.shape[1] // 2, k)) if image_volume.shape[2] > 1 else ""
+        return stem, image, mask, panels, cut
 
     built = [panels_for(row) for row in chosen]
     # one scale for every intensity change (ground truth and the mean FA, all rows) and one for the
     # variances; post-hoc maps are in other units, each shown relative to its own range
-    change = max([symmetric_limit(d, m) for _, _, m, panels in built for _, d, k in panels
+    change = max([symmetric_limit(d, m) for _, _, m, panels, _ in built for _, d, k in panels
                   if k == "change" and d is not None] or [1.0])
     spread = max([float(np.percentile(d[m > 0] if m is not None and (m > 0).any() else d, 99.5))
-                  for _, _, m, panels in built for _, d, k in panels if k == "var" and d is not None] or [1.0])
+                  for _, _, m, panels, _ in built for _, d, k in panels if k == "var" and d is not None] or [1.0])
     plt = _pyplot()
     columns = len(built[0][3])
     fig, axes = plt.subplots(len(built), columns, figsize=(2.6 * columns + 1.5, 2.6 * len(built)), squeeze=False,
                              layout="constrained")
-    for r, (stem, image, mask, panels) in enumerate(built):
+    for r, (stem, image, mask, panels, cut) in enumerate(built):
         for c, (title, data, kind) in enumerate(panels):
             ax = axes[r, c]
             if kind == "var":
@@ -256,7 +306,7 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
                 ax.set_title(title, fontsize=10)
         facts = [chosen[r].raw_label] if chosen[r].raw_label else []
         facts += [f"target {chosen[r].target:.1f}"] if not np.isnan(chosen[r].target) else []
-        axes[r, 0].set_ylabel(f"{stem}\n{', '.join(facts)}", fontsize=10)
+        axes[r, 0].set_ylabel("\n".join(filter(None, (stem, ", ".join(facts), cut))), fontsize=10)
     kinds = [k for _, _, k in built[0][3]]
     bars = {"change": (FA_CMAP, -change, change, "change (input in [-1, 1])"),
             "var": ("magma", 0, spread, "variance over samples"),

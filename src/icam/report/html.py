@@ -4,15 +4,18 @@ Everything is embedded (PNG figures as data URIs, no scripts, no network), so th
 from disk anywhere. The report finds what a folder holds: a run folder (config, provenance,
 training curves), explanation folders (predictions, maps, t-SNE, interpolation, outliers, map
 scores) and benchmark tables, and shows each with a caption saying how to read it.
+
+Sections are lists of blocks (tables, figures, notes); the page is the Jinja2 template
+``templates/report.html.j2``, which escapes every value: no string reaches HTML unescaped.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
-import html
 import io
 import json
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,24 +29,41 @@ from ..intervals import describe, paired_difference
 from .figures import DPI, _pyplot, gallery_figure
 from .health import GREEN, health_findings, healthy_line
 
-STYLE = """
-body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1180px;
-       padding: 0 24px 48px; color: #1d2430; line-height: 1.45; }
-h1 { margin-top: 28px; } h2 { border-bottom: 1px solid #d7dde6; padding-bottom: 4px; margin-top: 36px; }
-figure { margin: 14px 0; } figure img { max-width: 100%; height: auto; border: 1px solid #e4e8ee; }
-figcaption { font-size: 0.9em; color: #4a5566; max-width: 980px; }
-table { border-collapse: collapse; margin: 10px 0; font-size: 0.92em; }
-th, td { border: 1px solid #d7dde6; padding: 4px 9px; text-align: right; white-space: nowrap; }
-th { background: #f2f5f9; }
-td:first-child, th:first-child { text-align: left; }
-.headline { background: #f4f8fc; border-left: 4px solid #3b6fb6; padding: 10px 16px; }
-details pre { background: #f6f8fa; padding: 10px; overflow-x: auto; font-size: 0.85em; }
-.note { color: #6b7585; font-size: 0.88em; }
-.health { padding: 8px 16px; margin: 6px 0; border-left: 4px solid; }
-.health.red { background: #fdecea; border-color: #b42318; } .health.amber { background: #fff4e0; border-color: #b26b00; }
-.health.green { background: #ecf7ee; border-color: #2f7d3a; }
-table.facts td { text-align: left; }
-"""
+
+@dataclass
+class Table:
+    header: list[str] | None  # None: a two-column list of facts
+    rows: list[list]
+    note: str = ""
+    kind: str = "table"
+
+
+@dataclass
+class Figure:
+    src: str  # a data URI
+    caption: str
+    alt: str
+    lead: str = ""  # shown in bold before the caption
+    kind: str = "figure"
+
+
+@dataclass
+class Note:
+    text: str
+    kind: str = "note"
+
+
+@dataclass
+class Subheading:
+    text: str
+    kind: str = "subheading"
+
+
+@dataclass
+class Details:
+    summary: str
+    text: str  # preformatted, shown when opened
+    kind: str = "details"
 
 
 def _read_json(path: Path) -> dict:
@@ -63,45 +83,33 @@ def _file_png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def _figure(src: str, caption: str, alt: str) -> str:
-    return (f'<figure><img src="{src}" alt="{html.escape(alt)}">'
-            f"<figcaption>{caption}</figcaption></figure>")
-
-
-def _table(header: list[str] | None, rows: list[list]) -> str:
-    head = "<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>" if header else ""
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table{'' if header else ' class=facts'}>{head}{body}</table>"
-
-
-def _markdown_table(text: str) -> str:
-    """The pipe tables `icam benchmark` writes, as HTML (the note under a table becomes a caption)."""
+def _markdown_table(text: str) -> Table:
+    """The pipe tables `icam benchmark` writes (the note under a table becomes its note)."""
     lines = [line for line in text.strip().splitlines()]
     table = [line for line in lines if line.startswith("|")]
     note = " ".join(line for line in lines if line and not line.startswith("|"))
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table if not set(line) <= set("|-")]
-    return _table(cells[0], cells[1:]) + (f'<p class="note">{html.escape(note)}</p>' if note else "")
+    return Table(cells[0], cells[1:], note)
 
 
+@dataclass
 class Report:
-    def __init__(self, title: str):
-        self.title, self.sections, self.headline = title, [], []
-        self.health: list[tuple[str, str]] = []  # (red | amber | green, sentence), shown first
+    title: str
+    sections: list[tuple[str, list]] = field(default_factory=list)  # (heading, blocks)
+    headline: list[str] = field(default_factory=list)
+    health: list[tuple[str, str]] = field(default_factory=list)  # (red | amber | green, sentence), shown first
 
-    def add(self, heading: str, body: str) -> None:
-        self.sections.append((heading, body))
+    def add(self, heading: str, blocks: list) -> None:
+        self.sections.append((heading, blocks))
 
     def html(self) -> str:
-        toc = "".join(f'<li><a href="#s{i}">{html.escape(h)}</a></li>' for i, (h, _) in enumerate(self.sections))
-        body = "".join(f'<h2 id="s{i}">{html.escape(h)}</h2>{b}' for i, (h, b) in enumerate(self.sections))
-        headline = "".join(f"<li>{html.escape(item)}</li>" for item in self.headline)
-        health = "".join(f"<div class='health {level}'>{html.escape(text)}</div>" for level, text in self.health)
+        from jinja2 import Environment, PackageLoader, StrictUndefined
+
+        environment = Environment(loader=PackageLoader("icam.report", "templates"), autoescape=True,
+                                  undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
-                f"<style>{STYLE}</style></head><body><h1>{html.escape(self.title)}</h1>"
-                f"<p class='note'>Made by icam on {made}. Every figure is embedded: this file opens offline.</p>"
-                + health + (f"<div class='headline'><b>Headline numbers</b><ul>{headline}</ul></div>" if headline else "")
-                + f"<nav><ul>{toc}</ul></nav>{body}</body></html>")
+        return environment.get_template("report.html.j2").render(
+            title=self.title, made=made, health=self.health, headline=self.headline, sections=self.sections)
 
 
 def run_section(report: Report, run_dir: Path) -> None:
@@ -117,8 +125,7 @@ def run_section(report: Report, run_dir: Path) -> None:
              ["git commit", (git.get("commit") or "not a git checkout") + (" (modified)" if git.get("dirty") else "")],
              ["packages", ", ".join(f"{k} {v}" for k, v in packages.items())],
              ["started", provenance.get("started", "")]]
-    report.add(f"Run: {run_dir.name}", _table(None, facts) +
-               f"<details><summary>Full resolved config (YAML)</summary><pre>{html.escape(config)}</pre></details>")
+    report.add(f"Run: {run_dir.name}", [Table(None, facts), Details("Full resolved config (YAML)", config)])
 
 
 def health_section(report: Report, predictions: dict, summary: dict, maps: dict | None) -> None:
@@ -144,7 +151,7 @@ def data_section(report: Report, run_dir: Path) -> None:
         target = facts.get("target")
         rows.append([split, facts.get("images", ""), ", ".join(f"{c} {n}" for c, n in zip(labels, counts)),
                      f"{target['min']:.1f}–{target['max']:.1f} (mean {target['mean']:.1f})" if target else "–"])
-    body = _table(["split", "images", "per class", "target range"], rows)
+    body = [Table(["split", "images", "per class", "target range"], rows)]
     preprocessing = data.get("preprocessing", {})
     facts = [["cohort table", data.get("csv", "")], ["scans and subjects", data.get("identity", "")],
              ["model input", f"{config.get('shape')} voxels, {config.get('fit')}, "
@@ -156,12 +163,12 @@ def data_section(report: Report, run_dir: Path) -> None:
     if cropped:
         worst = max(c["brain_cropped"] for c in cropped)
         facts.append(["brain cut by the fit", f"{len(cropped)} images, at most {worst:.1%} of a brain"])
-    body += _table(None, [f for f in facts if f[1]])
+    body.append(Table(None, [f for f in facts if f[1]]))
     excluded_file = run_dir / "excluded.csv"
     excluded = list(csv.DictReader(excluded_file.open())) if excluded_file.is_file() else []
     if excluded:
-        body += f"<p class='note'>{len(excluded)} rows left out of the table (the first 20):</p>"
-        body += _table(["row", "file", "reason"], [[e["row"], e["file"], e["reason"]] for e in excluded[:20]])
+        body += [Note(f"{len(excluded)} rows left out of the table (the first 20):"),
+                 Table(["row", "file", "reason"], [[e["row"], e["file"], e["reason"]] for e in excluded[:20]])]
     report.add("Data", body)
 
 
@@ -181,14 +188,14 @@ def training_chain(run_dir: Path) -> list[Path]:
 def curves_section(report: Report, run_dir: Path) -> None:
     figure = _curves_figure(training_chain(run_dir))
     if figure:
-        report.add("Training", figure)
+        report.add("Training", [figure])
 
 
 VALIDATION_PANELS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
                      ("ncc", "NCC against ground-truth maps"), ("mae", "MAE (target units)"))
 
 
-def _curves_figure(chain: list[Path]) -> str:
+def _curves_figure(chain: list[Path]) -> Figure | None:
     """Every stage of a run (pretraining, then fine-tuning) on one step axis, the boundaries
     marked; one panel per quantity, each on its own axis."""
     stages, offset = [], 0
@@ -201,7 +208,7 @@ def _curves_figure(chain: list[Path]) -> str:
         stages.append((run, offset, train, [r for r in records if r["split"] == "val"], config.get("loss", {})))
         offset += train[-1]["step"]
     if not stages:
-        return ""
+        return None
     validated = [key for key, _ in VALIDATION_PANELS if any(v and key in v[0] for _, _, _, v, _ in stages)]
     plt = _pyplot()
     panels = 2 + len(validated)
@@ -242,12 +249,12 @@ def _curves_figure(chain: list[Path]) -> str:
         label = dict(VALIDATION_PANELS)[key]
         ax.set(title=f"validation: {label}", xlabel="step", ylabel=label.split(" (")[0].split(" against")[0])
     names = " then ".join(run.name for run, *_ in stages)
-    return _figure(_png(fig), f"<b>{html.escape(names)}</b>, {offset} steps in all"
+    return Figure(_png(fig), f", {offset} steps in all"
                    + (" (the dashed line: where the next stage starts, from the previous one's weights)"
                       if len(stages) > 1 else "") + ". Top left: the adversarial losses and the total objective of "
                    "the encoders and generator (log scale). Next: the classification, regression, FA-map and "
                    "latent-regression terms before weighting. Then each validation metric on its own axis.",
-                   "training curves")
+                   "training curves", lead=names)
 
 
 def predictions_section(report: Report, explained: Path, metrics: dict) -> dict:
@@ -300,7 +307,7 @@ def predictions_section(report: Report, explained: Path, metrics: dict) -> dict:
         (["the regressed target against the true one; points on the dashed line are exact"] if regressed else [])
     caption = ". ".join(f"{side}: {text}" for side, text in zip(("Left", "Right"), parts)) if len(parts) == 2 \
         else parts[0][0].upper() + parts[0][1:]
-    report.add("Predictions", _figure(_png(fig), caption + ".", "prediction results"))
+    report.add("Predictions", [Figure(_png(fig), caption + ".", "prediction results")])
     return facts
 
 
@@ -310,7 +317,7 @@ def gallery_section(report: Report, csv_path: Path, methods: dict[str, Path], su
     fig = gallery_figure(csv_path, methods, subjects, run_dir)
     if fig is None:
         return
-    names = [html.escape(name) for name in methods]
+    names = list(methods)
     caption = (f"Test subjects of each class (rows), axial slices in neurological convention (the subject's left "
                f"on the left; letters at the edges). Red: brighter after translation; blue: darker; shown above 20% "
                f"of the colour range, inside the brain. The ground truth and {names[0]}'s mean FA maps of every row "
@@ -319,8 +326,8 @@ def gallery_section(report: Report, csv_path: Path, methods: dict[str, Path], su
     if len(names) > 1:
         caption += (f" {', '.join(names[1:])} are post-hoc maps in other units, each divided by its own 99.5th "
                     f"percentile: relevance without a sign (standard Grad-CAM) in a sequential map from 0.")
-    report.add("Feature-attribution maps", _figure(_png(fig), caption + " A good map lights up where the ground "
-                                                   "truth does.", "feature-attribution gallery"))
+    report.add("Feature-attribution maps", [Figure(_png(fig), caption + " A good map lights up where the ground "
+                                                   "truth does.", "feature-attribution gallery")])
 
 
 def embeddable(path: Path, folder: Path) -> bool:
@@ -336,13 +343,13 @@ def embeddable(path: Path, folder: Path) -> bool:
 def images_section(report: Report, heading: str, paths: list[Path], caption: str, folder: Path) -> None:
     paths = [p for p in paths if embeddable(p, folder)]
     if len(paths) == 1:
-        report.add(heading, _figure(_file_png(paths[0]), caption, paths[0].stem))
+        report.add(heading, [Figure(_file_png(paths[0]), caption, paths[0].stem)])
     elif paths:  # one caption for the whole list, above it
-        report.add(heading, f"<p class='note'>{caption}</p>" + "".join(_figure(_file_png(p), "", p.stem)
-                                                                     for p in paths))
+        report.add(heading, [Note(caption)] + [Figure(_file_png(p), "", p.stem) for p in paths])
 
 
-def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | None) -> dict:
+def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | None,
+                   class_names: list[str] = ("0", "1")) -> dict:
     rows, facts = [], {}
     for name, folder in methods.items():
         path = folder / "evaluation.json"
@@ -358,14 +365,16 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
         facts[name] = (minus["mean"], plus["mean"])
         rows.append([name, fmt(minus), fmt(plus)] + [fmt(maps["all"][m]) for m in ("auroc", "ap", "dice_topk",
                                                                                       "pointing")])
-    body = ""
+    body = []
     if rows:
-        body += _table(["method", "NCC(−)", "NCC(+)", "AUROC", "AP", "Dice top-k", "pointing (share)"], rows)
-        body += ("<p class='note'>Each test subject's map against its own ground-truth change inside its brain mask: "
-                 "the mean over subjects [95% bootstrap interval, subjects resampled], n subjects. NCC(−) for old → "
-                 "young translations, NCC(+) for young → old; AUROC and average precision of |map| for the changed "
-                 "voxels; Dice of the top-k voxels; the pointing game (the share of subjects whose largest |map| is "
-                 "in a changed voxel, with Wilson's interval). Higher is better everywhere.</p>")
+        body.append(Table(["method", "NCC(−)", "NCC(+)", "AUROC", "AP", "Dice top-k", "pointing (share)"], rows,
+                          "Each test subject's map against its own ground-truth change inside its brain mask: the "
+                          "mean over subjects [95% bootstrap interval, subjects resampled], n subjects. NCC(−) for "
+                          f"{class_names[1]} → {class_names[0]} translations, NCC(+) for {class_names[0]} → "
+                          f"{class_names[1]}; AUROC and average precision of |map| "
+                          "for the changed voxels; Dice of the top-k voxels; the pointing game (the share of "
+                          "subjects whose largest |map| is in a changed voxel, with Wilson's interval). Higher is "
+                          "better everywhere."))
         body += _differences(methods)
     if benchmark is not None:
         titles = {"table2_maps": "Benchmark: maps against ground truth (paper Table II)",
@@ -374,13 +383,13 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
         for stem, title in titles.items():
             path = benchmark / "results" / f"{stem}.md"
             if path.is_file():
-                body += f"<h3>{html.escape(title)}</h3>" + _markdown_table(path.read_text())
+                body += [Subheading(title), _markdown_table(path.read_text())]
     if body:
         report.add("Scores against ground truth", body)
     return facts
 
 
-def _differences(methods: dict[str, Path]) -> str:
+def _differences(methods: dict[str, Path]) -> list:
     """The first method's NCC minus each other's on the same subjects, with a paired bootstrap
     interval: whether "ICAM beats Grad-CAM" holds beyond the spread of these subjects."""
     def per_subject(folder):
@@ -400,10 +409,11 @@ def _differences(methods: dict[str, Path]) -> str:
             cells.append(describe(d["mean"], d["ci"], d["n"]))
         rows.append(cells)
     if not rows:
-        return ""
-    return ("<h3>Differences between methods</h3>" + _table(["NCC difference", "NCC(−)", "NCC(+)"], rows)
-            + "<p class='note'>The mean per-subject difference in NCC on the same subjects [95% paired bootstrap "
-              "interval], n pairs: an interval that excludes 0 is a difference these subjects support.</p>")
+        return []
+    return [Subheading("Differences between methods"),
+            Table(["NCC difference", "NCC(−)", "NCC(+)"], rows,
+                  "The mean per-subject difference in NCC on the same subjects [95% paired bootstrap interval], "
+                  "n pairs: an interval that excludes 0 is a difference these subjects support.")]
 
 
 def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[str, Path] | None = None,
@@ -442,9 +452,10 @@ def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[s
                            "scans, coloured by class and by target: class-relevant information should separate "
                            "here.", first)
         elif summary.get("explained"):
-            report.add("Attribute space", f"<p class='note'>No t-SNE: it is drawn from {TSNE_MINIMUM} explained scans "
-                                          f"up, and this folder has {summary['explained']}.</p>")
-    scores = scores_section(report, explained, benchmark)
+            report.add("Attribute space", [Note(f"No t-SNE: it is drawn from {TSNE_MINIMUM} explained scans up, and "
+                                               f"this folder has {summary['explained']}.")])
+    names = summary.get("classes") or ["class 0", "class 1"]
+    scores = scores_section(report, explained, benchmark, names)
     if "accuracy" in facts:
         report.headline.append(f"classification: accuracy {facts['accuracy_text']} scans [95% Wilson interval]")
     if "mae" in facts:
@@ -453,7 +464,8 @@ def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[s
     maps = [f"{name} {minus:.3f}" + (f" / {plus:.3f}" if plus is not None else "")
             for name, (minus, plus) in scores.items() if minus is not None]
     if maps:
-        report.headline.append("maps against the ground truth, mean NCC per subject, class 1 → 0 / class 0 → 1 "
+        report.headline.append(f"maps against the ground truth, mean NCC per subject, {names[1]} → {names[0]} / "
+                               f"{names[0]} → {names[1]} "
                                "(1 = the map matches the true change, 0 = unrelated): " + ", ".join(maps))
     report.headline.extend(extra_headline)
     out = Path(out)
