@@ -149,7 +149,7 @@ def test_figures_turn_any_stored_orientation_to_ras_and_name_each_cut_in_mm():
     """A run may keep its arrays in LPS (data.orientation) and a 2D model sees slices: the
     figures turn each to RAS by its affine, so the letters hold, and give the cut in mm."""
     from icam.data.nifti import slice_affine
-    from icam.report.figures import _views, cut_label, to_ras
+    from icam.report.figures import _views, cut_label, plane_aspect, to_ras
 
     ras = np.zeros((20, 24, 16))
     ras[3, 12, 8] = 1.0  # the subject's left
@@ -169,6 +169,10 @@ def test_figures_turn_any_stored_orientation_to_ras_and_name_each_cut_in_mm():
     (sagittal,), affine = to_ras([lps[16]], slice_affine(lps_affine, 0, 16))
     assert sagittal.shape == (1, 24, 16) and [v for v, _ in _views(sagittal, (0, 12, 8))] == ["sagittal"]
     assert cut_label("sagittal", affine, (0, 12, 8)) == "sagittal x = -14 mm"
+    # anisotropic voxels are drawn at their true proportions: height / width of one voxel
+    anisotropic = np.diag([4.8, 4.0, 2.4, 1.0])
+    assert plane_aspect("axial", anisotropic) == pytest.approx(4.0 / 4.8)
+    assert plane_aspect("sagittal", anisotropic) == pytest.approx(2.4 / 4.0)
 
 
 def test_every_slice_is_lettered_on_the_side_the_subject_is():

@@ -67,6 +67,16 @@ def _views(volume: np.ndarray, centre: tuple[int, ...]) -> list[tuple[str, np.nd
     return planes
 
 
+def plane_aspect(view: str, affine: np.ndarray | None) -> float:
+    """Height / width of one voxel of a view as drawn (imshow of the plane transposed), so that
+    anisotropic voxels (e.g. 4.8 × 4.0 mm) do not stretch the anatomy."""
+    if not view or affine is None:
+        return 1.0
+    zooms = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(0))
+    across, down = [a for a in range(3) if a != VIEWS.index(view)]
+    return float(zooms[down] / zooms[across])
+
+
 def cut_label(view: str, affine: np.ndarray | None, centre: tuple[int, ...]) -> str:
     """A view with the world coordinate of its cut, as viewers show it: "axial z = 12 mm"."""
     if not view or affine is None:
@@ -102,15 +112,16 @@ RELEVANCE_CMAP = "inferno"  # post-hoc relevance (ReLU'd Grad-CAM, |gradients|) 
 
 
 def overlay(ax, image: np.ndarray, fa: np.ndarray | None, mask: np.ndarray | None, limit: float,
-            view: str = "axial", relevance: bool = False):
+            view: str = "axial", relevance: bool = False, aspect: float = 1.0):
     """A grey scan with the FA map on top (inside the mask, where |FA| ≥ OVERLAY_FLOOR × range),
-    with its orientation letters. ``relevance``: a map without sign, drawn from 0 in a sequential map."""
-    ax.imshow(image.T, cmap="gray", origin="lower", vmin=-1, vmax=1, interpolation="nearest")
+    with its orientation letters. ``relevance``: a map without sign, drawn from 0 in a sequential
+    map. ``aspect``: a voxel's height / width (plane_aspect)."""
+    ax.imshow(image.T, cmap="gray", origin="lower", vmin=-1, vmax=1, interpolation="nearest", aspect=aspect)
     if fa is not None:
         hidden = np.abs(fa) < OVERLAY_FLOOR * limit
         shown = np.ma.masked_where(hidden | ((mask <= 0) if mask is not None else False), fa)
         ax.imshow(shown.T, cmap=RELEVANCE_CMAP if relevance else FA_CMAP, origin="lower",
-                  vmin=0 if relevance else -limit, vmax=limit, alpha=0.85, interpolation="nearest")
+                  vmin=0 if relevance else -limit, vmax=limit, alpha=0.85, interpolation="nearest", aspect=aspect)
     ax.set_xticks([])
     ax.set_yticks([])
     orientation_letters(ax, view)
@@ -145,19 +156,23 @@ def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray,
             if kind == "var":
                 shown = np.ma.masked_where(m <= 0, plane) if m is not None else plane
                 ax.set_facecolor("black")  # outside the brain: as dark as the other panels' background
-                artist = ax.imshow(shown.T, cmap="magma", origin="lower", interpolation="nearest")
+                artist = ax.imshow(shown.T, cmap="magma", origin="lower", interpolation="nearest",
+                                   aspect=plane_aspect(view, affine))
                 ax.set_xticks([])
                 ax.set_yticks([])
                 orientation_letters(ax, view)
             else:
-                overlay(ax, base, plane if kind == "fa" else None, m, limit or 1.0, view)
+                overlay(ax, base, plane if kind == "fa" else None, m, limit or 1.0, view,
+                        aspect=plane_aspect(view, affine))
             if r == 0:
                 ax.set_title(name, fontsize=10)
             if c == 0:
                 ax.set_ylabel(cut_label(view, affine, centre), fontsize=10)
-        if kind == "fa":
+        if kind == "fa" and c == max(k for k, (_, _, other) in enumerate(panels) if other == "fa"):
+            # one bar for the shared scale, beside the last panel drawn on it
             scalar = plt.cm.ScalarMappable(cmap=FA_CMAP, norm=plt.Normalize(-limit, limit))
-            fig.colorbar(scalar, ax=axes[:, c], shrink=0.8, label="change (input in [-1, 1])")
+            fig.colorbar(scalar, ax=axes[:, c], shrink=0.8, label="change (input in [-1, 1])"
+                         + (", both maps" if gt_map is not None else ""))
         elif kind == "var":
             fig.colorbar(artist, ax=axes[:, c], shrink=0.8, label="variance over samples")
     fig.suptitle(title, fontsize=10)
@@ -184,8 +199,8 @@ def interpolation_strip(path: str | Path, images: np.ndarray, fa_maps: np.ndarra
         view, plane = _views(images[i], centre)[-1]
         fa_plane = _views(fa_maps[i], centre)[-1][1]
         m = _views(mask, centre)[-1][1] if mask is not None else None
-        overlay(axes[0, i], plane, None, None, limit, view)
-        overlay(axes[1, i], plane, fa_plane, m, limit, view)
+        overlay(axes[0, i], plane, None, None, limit, view, aspect=plane_aspect(view, affine))
+        overlay(axes[1, i], plane, fa_plane, m, limit, view, aspect=plane_aspect(view, affine))
         label = f"p({class_names[-1]}) {probabilities[i, -1]:.2f}"
         if targets is not None:
             label += f"\ntarget {targets[i]:.1f}"
@@ -274,34 +289,36 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
             panels.append((f"{names[0]}: variance", axial(_ras_volume(variance)), "var"))
         panels += [(name, maps[name], "relevance" if maps[name] is not None and maps[name].min() >= 0 else "signed")
                    for name in names[1:]]
-        cut = cut_label("axial", affine, (image_volume.shape[0] // 2, image_volume.shape[1] // 2, k)) if image_volume.shape[2] > 1 else ""
-        return stem, image, mask, panels, cut
+        cut = cut_label("axial", affine, (image_volume.shape[0] // 2, image_volume.shape[1] // 2, k)) \
+            if image_volume.shape[2] > 1 else ""
+        return stem, image, mask, panels, cut, plane_aspect("axial", affine)
 
     built = [panels_for(row) for row in chosen]
     # one scale for every intensity change (ground truth and the mean FA, all rows) and one for the
     # variances; post-hoc maps are in other units, each shown relative to its own range
-    change = max([symmetric_limit(d, m) for _, _, m, panels, _ in built for _, d, k in panels
+    change = max([symmetric_limit(d, m) for _, _, m, panels, *_ in built for _, d, k in panels
                   if k == "change" and d is not None] or [1.0])
     spread = max([float(np.percentile(d[m > 0] if m is not None and (m > 0).any() else d, 99.5))
-                  for _, _, m, panels, _ in built for _, d, k in panels if k == "var" and d is not None] or [1.0])
+                  for _, _, m, panels, *_ in built for _, d, k in panels if k == "var" and d is not None] or [1.0])
     plt = _pyplot()
     columns = len(built[0][3])
     fig, axes = plt.subplots(len(built), columns, figsize=(2.6 * columns + 1.5, 2.6 * len(built)), squeeze=False,
                              layout="constrained")
-    for r, (stem, image, mask, panels, cut) in enumerate(built):
+    for r, (stem, image, mask, panels, cut, aspect) in enumerate(built):
         for c, (title, data, kind) in enumerate(panels):
             ax = axes[r, c]
             if kind == "var":
                 ax.set_facecolor("black")  # outside the brain: as dark as the other panels' background
                 ax.imshow((np.ma.masked_where(mask <= 0, data) if mask is not None else data).T, cmap="magma",
-                          origin="lower", vmin=0, vmax=spread)
+                          origin="lower", vmin=0, vmax=spread, aspect=aspect)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 orientation_letters(ax)
             elif kind in ("relevance", "signed") and data is not None:
-                overlay(ax, image, data / symmetric_limit(data, mask), mask, 1.0, relevance=kind == "relevance")
+                overlay(ax, image, data / symmetric_limit(data, mask), mask, 1.0, relevance=kind == "relevance",
+                        aspect=aspect)
             else:
-                overlay(ax, image, data, mask, change)
+                overlay(ax, image, data, mask, change, aspect=aspect)
             if r == 0:
                 ax.set_title(title, fontsize=10)
         facts = [chosen[r].raw_label] if chosen[r].raw_label else []

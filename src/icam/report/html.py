@@ -238,6 +238,8 @@ def _curves_figure(chain: list[Path]) -> Figure | None:
                 ax.axvline(start, color="grey", linestyle="--", linewidth=1)
             axes[0].text(start, 1.0, f" {run.name} starts", transform=axes[0].get_xaxis_transform(), fontsize=10,
                          va="top", color="grey")
+    for ax in axes[:panels]:  # one step axis: validation points line up with the losses
+        ax.set_xlim(0, offset)
     axes[0].set_yscale("log")
     axes[0].set(title="training losses (log scale)", xlabel="step", ylabel="loss")
     axes[1].set(title="selected terms, unweighted", xlabel="step", ylabel="loss")
