@@ -96,9 +96,33 @@ def test_a_baseline_stops_when_its_validation_metric_is_flat(tmp_path):
         torch.rand(1, 1, 64, 64)).probabilities.shape == (1, 2)
 
 
-def test_occlusion_window_scales_from_the_paper():
-    assert occlusion_window((128, 160, 128)) == (10, 5)
+def test_occlusion_window_scales_from_the_paper_and_bounds_the_forward_passes():
+    from icam.baselines.attribution import OCCLUSION_POSITIONS, occlusion_positions
+
+    assert occlusion_window((128, 160, 128)) == (10, 5)  # the paper's own setting: 17,856 positions
     assert occlusion_window((64, 64)) == (5, 2)
+    for shape in ((32, 48, 32), (64, 80, 64), (16, 16, 16)):  # scaled down, these were 45,167 … positions
+        window, stride = occlusion_window(shape)
+        assert occlusion_positions(shape, window, stride) <= OCCLUSION_POSITIONS and window >= 2 * stride
+
+
+def test_occlusion_finds_the_only_region_a_3d_network_reads():
+    """A network that reads one box of the volume: occlusion (batched positions) must light up
+    that box and nothing a block away from it."""
+    from icam.baselines.attribution import _posthoc
+
+    class ReadsOneBox(torch.nn.Module):
+        def forward(self, x):
+            score = x[:, :, 4:8, 6:10, 2:6].sum((1, 2, 3, 4))
+            return torch.stack([score, torch.zeros_like(score)], 1)
+
+    x = torch.rand(1, 1, 16, 20, 16) + 0.5
+    relevance = _posthoc(ReadsOneBox(), "occlusion", x, torch.zeros(1, dtype=torch.long))[0, 0]
+    window, _ = occlusion_window((16, 20, 16))
+    assert relevance.shape == x.shape[2:] and (relevance[4:8, 6:10, 2:6] > 0).all()
+    far = torch.ones_like(relevance, dtype=torch.bool)
+    far[4 - window:8 + window, 6 - window:10 + window, max(0, 2 - window):6 + window] = False
+    assert relevance[far].abs().max() == 0
 
 
 def test_baseline_maps_are_scored_like_icams(baseline_runs, tmp_path):

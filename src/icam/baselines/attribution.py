@@ -5,7 +5,8 @@ Grad-CAM as Selvaraju et al. define it (the ReLU of the gradient-weighted activa
 last block, up-sampled to the input; captum's LayerGradCam leaves the ReLU off unless asked,
 and its negative lobes would count as relevance once maps are scored by |map|); guided Grad-CAM; guided backprop;
 integrated gradients (zero baseline, 200 steps, in internal batches); occlusion with a zero
-block and stride scaled from 10 and 5 voxels at 128×160×128. VA-GAN's map is M(x).
+block and stride scaled from 10 and 5 voxels at 128×160×128, the stride widened where the
+positions would exceed OCCLUSION_POSITIONS, and many positions per forward pass. VA-GAN's map is M(x).
 The ReLUs of these networks are not in place: guided backprop hooks them.
 """
 
@@ -112,10 +113,30 @@ class BaselineModel:
             return _posthoc(self.network, self.posthoc, x, target).detach()
 
 
-def occlusion_window(shape: tuple[int, ...]) -> tuple[int, int]:
-    """The paper's occlusion block 10 and stride 5 at 128×160×128, scaled to this input."""
+# Occlusion costs one forward pass per position of the block. The paper's block 10, stride 5
+# at 128×160×128 is 17,856 positions; scaled down to a 32×48×32 volume (block 2, stride 1) it
+# would be 45,167 (over 15 min on a CPU), so the stride grows until the positions fit.
+OCCLUSION_POSITIONS = 20_000
+OCCLUSION_BATCH_VOXELS = 2 ** 25  # input voxels per forward pass (perturbed copies × image size)
+
+
+def occlusion_positions(shape: tuple[int, ...], window: int, stride: int) -> int:
+    positions = 1
+    for size in shape:
+        positions *= (size - window) // stride + 1
+    return positions
+
+
+def occlusion_window(shape: tuple[int, ...], max_positions: int = OCCLUSION_POSITIONS) -> tuple[int, int]:
+    """The paper's occlusion block 10 and stride 5 at 128×160×128, scaled to this input; where
+    that would take more than ``max_positions`` forward passes the stride grows (the block stays
+    at least twice the stride, so every voxel is still occluded)."""
     scale = min(shape) / 128
-    return max(2, round(10 * scale)), max(1, round(5 * scale))
+    window, stride = max(2, round(10 * scale)), max(1, round(5 * scale))
+    while occlusion_positions(shape, window, stride) > max_positions and window < min(shape):
+        stride += 1
+        window = max(window, 2 * stride)
+    return window, stride
 
 
 def _posthoc(network, name: str, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -134,8 +155,10 @@ def _posthoc(network, name: str, x: torch.Tensor, target: torch.Tensor) -> torch
         return IntegratedGradients(network).attribute(x, baselines=torch.zeros_like(x), target=target, n_steps=200,
                                                       internal_batch_size=50)
     window, stride = occlusion_window(tuple(x.shape[2:]))
+    per_pass = max(1, min(256, OCCLUSION_BATCH_VOXELS // x[0].numel()))
     return Occlusion(network).attribute(x, target=target, sliding_window_shapes=(1,) + (window,) * d,
-                                        strides=(1,) + (stride,) * d, baselines=0)
+                                        strides=(1,) + (stride,) * d, baselines=0, perturbations_per_eval=per_pass,
+                                        show_progress=x[0].numel() > 100_000)  # 3D volumes take minutes
 
 
 __all__ = ["BaselineModel", "POSTHOC", "occlusion_window"]
