@@ -28,6 +28,12 @@ class Generator(Checkpointable):
         self.to_image = nn.Sequential(conv(spatial_dims, mixed // 4, out_channels, 1), nn.Tanh())
 
     def forward(self, content: torch.Tensor, attribute_map: torch.Tensor) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled() and len(content) > 1:
+            # one segment per image (each is decoded on its own: no norm mixes images), so backward
+            # recomputes one volume's full-resolution tail at a time, not the whole batch's (a
+            # training step decodes three volumes per image at once)
+            return torch.cat([self.segment(self._decode, c, a)
+                              for c, a in zip(content.split(1), attribute_map.split(1))])
         # one checkpointing segment: the full-resolution tail holds most of G's activations
         return self.segment(self._decode, content, attribute_map)
 
