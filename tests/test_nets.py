@@ -90,3 +90,34 @@ def test_the_authors_upsampling_block_has_the_same_weights_and_shapes(shape):
     assert smoothed.decode(smoothed.encode_content(x), smoothed.encode_attribute(x)[0]).shape == x.shape
     with pytest.raises(ValueError, match="upsampling must be one of"):
         ICAM(shape, width=4, upsampling="bilinear")
+
+
+def test_regional_compilation_compiles_each_outermost_repeated_block_and_nothing_else(monkeypatch):
+    """runtime.compile=regional: the blocks every network repeats are compiled (one graph per
+    kind), the networks around them are not; old configs' true/false still load; CUDA graphs
+    without a GPU fall back with a reason."""
+    from icam.config import load_config
+    from icam.nets.blocks import REPEATED_BLOCKS, compile_networks
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compiled.append((self, kwargs)))
+    model = ICAM((32, 32), 2, width=4)
+    networks = [model.content_encoder, model.attribute_encoder, model.generator]
+    compile_networks(networks, "regional")
+    regions = [m for m, _ in compiled]
+    assert regions and all(isinstance(m, REPEATED_BLOCKS) for m in regions)
+    assert len({id(m) for m in regions}) == len(regions)  # each once
+    inside = {id(d) for m in regions for d in m.modules() if d is not m}
+    assert not inside & {id(m) for m in regions}  # never a block inside a compiled one
+    every = [m for net in networks for m in net.modules() if isinstance(m, REPEATED_BLOCKS) and id(m) not in inside]
+    assert len(every) == len(regions)
+    compiled.clear()
+    compile_networks(networks, "networks")
+    assert [m for m, _ in compiled] == networks
+    compiled.clear()
+    if not torch.cuda.is_available():
+        with pytest.warns(UserWarning, match="CUDA graphs"):
+            compile_networks(networks[:1], "networks", "reduce-overhead")
+        assert compiled[0][1]["mode"] == "default"
+    assert load_config(None, ["runtime.compile=true"]).runtime.compile == "networks"
+    assert load_config(None, ["runtime.compile=false"]).runtime.compile == "off"

@@ -228,7 +228,17 @@ class RuntimeConfig(Section):
     devices: int | Literal["auto"] = 1
     num_nodes: int = Field(1, ge=1)
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
-    compile: bool = Field(False, description="torch.compile the networks (slow start, faster steps)")
+    compile: Literal["off", "networks", "regional"] = Field(
+        "off", description="torch.compile: off; networks (each network whole: a slow start, minutes in 3D); "
+                           "regional (each repeated block once, reused by every block of its kind)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode; reduce-overhead captures CUDA graphs (GPU only)")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_as_boolean(cls, value):
+        """Configs written before regional compilation said true/false."""
+        return {True: "networks", False: "off"}.get(value, value) if isinstance(value, bool) else value
     channels_last: bool = Field(False, description="channels-last memory format (helps bf16 convs)")
     cudnn_benchmark: bool = Field(True, description="GPU: let cuDNN time its convolution algorithms once for the "
                                                     "fixed input shape and keep the fastest")

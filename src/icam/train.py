@@ -37,7 +37,7 @@ from .data.table import class_names, num_classes_of
 from .evaluate import SELECTION_DIRECTION, selection_metric, summarise, validation_statistics
 from .model import ICAM, translation_partners
 from .nets import ContentDiscriminator, DomainDiscriminator
-from .nets.blocks import init_weights, set_activation_checkpointing
+from .nets.blocks import compile_networks, init_weights, set_activation_checkpointing
 from .report.grids import translation_grid
 from .progress import StepProgress
 from .run import (MachineError, MetricsLog, check_writable, create_run_dir, finished_summary, record_resume, run_lock,
@@ -161,10 +161,8 @@ class Trainer:
         if config.runtime.activation_checkpointing:
             for net in (model, domain, content):
                 set_activation_checkpointing(net, True)
-        if config.runtime.compile:
-            for net in (model.content_encoder, model.attribute_encoder, model.generator,
-                        domain.encoded, domain.random, content):
-                net.compile()
+        compile_networks([model.content_encoder, model.attribute_encoder, model.generator, domain.encoded,
+                          domain.random, content], config.runtime.compile, config.runtime.compile_mode)
 
         def adam(params, lr):
             # fused: one kernel for all parameters (measured 20 ms → 2.4 ms per step for 3.8 M on 2 CPU cores)

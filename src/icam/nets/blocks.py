@@ -146,6 +146,30 @@ class UpBlock(nn.Module):
         return self.block(x)
 
 
+def compile_networks(networks: list[nn.Module], how: str, mode: str = "default") -> None:
+    """torch.compile ``networks`` whole (``how="networks"``) or region by region (``"regional"``:
+    each outermost repeated block, so one compiled graph serves every block of its kind and
+    compile time does not grow with depth or volume size). CUDA graphs (``reduce-overhead``)
+    need a GPU: elsewhere the mode falls back to default, with a warning saying so."""
+    import warnings
+
+    if how == "off":
+        return
+    if mode == "reduce-overhead" and not torch.cuda.is_available():
+        warnings.warn("runtime.compile_mode=reduce-overhead captures CUDA graphs, and no GPU is in use: "
+                      "compiling without them (mode default)", stacklevel=2)
+        mode = "default"
+    for network in networks:
+        if how == "networks":
+            network.compile(mode=mode)
+            continue
+        regions = [m for m in network.modules() if isinstance(m, REPEATED_BLOCKS)]
+        inner = {id(d) for m in regions for d in m.modules() if d is not m}
+        for region in regions:
+            if id(region) not in inner:
+                region.compile(mode=mode, dynamic=True)  # one graph per kind, whatever its shape
+
+
 class GaussianNoise(nn.Module):
     """Adds N(0, sd²) noise in training mode only, so evaluation is deterministic."""
 
@@ -156,6 +180,9 @@ class GaussianNoise(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.sd * torch.randn_like(x) if self.training and self.sd else x
 
+
+# the blocks every network repeats: regional compilation compiles each kind once
+REPEATED_BLOCKS = (ConvNormAct, InstanceNormResBlock, DownResBlock, UpBlock)
 
 INITS = ("kaiming", "normal")
 
