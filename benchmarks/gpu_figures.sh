@@ -39,6 +39,9 @@ run cli_train_3d 45 "$PY" -m icam train -q --accelerator gpu --precision bf16-mi
 printf '{"run": "cli_train_3d", "result": %s}\n' "$(tr -d '\n' < "$OUT/runs/cli-3d/summary.json")" \
     >> "$OUT/figures.jsonl" 2>/dev/null
 rm -rf "$OUT/runs"
-# torch.compile on top of the fastest eager mode: a slow start, so last and on its own limit.
-run train_step_3d_compile "${COMPILE_LIMIT:-200}" "$PY" benchmarks/train_step.py --dims 3 --shape 128 160 128 \
-    --accelerator gpu --modes bf16-compile --warmup 3 --iterations 10
+# Occlusion of one full-size volume: positions bounded, many per forward pass.
+run occlusion_3d 90 "$PY" benchmarks/occlusion.py --shape 128 160 128 --device cuda
+# Regional compilation (each repeated block once) and CUDA graphs on top: first_step_s is the
+# compile time; slow starts, so last and on their own limit.
+run train_step_3d_regional "${COMPILE_LIMIT:-150}" "$PY" benchmarks/train_step.py --dims 3 --shape 128 160 128 \
+    --accelerator gpu --modes bf16-regional bf16-regional-graphs --warmup 3 --iterations 10

@@ -59,3 +59,10 @@ def test_quality_bench_trains_variants_and_reuses_the_model_for_map_only_ones(tm
     assert runs == ["cnn-classifier", "cnn-regressor", "default-icam", "default-icam-reg", "no-ema-icam", "no-ema-icam-reg",
                     "resnet"]
     assert "| no-ema |" in (tmp_path / "quality.md").read_text()
+
+
+def test_occlusion_benchmark_bounds_the_positions_and_times_both_settings():
+    line = run_benchmark("occlusion.py", "--shape", "16", "20", "16", "--width", "4", "--baseline-passes", "4")
+    icam, paper = line["icam"], line["paper_scaled_one_per_pass"]
+    assert icam["positions"] <= 20_000 and icam["seconds"] > 0 and paper["seconds_extrapolated"] > 0
+    assert paper["positions"] >= icam["positions"] and line["cpu"]
