@@ -113,6 +113,7 @@ def test_report_embeds_only_files_inside_its_folders_and_escapes_names(run_dir, 
     secret.write_bytes(b"\x89PNG\r\n\x1a\n" + b"SECRET" * 20)
     explained = tmp_path / "<img src=x onerror=alert(1)>"
     (explained / "figures").mkdir(parents=True)
+    (explained / "predictions.csv").write_text("row,id,label,predicted_class\n")
     (explained / "summary.json").write_text(json.dumps({"outliers": [
         {"id": "a", "error": 1.0, "figure": str(secret)}, {"id": "b", "error": 1.0, "figure": "../private.png"}]}))
     result = runner.invoke(app, ["report", str(run_dir), "--explained", str(explained), "-o",

@@ -202,3 +202,10 @@ def test_every_slice_is_lettered_on_the_side_the_subject_is():
             rows = np.nonzero(shown == 0.5)[0]
             assert rows.mean() > shown.shape[0] / 2 and top == "A"
         plt.close(fig)
+
+
+def test_a_folder_that_is_not_an_explanation_is_refused_by_name(run_dir, tmp_path):
+    out = tmp_path / "report.html"
+    result = runner.invoke(app, ["report", run_dir, "--explained", str(tmp_path / "typo"), "-o", str(out)])
+    assert result.exit_code == 2 and "typo" in result.output and "not an icam explain output" in result.output
+    assert not out.exists()

@@ -495,6 +495,9 @@ def _report_parts(folder: Path, explained: list[Path], csv_path: Optional[Path])
     else:
         runs = [folder / "runs" / n for n in ("icam-reg", "icam") if (folder / "runs" / n / "config.yaml").is_file()]
         run_dir = runs[0] if runs else None
+    for d in explained:
+        if not (d / "predictions.csv").is_file():
+            raise ValueError(f"--explained {d}: not an icam explain output folder (no predictions.csv there)")
     found = explained or [d for n in names for base in ("explained", "maps") for d in [folder / base / n]
                           if (d / "maps").is_dir()]
     maps = {names.get(d.name, d.name): d for d in found}

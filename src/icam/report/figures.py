@@ -240,6 +240,14 @@ def _display_range(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return np.clip(2 * (image - lo) / max(hi - lo, 1e-12) - 1, -1, 1)
 
 
+def _read_method(folder: Path) -> str:
+    """The method an explanation folder's summary.json names (post-hoc name, vagan), else ""."""
+    import json
+
+    path = folder / "summary.json"
+    return json.loads(path.read_text()).get("method", "") if path.is_file() else ""
+
+
 def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, run_dir: Path | None = None):
     """The same test subjects of a cohort table (classes alternating, one row each) under every
     method's map (``methods``: name → an `icam explain` folder), next to the ground truth. The
@@ -247,6 +255,7 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
     ground truth and the first method's mean map share one symmetric colour range; the first
     method's variance follows when written; every other map has its own range. None without
     test rows. ``run_dir``: the run, when the explanations do not name theirs."""
+    from ..baselines.attribution import POSTHOC
     from ..run import explained_run, read_run_table
 
     first_folder = next(iter(methods.values()))
@@ -287,10 +296,12 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
         variance = methods[names[0]] / "maps" / f"{stem}_fa_var.nii.gz"
         if variance.is_file():
             panels.append((f"{names[0]}: variance", axial(_ras_volume(variance)), "var"))
-        panels += [(name, maps[name], "relevance" if maps[name] is not None and maps[name].min() >= 0 else "signed")
-                   for name in names[1:]]
-        cut = cut_label("axial", affine, (image_volume.shape[0] // 2, image_volume.shape[1] // 2, k)) \
-            if image_volume.shape[2] > 1 else ""
+        for name in names[1:]:  # post-hoc maps are relevance (scored by |map|); VA-GAN's is a signed change
+            data = maps[name]
+            posthoc = _read_method(methods[name]) in POSTHOC or (data is not None and data.min() >= 0)
+            panels.append((name, np.abs(data) if posthoc and data is not None else data,
+                           "relevance" if posthoc else "signed"))
+        cut = cut_label("axial", affine, (image_volume.shape[0] // 2, image_volume.shape[1] // 2, k))
         return stem, image, mask, panels, cut, plane_aspect("axial", affine)
 
     built = [panels_for(row) for row in chosen]

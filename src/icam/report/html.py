@@ -120,8 +120,10 @@ def run_section(report: Report, run_dir: Path) -> None:
     stages = [(run, _read_json(run / "summary.json")) for run in training_chain(run_dir)]
     steps = " + ".join(f"{done.get('step', '?')} ({run.name})" for run, done in stages) if len(stages) > 1 \
         else summary.get("step", "")
+    minutes = " + ".join(f"{done.get('wall_seconds', 0) / 60:.1f} min ({run.name})" for run, done in stages) \
+        if len(stages) > 1 else f"{summary.get('wall_seconds', 0) / 60:.1f} min"
     facts = [["run folder", str(run_dir)], ["seed", provenance.get("seed", "")],
-             ["steps", steps], ["training time", f"{summary.get('wall_seconds', 0) / 60:.1f} min"],
+             ["steps", steps], ["training time", minutes],
              ["git commit", (git.get("commit") or "not a git checkout") + (" (modified)" if git.get("dirty") else "")],
              ["packages", ", ".join(f"{k} {v}" for k, v in packages.items())],
              ["started", provenance.get("started", "")]]
@@ -239,7 +241,7 @@ def _curves_figure(chain: list[Path]) -> Figure | None:
             axes[0].text(start, 1.0, f" {run.name} starts", transform=axes[0].get_xaxis_transform(), fontsize=10,
                          va="top", color="grey")
     for ax in axes[:panels]:  # one step axis: validation points line up with the losses
-        ax.set_xlim(0, offset)
+        ax.set_xlim(-0.02 * offset, 1.02 * offset)
     axes[0].set_yscale("log")
     axes[0].set(title="training losses (log scale)", xlabel="step", ylabel="loss")
     axes[1].set(title="selected terms, unweighted", xlabel="step", ylabel="loss")
@@ -326,8 +328,9 @@ def gallery_section(report: Report, csv_path: Path, methods: dict[str, Path], su
                f"share one symmetric scale in intensity units (the bar under them); the variance, where "
                f"{names[0]}'s samples disagree, has its own.")
     if len(names) > 1:
-        caption += (f" {', '.join(names[1:])} are post-hoc maps in other units, each divided by its own 99.5th "
-                    f"percentile: relevance without a sign (standard Grad-CAM) in a sequential map from 0.")
+        caption += (f" {', '.join(names[1:])} are maps in other units, each divided by its own 99.5th percentile: "
+                    f"post-hoc maps as relevance without a sign (ReLU'd Grad-CAM; |map| of gradient methods, as "
+                    f"the scores take them) in a sequential map from 0; a signed map (VA-GAN's) in red/blue.")
     report.add("Feature-attribution maps", [Figure(_png(fig), caption + " A good map lights up where the ground "
                                                    "truth does.", "feature-attribution gallery")])
 
