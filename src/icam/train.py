@@ -36,30 +36,12 @@ from .data import ClassBalancedBatchSampler, build_cohorts
 from .data.table import class_names, num_classes_of
 from .evaluate import SELECTION_DIRECTION, selection_metric, summarise, validation_statistics
 from .model import ICAM, translation_partners
-from .nets import ContentDiscriminator, DomainDiscriminator
+from .nets import ContentDiscriminator, DomainDiscriminators
 from .nets.blocks import compile_networks, init_weights, set_activation_checkpointing
 from .report.grids import translation_grid
 from .progress import StepProgress
 from .run import (MachineError, MetricsLog, check_writable, create_run_dir, finished_summary, record_resume, run_lock,
                   write_data_files, write_run_files)
-
-
-class DomainDiscriminators(nn.Module):
-    """The two image discriminators of the paper's code: one judges translations made with
-    encoded attributes, the other translations made with randomly sampled attributes."""
-
-    def __init__(self, spatial_dims: int, image_shape, num_classes: int, in_channels: int, width: int):
-        super().__init__()
-        self.encoded = DomainDiscriminator(spatial_dims, image_shape, num_classes, in_channels, width)
-        self.random = DomainDiscriminator(spatial_dims, image_shape, num_classes, in_channels, width)
-
-    def forward(self, real: torch.Tensor, translated: torch.Tensor, randomly_translated: torch.Tensor):
-        """(adversarial, class) logits on [real; fake] for each discriminator, in one call each."""
-        n = len(real)
-        encoded_adv, encoded_cls = self.encoded(torch.cat([real, translated]))
-        random_adv, random_cls = self.random(torch.cat([real, randomly_translated]))
-        return ((encoded_adv[:n], encoded_cls[:n]), encoded_adv[n:],
-                (random_adv[:n], random_cls[:n]), random_adv[n:])
 
 
 @contextmanager

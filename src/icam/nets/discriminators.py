@@ -57,3 +57,21 @@ class ContentDiscriminator(nn.Module):
 
     def forward(self, content: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(content).flatten(2).mean(2))
+
+
+class DomainDiscriminators(nn.Module):
+    """The two image discriminators of the paper's code: one judges translations made with
+    encoded attributes, the other translations made with randomly sampled attributes."""
+
+    def __init__(self, spatial_dims: int, image_shape, num_classes: int, in_channels: int, width: int):
+        super().__init__()
+        self.encoded = DomainDiscriminator(spatial_dims, image_shape, num_classes, in_channels, width)
+        self.random = DomainDiscriminator(spatial_dims, image_shape, num_classes, in_channels, width)
+
+    def forward(self, real: torch.Tensor, translated: torch.Tensor, randomly_translated: torch.Tensor):
+        """(adversarial, class) logits on [real; fake] for each discriminator, in one call each."""
+        n = len(real)
+        encoded_adv, encoded_cls = self.encoded(torch.cat([real, translated]))
+        random_adv, random_cls = self.random(torch.cat([real, randomly_translated]))
+        return ((encoded_adv[:n], encoded_cls[:n]), encoded_adv[n:],
+                (random_adv[:n], random_cls[:n]), random_adv[n:])
