@@ -27,7 +27,8 @@ import torch
 from icam.config import load_config
 from icam.data import InMemoryCohort, make_squares
 from icam.model import ICAM
-from icam.train import Trainer, build_fabric
+from icam.run import build_fabric
+from icam.train import Trainer
 
 MODES = {
     "fp32": {"runtime.precision": "32-true"},

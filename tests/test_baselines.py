@@ -7,7 +7,8 @@ import torch
 from typer.testing import CliRunner
 
 import icam
-from icam.baselines.attribution import POSTHOC, BaselineModel, occlusion_window
+from icam.baselines.attribution import BaselineModel, occlusion_window
+from icam.methods import POSTHOC
 from icam.baselines.networks import ResNetClassifier, UNetMapGenerator, WGANCritic
 from icam.checkpoint import CheckpointError
 from icam.cli import app

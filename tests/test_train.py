@@ -123,7 +123,8 @@ def test_loading_garbage_is_a_clear_error(tmp_path):
 def test_three_class_3d_training_runs(tmp_path):
     from icam.config import load_config
     from icam.data import InMemoryCohort
-    from icam.train import Trainer, build_fabric
+    from icam.run import build_fabric
+    from icam.train import Trainer
 
     config = load_config(None, ["model.width=4", "runtime.accelerator=cpu", "train.steps=2"])
     cohort = InMemoryCohort(torch.rand(12, 1, 16, 16, 16) * 2 - 1, torch.arange(12) % 3,
@@ -140,7 +141,8 @@ def test_three_class_3d_training_runs(tmp_path):
 def test_activation_checkpointing_keeps_less_for_backward_and_gives_the_same_step():
     from icam.config import load_config
     from icam.data import InMemoryCohort
-    from icam.train import Trainer, build_fabric
+    from icam.run import build_fabric
+    from icam.train import Trainer
 
     cohort = InMemoryCohort(torch.rand(8, 1, 16, 16, 16) * 2 - 1, torch.arange(8) % 2)
     weights, forward_calls, saved_bytes = [], [], []
@@ -201,7 +203,8 @@ def test_activation_checkpointing_gives_the_same_gradients():
 def _tiny_trainer(extra=()):
     from icam.config import load_config
     from icam.data import InMemoryCohort
-    from icam.train import Trainer, build_fabric
+    from icam.run import build_fabric
+    from icam.train import Trainer
 
     config = load_config(None, ["model.width=4", "runtime.accelerator=cpu", "train.steps=2",
                                 "train.images_per_class=2", *extra])

@@ -28,12 +28,8 @@ from pydantic import Field
 
 from .config import Section
 from .evaluate import NCC_MINUS, NCC_PLUS
+from .methods import METHOD_LABELS, POSTHOC_LABELS
 
-POSTHOC_LABELS = {"gradcam": "Grad-CAM", "guided_gradcam": "guided Grad-CAM", "guided_backprop": "guided backprop",
-                  "integrated_gradients": "integrated gradients", "occlusion": "occlusion"}
-# every map-making method by its folder name under maps/ (or explained/), as tables and reports name it;
-# in the order reports show them (ICAM-reg first: its run and predictions lead a report)
-METHOD_LABELS = {"icam-reg": "ICAM-reg", "icam": "ICAM", **POSTHOC_LABELS, "vagan": "VA-GAN"}
 
 
 class BenchmarkSettings(Section):

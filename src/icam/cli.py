@@ -488,7 +488,7 @@ def report_command(
 
 def _report_parts(folder: Path, explained: list[Path], csv_path: Optional[Path]):
     """What a folder holds: a run folder itself, or a demo/benchmark folder with runs and maps."""
-    from .benchmark import METHOD_LABELS as names
+    from .methods import METHOD_LABELS as names
 
     if (folder / "config.yaml").is_file():
         run_dir = folder

@@ -248,7 +248,7 @@ class RuntimeConfig(Section):
 
 
 class BaselineConfig(Section):
-    """Training of the comparison methods (``method`` other than icam; design.md §5)."""
+    """Training of the comparison methods (``method`` other than icam; README: Baselines)."""
 
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(16, ge=2)

@@ -17,6 +17,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,8 +25,10 @@ from .config import CsvData
 from .data.nifti import NiftiCohort, PreprocessingCache, Spatial, fill_cache
 from .data.resample import resample_to_grid
 from .data.table import UNKNOWN_LABEL, DataError, probability_columns, read_table, require_split
-from .explain import Explainer
 from .model import next_class
+
+if TYPE_CHECKING:  # the explainer calls into this module (preprocess): only its type is needed here
+    from .explain import Explainer
 
 
 TSNE_MINIMUM = 30  # explained scans a t-SNE of attribute means needs

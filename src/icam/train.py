@@ -15,7 +15,6 @@ import contextlib
 import copy
 import json
 import math
-import os
 import shutil
 import signal
 import time
@@ -30,9 +29,10 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from . import losses
+from .baselines.train import train_baseline
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
-from .data import ClassBalancedBatchSampler, build_cohorts
+from .data import ClassBalancedBatchSampler
 from .data.table import class_names, num_classes_of
 from .evaluate import SELECTION_DIRECTION, selection_metric, summarise, validation_statistics
 from .model import ICAM, translation_partners
@@ -40,8 +40,8 @@ from .nets import ContentDiscriminator, DomainDiscriminators
 from .nets.blocks import compile_networks, init_weights, set_activation_checkpointing
 from .report.grids import translation_grid
 from .progress import StepProgress
-from .run import (MachineError, MetricsLog, check_writable, create_run_dir, finished_summary, record_resume, run_lock,
-                  write_data_files, write_run_files)
+from .run import (MetricsLog, build_fabric, check_writable, finished_summary, record_resume, run_lock,
+                  start_run)
 
 
 @contextmanager
@@ -440,48 +440,6 @@ class Trainer:
         return record
 
 
-def build_fabric(config: Config) -> Fabric:
-    rt = config.runtime
-    if rt.precision.startswith("bf16") and rt.accelerator == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        warnings.warn("this CPU has no bf16 instructions (AVX-512 BF16 / AMX): bf16-mixed convolutions fall back "
-                      "to a slow path here (measured 17x slower than 32-true); use --precision 32-true",
-                      stacklevel=2)
-    torch.backends.cudnn.benchmark = rt.cudnn_benchmark
-    try:
-        return Fabric(accelerator=rt.accelerator, devices=rt.devices, num_nodes=rt.num_nodes, precision=rt.precision)
-    except (RuntimeError, ValueError) as e:  # e.g. "No supported gpu backend found!" on a CPU machine
-        raise MachineError(f"runtime.accelerator={rt.accelerator}, devices={rt.devices}: {e} (this machine: "
-                           f"{torch.cuda.device_count()} CUDA devices; --accelerator auto uses what there is)") from e
-
-
-def start_run(config: Config, fabric: Fabric, resume: str | Path | None = None,
-              extra_provenance: dict | None = None):
-    """What every training run does first: seed, build the cohorts (rank 0 fills any cache
-    first), and create (or reopen, to resume) the run folder with its provenance and data files.
-    Returns (cohorts, run folder, validation set or None when the split is empty)."""
-    if fabric.device.type == "cpu" and fabric.world_size > 1:
-        # processes on one machine share its cores: oversubscribed threads spin and everything crawls
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // (fabric.world_size // config.runtime.num_nodes)))
-    fabric.seed_everything(config.seed, verbose=False)
-    if not fabric.is_global_zero:
-        fabric.barrier()
-    cohorts = build_cohorts(config.data, config.seed)
-    if fabric.is_global_zero:
-        fabric.barrier()
-    if resume is not None:
-        run_dir = Path(resume)
-    else:
-        run_dir = Path(fabric.broadcast(str(create_run_dir(config.out_dir, config.name))
-                                        if fabric.is_global_zero else None))
-        if fabric.is_global_zero:
-            write_run_files(run_dir, config, extra_provenance)
-            write_data_files(run_dir, cohorts)
-    val_set = cohorts["val"] if len(cohorts["val"]) else None
-    if val_set is None and fabric.is_global_zero:
-        warnings.warn("the validation split is empty: no validation metrics and no model selection", stacklevel=2)
-    return cohorts, run_dir, val_set
-
-
 def train(config: Config, *, resume: str | Path | None = None, init_from: str | Path | None = None,
           stop_at: int | None = None, show_progress: bool = True) -> dict:
     """Train ICAM (or, with ``method``, a baseline) as ``config`` says; returns the summary (also
@@ -492,7 +450,6 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
     weights start this run (ICAM-reg fine-tuning from a classification run).
     """
     if config.method != "icam":
-        from .baselines.train import train_baseline
 
         if resume is not None or init_from is not None or stop_at is not None:
             raise ValueError(f"--resume, --init-from and --stop-at are for ICAM runs, not method={config.method}")

@@ -20,10 +20,10 @@ import torch
 from ..checkpoint import CheckpointError, fingerprint, load_checkpoint, run_folder
 from ..config import build_config
 from ..data.table import class_names
+from ..methods import POSTHOC
 from ..model import Prediction
-from .train import build_network
+from .networks import build_network
 
-POSTHOC = ("gradcam", "guided_gradcam", "guided_backprop", "integrated_gradients", "occlusion")
 
 
 class BaselineModel:
@@ -161,4 +161,4 @@ def _posthoc(network, name: str, x: torch.Tensor, target: torch.Tensor) -> torch
                                         show_progress=x[0].numel() > 100_000)  # 3D volumes take minutes
 
 
-__all__ = ["BaselineModel", "POSTHOC", "occlusion_window"]
+__all__ = ["BaselineModel", "occlusion_window"]

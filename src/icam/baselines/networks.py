@@ -1,7 +1,7 @@
 """The networks of the paper's baselines, one code path for 2D and 3D.
 
 - ResNetClassifier: a stem and 4 down-sampling ResNet blocks + a linear layer, the plain
-  classifier the post-hoc saliency methods explain (design.md §5).
+  classifier the post-hoc saliency methods explain.
 - AttributeCNN: ICAM's attribute-encoder architecture with a linear head: the baseline CNN
   regressor of ICAM-reg, and the independent classifier that judges translations.
 - UNetMapGenerator and WGANCritic: VA-GAN's map generator M(x) (U-Net 16/32/64/128 channels,
@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -137,3 +138,17 @@ class WGANCritic(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x).flatten(1).mean(1)
+
+
+def build_network(hparams: dict) -> torch.nn.Module:
+    """A baseline's network from the hyperparameters stored in its checkpoint."""
+    method, d, width = hparams["method"], len(hparams["image_shape"]), hparams["width"]
+    if method == "resnet":
+        return ResNetClassifier(d, hparams["num_classes"], hparams["in_channels"], width)
+    if method in ("cnn-regressor", "cnn-classifier"):
+        latent = math.prod(s // 16 for s in hparams["image_shape"])
+        outputs = 1 if method == "cnn-regressor" else hparams["num_classes"]
+        return AttributeCNN(d, latent, outputs, hparams["in_channels"], width)
+    if method == "vagan":
+        return UNetMapGenerator(d, hparams["in_channels"], width)
+    raise ValueError(f"unknown baseline method {method!r}")

@@ -21,23 +21,9 @@ from ..data.table import num_classes_of
 from ..evaluate import balanced_accuracy, ncc
 from ..progress import StepProgress
 from ..run import MetricsLog
-from .networks import AttributeCNN, ResNetClassifier, UNetMapGenerator, WGANCritic
+from .networks import WGANCritic, build_network
 
 DEFAULT_LR = {"resnet": 1e-4, "cnn-regressor": 1e-4, "cnn-classifier": 1e-4, "vagan": 1e-3}
-
-
-def build_network(hparams: dict) -> torch.nn.Module:
-    """A baseline's network from the hyperparameters stored in its checkpoint."""
-    method, d, width = hparams["method"], len(hparams["image_shape"]), hparams["width"]
-    if method == "resnet":
-        return ResNetClassifier(d, hparams["num_classes"], hparams["in_channels"], width)
-    if method in ("cnn-regressor", "cnn-classifier"):
-        latent = math.prod(s // 16 for s in hparams["image_shape"])
-        outputs = 1 if method == "cnn-regressor" else hparams["num_classes"]
-        return AttributeCNN(d, latent, outputs, hparams["in_channels"], width)
-    if method == "vagan":
-        return UNetMapGenerator(d, hparams["in_channels"], width)
-    raise ValueError(f"unknown baseline method {method!r}")
 
 
 def _batches(dataset, config: Config, per_class: int):
@@ -92,7 +78,7 @@ class _Run:
 
 
 def train_baseline(config: Config, show_progress: bool = True) -> dict:
-    from ..train import build_fabric, start_run
+    from ..run import build_fabric, start_run
 
     if config.runtime.devices not in (1, "1") or config.runtime.num_nodes != 1:
         raise ValueError(f"baselines train on one device (method={config.method}); set --devices 1")

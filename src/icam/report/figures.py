@@ -255,7 +255,7 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
     ground truth and the first method's mean map share one symmetric colour range; the first
     method's variance follows when written; every other map has its own range. None without
     test rows. ``run_dir``: the run, when the explanations do not name theirs."""
-    from ..baselines.attribution import POSTHOC
+    from ..methods import POSTHOC
     from ..run import explained_run, read_run_table
 
     first_folder = next(iter(methods.values()))
