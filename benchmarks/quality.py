@@ -97,7 +97,7 @@ def reference_points(bench: BenchmarkRun, run: str) -> dict:
     scores = {f"{name}_{d}": [] for name in ("population", "reconstruction_error") for d in ("ncc_minus", "ncc_plus")}
     for i in range(len(test)):
         item = test[i]
-        x, label = model._to(item["image"]), int(item["label"])
+        x, label = model.as_input(item["image"]), int(item["label"])
         with torch.no_grad():
             error = fa_map(model.model.fa_reference(x, "reconstruction"), x)[0, 0].cpu().numpy()
         gt, mask = item["gt_map"][0].numpy(), item["mask"][0].numpy() if "mask" in item else None

@@ -57,7 +57,7 @@ def test_maps_against_the_reconstruction_differ_from_the_paper_maps_by_the_recon
     x = squares.images[:3]
     paper = model.explain(x, n_samples=8)
     against = model.explain(x, n_samples=8, reference="reconstruction")
-    reconstruction = model.model.fa_reference(model._to(x), "reconstruction")
+    reconstruction = model.model.fa_reference(model.as_input(x), "reconstruction")
     assert torch.allclose(against.mean, paper.translated - reconstruction, atol=1e-5)
     assert torch.allclose(paper.mean, paper.translated - x, atol=1e-5)
     assert torch.equal(against.var, paper.var) and against.reference == "reconstruction"

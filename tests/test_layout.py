@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "icam"
-APPS = {"icam.cli", "icam.demo", "icam.benchmark", "icam.__main__"}
+APPS = {"icam.cli", "icam.demo", "icam.comparison", "icam.__main__"}
 
 
 def _modules() -> dict[str, Path]:

@@ -14,6 +14,7 @@ import typer
 
 from .checkpoint import CheckpointError
 from .config import ConfigError, load_config, to_yaml
+from .intervals import mean_sd
 
 app = typer.Typer(
     help="Explain predictions on medical images with ICAM / ICAM-reg.\n\n"
@@ -197,7 +198,7 @@ def synth_command(
                    f"(rendering {summary['seconds']['render']:.1f} s)")
         typer.echo(f"splits: {splits}")
         age = summary["age"]
-        typer.echo(f"age {age['mean']:.1f} ± {age['sd']:.1f} ({age['min']:.0f}-{age['max']:.0f}); effects: " + ", ".join(
+        typer.echo(f"age {mean_sd(age['mean'], age['sd'], 1)} ({age['min']:.0f}-{age['max']:.0f}); effects: " + ", ".join(
             f"{k} in {v['subjects_share']:.0%}" for k, v in summary["effects"].items()))
         typer.echo(f"cohort table: {Path(out) / 'cohort.csv'}")
     friendly_errors(run)(debug=debug)
@@ -378,6 +379,7 @@ def evaluate_command(
 
         result = evaluate_outputs(outputs, csv_path, split, suffix, run_dir)
 
+        from .evaluate import NCC_MINUS, NCC_PLUS
         from .intervals import describe
 
         def fmt(m):  # the mean [95% interval], n
@@ -386,8 +388,7 @@ def evaluate_command(
         if maps is None:
             typer.echo("maps: not scored (the table has no ground-truth maps, gt_map column)")
         else:
-            typer.echo(f"NCC(+) {fmt(maps['plus (class 0 → 1)']['ncc'])}; "
-                       f"NCC(−) {fmt(maps['minus (class 1 → 0)']['ncc'])}")
+            typer.echo(f"NCC(+) {fmt(maps[NCC_PLUS]['ncc'])}; NCC(−) {fmt(maps[NCC_MINUS]['ncc'])}")
             typer.echo("all: " + ", ".join(f"{k} {fmt(maps['all'][k])}" for k in ("auroc", "ap", "dice_topk",
                                                                                   "pointing")))
             if maps["missing"]:
@@ -419,7 +420,7 @@ def benchmark_command(
     Example: icam benchmark --preset quick --out bench   (results in bench/results/results.md)
     """
     def run():
-        from .benchmark import run_benchmark, settings_for
+        from .comparison import run_benchmark, settings_for
 
         settings = settings_for(preset, set_)
         result = run_benchmark(settings, out, log=lambda m: typer.echo(f"· {m}", err=True), device=device)
@@ -551,7 +552,7 @@ def data_check_command(
             typer.echo(f"{len(summary['excluded'])} rows left out by data.classes, e.g. {summary['excluded'][0]}")
         if summary["target"]:
             t = summary["target"]
-            typer.echo(f"target: {t['known']} known, {t['mean']} ± {t['sd']} ({t['min']}–{t['max']})")
+            typer.echo(f"target: {t['known']} known, {mean_sd(t['mean'], t['sd'], 2)} ({t['min']}–{t['max']})")
         typer.echo(f"image shapes: {', '.join('x'.join(map(str, s)) for s in summary['image_shapes'])}")
         if problems:
             typer.secho(f"{len(problems)} problem(s):", fg=typer.colors.RED, err=True)

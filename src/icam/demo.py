@@ -39,7 +39,7 @@ def demo_settings(overrides: list[str]) -> DemoSettings:
 
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, progress: bool = True) -> dict:
-    from .benchmark import BenchmarkRun, BenchmarkSettings
+    from .comparison import BenchmarkRun, BenchmarkSettings
     from .methods import METHOD_LABELS
     from .evaluate import NCC_MINUS, NCC_PLUS
     from .explain import load

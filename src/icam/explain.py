@@ -112,7 +112,8 @@ class Explainer:
     def image_shape(self) -> tuple[int, ...]:
         return self.model.image_shape
 
-    def _to(self, x: torch.Tensor) -> torch.Tensor:
+    def as_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Images as the model takes them: batched, its shape checked, on its device, float32."""
         if x.dim() == len(self.model.image_shape) + 1:  # a single image without the batch axis
             x = x[None]
         if tuple(x.shape[2:]) != self.model.image_shape:
@@ -148,7 +149,7 @@ class Explainer:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> Prediction:
-        return self.model.predict(self._to(x))
+        return self.model.predict(self.as_input(x))
 
     def default_target(self, prediction: Prediction) -> torch.Tensor:
         """The most probable class other than the predicted one (for two classes: the other class)."""
@@ -168,7 +169,7 @@ class Explainer:
         one; the same number of samples), which cancels what any sampled translation changes."""
         if n_samples < 2:
             raise ValueError("n_samples must be at least 2 (a variance needs two samples)")
-        x = self._to(x)
+        x = self.as_input(x)
         _warn_if_out_of_range(x)
         prediction = self.model.predict(x)
         b = len(x)
@@ -217,7 +218,7 @@ class Explainer:
     @torch.no_grad()
     def pair(self, a: torch.Tensor, b: torch.Tensor) -> Pair:
         """Translate a with b's attribute mean, and b with a's."""
-        a, b = self._to(a), self._to(b)
+        a, b = self.as_input(a), self.as_input(b)
         mu_a, mu_b = self.model.encode_attribute(a)[0], self.model.encode_attribute(b)[0]
         a_as_b = self.model.decode(self.model.encode_content(a), mu_b)
         b_as_a = self.model.decode(self.model.encode_content(b), mu_a)
@@ -228,7 +229,7 @@ class Explainer:
         """``steps`` points from a's attribute mean to b's (both ends included), decoded with a's content."""
         if steps < 2:
             raise ValueError("an interpolation needs at least 2 steps")
-        a, b = self._to(a)[:1], self._to(b)[:1]
+        a, b = self.as_input(a)[:1], self.as_input(b)[:1]
         mu_a, mu_b = self.model.encode_attribute(a)[0], self.model.encode_attribute(b)[0]
         weights = torch.linspace(0, 1, steps, device=self.device)
         path = mu_a + weights[:, None] * (mu_b - mu_a)

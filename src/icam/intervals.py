@@ -47,6 +47,11 @@ def wilson_interval(successes: int, n: int) -> tuple[float, float] | None:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def mean_sd(mean: float, sd: float, digits: int = 3) -> str:
+    """'7.098 ± 5.612': a spread (not an interval), as tables and summaries write it."""
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
 def describe(estimate: float | None, ci: tuple[float, float] | None, n: int, digits: int = 3) -> str:
     """'0.436 [0.381, 0.492], n 30': how every score is written in reports."""
     if estimate is None:

@@ -77,7 +77,8 @@ class BaselineModel:
     def name(self) -> str:
         return self.posthoc or self.method
 
-    def _to(self, x: torch.Tensor) -> torch.Tensor:
+    def as_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Images as the model takes them: batched, its shape checked, on its device, float32."""
         x = x[None] if x.dim() == len(self.image_shape) + 1 else x
         if tuple(x.shape[2:]) != self.image_shape:
             raise ValueError(f"the model takes images of shape {self.image_shape}, got {tuple(x.shape[2:])}")
@@ -86,7 +87,7 @@ class BaselineModel:
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> Prediction | None:
         """Class probabilities (classifiers) or the regressed target (regressor); None for VA-GAN."""
-        x = self._to(x)
+        x = self.as_input(x)
         if self.method == "vagan":
             return None
         output = self.network(x).float()
@@ -100,7 +101,7 @@ class BaselineModel:
     def attribute(self, inputs: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
         """A map shaped like ``inputs``: the post-hoc method's attribution for ``target`` (default:
         the predicted class), or VA-GAN's M(x) (its one direction, class 1 → 0)."""
-        x = self._to(inputs)
+        x = self.as_input(inputs)
         if self.method == "vagan":
             with torch.no_grad():
                 return self.network(x)

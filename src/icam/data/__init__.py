@@ -92,7 +92,7 @@ def load_csv_cohorts(data_config, seed: int, progress=None) -> Cohorts:
     if problems and (not data_config.skip_bad or None in bad_rows):
         raise DataError(problems, f"{csv_path}: ")
     rows = [r for r in rows if r.number not in bad_rows]
-    splits = _splits_for(rows, data_config, seed)
+    splits = splits_for(rows, data_config, seed)
     cohort_problems = class_problems(rows, splits, data_config)
     if cohort_problems:
         raise DataError(cohort_problems, f"{csv_path}: ")
@@ -130,7 +130,7 @@ def preprocessing_facts(rows, entries: dict) -> dict:
             "brain_cropped": cropped}
 
 
-def _splits_for(rows, data_config, seed: int) -> list[str]:
+def splits_for(rows, data_config, seed: int) -> list[str]:
     """The table's own splits; rows without one are assigned by subject (stratified, seeded)."""
     given = {r.subject: r.split for r in rows if r.split}
     free = [r for r in rows if r.subject not in given]

@@ -13,7 +13,7 @@ from .table import Problem, class_names, class_problems, num_classes_of, read_ta
 
 def check_cohort(csv_path: str | Path, data_config, seed: int = 0, workers: int = 0, progress=None) -> tuple[dict, list[Problem]]:
     """Read the table, decode every image, mask and map, and check them; (summary, problems)."""
-    from . import _splits_for
+    from . import splits_for
     from .nifti import check_files
 
     table = read_table(csv_path, data_config)
@@ -22,7 +22,7 @@ def check_cohort(csv_path: str | Path, data_config, seed: int = 0, workers: int 
     problems += file_problems
     bad = {p.row for p in problems}
     good = [r for r in rows if r.number not in bad]
-    splits = _splits_for(good, data_config, seed) if good else []
+    splits = splits_for(good, data_config, seed) if good else []
     num_classes = num_classes_of(data_config, [r.label for r in good])
     problems += class_problems(good, splits, data_config) if good else [Problem(None, "no usable rows")]
     targets = np.array([r.target for r in good if not math.isnan(r.target)])

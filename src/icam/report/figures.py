@@ -23,7 +23,7 @@ ORIENTATION = {"axial": ("L", "R", "P", "A"), "coronal": ("L", "R", "I", "S"), "
                "": ("L", "R", "P", "A")}
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,7 +135,7 @@ def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray,
     symmetric scale (both are intensity changes), and masked voxels are black in every panel.
     3D volumes: three orthogonal views (rows) through the largest mean effect, each row named
     with its cut in mm (``affine``: the arrays' voxel → mm matrix)."""
-    plt = _pyplot()
+    plt = pyplot()
     (image, fa_mean, fa_var, mask, gt_map), affine = to_ras([image, fa_mean, fa_var, mask, gt_map], affine)
     centre = peak(fa_mean, mask) if image.ndim == 3 else ()
     panels = [("input", None, None), (map_title, fa_mean, "fa")]
@@ -188,7 +188,7 @@ def interpolation_strip(path: str | Path, images: np.ndarray, fa_maps: np.ndarra
     """Top row: the images along the walk; bottom row: their change from the first step (the
     scan rebuilt with its own attribute), so only what the attribute walk changes shows. 3D:
     the axial plane through the largest final change."""
-    plt = _pyplot()
+    plt = pyplot()
     k = len(images)
     volumes, affine = to_ras([*images, *fa_maps, mask], affine)
     images, fa_maps, mask = volumes[:k], volumes[k:2 * k], volumes[-1]
@@ -311,7 +311,7 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
                   if k == "change" and d is not None] or [1.0])
     spread = max([float(np.percentile(d[m > 0] if m is not None and (m > 0).any() else d, 99.5))
                   for _, _, m, panels, *_ in built for _, d, k in panels if k == "var" and d is not None] or [1.0])
-    plt = _pyplot()
+    plt = pyplot()
     columns = len(built[0][3])
     fig, axes = plt.subplots(len(built), columns, figsize=(2.6 * columns + 1.5, 2.6 * len(built)), squeeze=False,
                              layout="constrained")
@@ -354,7 +354,7 @@ def tsne_figure(path: str | Path, attributes: np.ndarray, labels: np.ndarray, ta
     """t-SNE of attribute means, coloured by class and (when known) by target (paper Fig. 8)."""
     from sklearn.manifold import TSNE
 
-    plt = _pyplot()
+    plt = pyplot()
     perplexity = float(min(30, max(2, (len(attributes) - 1) / 3)))
     xy = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(attributes)
     show_target = targets is not None and np.isfinite(targets).any()

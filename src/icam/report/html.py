@@ -26,7 +26,7 @@ from ..evaluate import NCC_MINUS, NCC_PLUS, prediction_metrics
 from ..run import read_metrics
 from ..inference import TSNE_MINIMUM
 from ..intervals import describe, paired_difference
-from .figures import DPI, _pyplot, gallery_figure
+from .figures import DPI, pyplot, gallery_figure
 from .health import GREEN, health_findings, healthy_line
 
 
@@ -72,7 +72,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _png(fig) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     plt.close(fig)
@@ -212,7 +212,7 @@ def _curves_figure(chain: list[Path]) -> Figure | None:
     if not stages:
         return None
     validated = [key for key, _ in VALIDATION_PANELS if any(v and key in v[0] for _, _, _, v, _ in stages)]
-    plt = _pyplot()
+    plt = pyplot()
     panels = 2 + len(validated)
     columns = min(panels, 3)
     fig, axes = plt.subplots((panels + columns - 1) // columns, columns, figsize=(5.2 * columns, 3.9 *
@@ -273,7 +273,7 @@ def predictions_section(report: Report, explained: Path, metrics: dict) -> dict:
     regressed = [r for r in records if r.get("target", "") != "" and r.get("predicted_target", "") != ""]
     if not labelled and not regressed:
         return {}
-    plt = _pyplot()
+    plt = pyplot()
     panels = bool(labelled) + bool(regressed)
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.4), squeeze=False, layout="constrained")
     facts, i = {}, 0

@@ -28,6 +28,7 @@ from pydantic import Field
 
 from .config import Section
 from .evaluate import NCC_MINUS, NCC_PLUS
+from .intervals import mean_sd
 from .methods import METHOD_LABELS, POSTHOC_LABELS
 
 
@@ -276,7 +277,7 @@ class BenchmarkRun:
             for key, model in models.items():
                 generator = torch.Generator(device=model.device).manual_seed(s.seed)
                 for batch in DataLoader(dataset, batch_size=32):
-                    x = model._to(batch["image"].repeat_interleave(s.translations_per_image, 0))
+                    x = model.as_input(batch["image"].repeat_interleave(s.translations_per_image, 0))
                     labels = batch["label"].repeat_interleave(s.translations_per_image)
                     target = next_class(labels, k)
                     translated = model.model.translate(x, target.to(model.device), min_probability=s.min_probability,
@@ -288,7 +289,7 @@ class BenchmarkRun:
                 hits["real"] += list(zip(labels.tolist(), (judge.predict(x).predicted_class.cpu() == labels).tolist()))
                 diseased = labels == 1
                 if vagan_model is not None and diseased.any():
-                    y = vagan_model._to(x[diseased]) + vagan_model.attribute(x[diseased])
+                    y = vagan_model.as_input(x[diseased]) + vagan_model.attribute(x[diseased])
                     hits["vagan"] += [(1, bool(h)) for h in (judge.predict(y).predicted_class.cpu() == 0).tolist()]
         table = {}
         for key, pairs in hits.items():
@@ -353,7 +354,7 @@ def run_benchmark(settings: BenchmarkSettings, out: str | Path, log=print, devic
 def _fmt(metric: dict | None) -> str:
     if not metric or metric.get("mean") is None:
         return "–"
-    return f"{metric['mean']:.3f} ± {metric['sd']:.3f}"
+    return mean_sd(metric["mean"], metric["sd"])
 
 
 def _write_table(out: Path, name: str, header: list[str], rows: list[list], note: str) -> str:
@@ -404,7 +405,7 @@ def _write_tables(out: Path, evaluations: dict, predictions: dict, translation: 
     for label, m in (("ICAM-reg", evaluations.get("icam-reg", {}).get("regression")),
                      ("baseline CNN", predictions.get("cnn-regressor", {}).get("regression"))):
         if m:
-            regression_rows.append([label, f"{m['mae']:.3f} ± {m['mae_sd']:.3f}", f"{m['rmse']:.3f}",
+            regression_rows.append([label, mean_sd(m["mae"], m["mae_sd"]), f"{m['rmse']:.3f}",
                                     f"{m.get('pearson', float('nan')):.3f}", f"{m.get('spearman', float('nan')):.3f}",
                                     f"{m['r2']:.3f}"])
     tables["regression"] = _write_table(out, "regression", ["method", "MAE ± sd", "RMSE", "Pearson", "Spearman", "R²"],
@@ -426,7 +427,7 @@ def _write_tables(out: Path, evaluations: dict, predictions: dict, translation: 
 def _comparison_figure(out: Path, maps_dirs: dict, csv_path: Path, subjects: int) -> Path | None:
     """The same test subjects side by side: input, ground truth and each method's map (the
     report's gallery, as a PNG beside the tables)."""
-    from .report.figures import DPI, _pyplot, gallery_figure
+    from .report.figures import DPI, pyplot, gallery_figure
 
     fig = gallery_figure(csv_path, {METHOD_LABELS[k]: folder for k, folder in maps_dirs.items()}, subjects)
     if fig is None:
@@ -435,5 +436,5 @@ def _comparison_figure(out: Path, maps_dirs: dict, csv_path: Path, subjects: int
     fig.suptitle("Test subjects (red brighter, blue darker): the ground truth and ICAM share one symmetric colour "
                  "range, every other map has its own; VA-GAN maps class 1 → 0 only", fontsize=10)
     fig.savefig(path, dpi=DPI)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
