@@ -23,8 +23,8 @@ import math
 import time
 from pathlib import Path
 
-from icam.benchmark import BenchmarkRun, settings_for
-from icam.evaluate import NCC_MINUS, NCC_PLUS
+from icam.comparison import BenchmarkRun, settings_for
+from icam.metrics import NCC_MINUS, NCC_PLUS
 
 # Each variant: `icam benchmark` settings (``icam_set`` holds run-config overrides for both ICAM runs).
 VARIANTS = {
@@ -83,7 +83,7 @@ def reference_points(bench: BenchmarkRun, run: str) -> dict:
     import numpy as np
     import torch
 
-    from icam.evaluate import map_metrics
+    from icam.metrics import map_metrics
     from icam.explain import load
     from icam.inference import load_inputs
     from icam.model import fa_map

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from icam.cli import app
-from icam.evaluate import classification_metrics, map_metrics, regression_metrics, summarise_maps
+from icam.metrics import classification_metrics, map_metrics, regression_metrics, summarise_maps
 
 runner = CliRunner()
 

@@ -246,7 +246,8 @@ def predict_command(
     Example: icam predict runs/my-run --csv data/synth2d/cohort.csv --split test -o test_predictions.csv
     """
     def run():
-        from .inference import predict_rows, write_csv
+        from .inference import predict_rows
+        from .outputs import write_csv
 
         explainer = _explainer(run_dir, which, device)
         dataset = _inputs(explainer, csv_path, image, split)
@@ -303,8 +304,8 @@ def explain_command(
         from rich.progress import Progress
 
         from .explain import Explainer
-        from .inference import (attribute_cohort, claim_outputs, explain_cohort, explain_interpolation, explain_pair,
-                                producer_of)
+        from .inference import attribute_cohort, explain_cohort, explain_interpolation, explain_pair
+        from .outputs import claim_outputs, producer_of
 
         explainer = _explainer(run_dir, which, device, posthoc)
         claim_outputs(out, producer_of(run_dir, which, explainer), overwrite)
@@ -316,7 +317,8 @@ def explain_command(
             dataset = _inputs(explainer, csv_path, image, split)
             summary = attribute_cohort(explainer, dataset, out, limit=limit) if explainer.makes_maps else None
             if summary is None:
-                from .inference import predict_rows, write_csv
+                from .inference import predict_rows
+                from .outputs import write_csv
 
                 write_csv(out / "predictions.csv", predict_rows(explainer, dataset))
             typer.echo(f"outputs: {out}")
@@ -379,7 +381,7 @@ def evaluate_command(
 
         result = evaluate_outputs(outputs, csv_path, split, suffix, run_dir)
 
-        from .evaluate import NCC_MINUS, NCC_PLUS
+        from .metrics import NCC_MINUS, NCC_PLUS
         from .intervals import describe
 
         def fmt(m):  # the mean [95% interval], n

@@ -27,7 +27,7 @@ import torch
 from pydantic import Field
 
 from .config import Section
-from .evaluate import NCC_MINUS, NCC_PLUS
+from .metrics import NCC_MINUS, NCC_PLUS
 from .intervals import mean_sd
 from .methods import METHOD_LABELS, POSTHOC_LABELS
 
@@ -227,7 +227,8 @@ class BenchmarkRun:
         """A baseline's maps of the test split (a post-hoc method on the ResNet, or VA-GAN), or,
         for the CNNs, their predictions (``maps/<method>/predictions.csv``)."""
         from .baselines.attribution import BaselineModel
-        from .inference import attribute_cohort, load_inputs, predict_rows, write_csv
+        from .inference import attribute_cohort, load_inputs, predict_rows
+        from .outputs import write_csv
 
         name = posthoc or method
         out = self.out / "maps" / name

@@ -41,7 +41,7 @@ def demo_settings(overrides: list[str]) -> DemoSettings:
 def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, progress: bool = True) -> dict:
     from .comparison import BenchmarkRun, BenchmarkSettings
     from .methods import METHOD_LABELS
-    from .evaluate import NCC_MINUS, NCC_PLUS
+    from .metrics import NCC_MINUS, NCC_PLUS
     from .explain import load
     from .inference import explain_interpolation, load_inputs
     from .report.html import build_report

@@ -34,7 +34,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import ClassBalancedBatchSampler
 from .data.table import class_names, num_classes_of
-from .evaluate import SELECTION_DIRECTION, selection_metric, summarise, validation_statistics
+from .validation import SELECTION_DIRECTION, selection_metric, summarise, validation_statistics
 from .model import ICAM, translation_partners
 from .nets import ContentDiscriminator, DomainDiscriminators
 from .nets.blocks import compile_networks, init_weights, set_activation_checkpointing
@@ -485,4 +485,9 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
             raise
     with run_lock(run_dir) if fabric.is_global_zero else contextlib.nullcontext():
         summary = trainer.fit(stop_at=stop_at)
+    if fabric.world_size > 1 and torch.distributed.is_initialized():
+        # the ranks leave the process group together: a process exiting while gloo's threads
+        # still run aborts ("terminate called without an active exception", seen once in CI-like runs)
+        fabric.barrier()
+        torch.distributed.destroy_process_group()
     return summary if fabric.is_global_zero else None

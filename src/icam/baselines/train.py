@@ -18,9 +18,9 @@ from ..checkpoint import save_checkpoint
 from ..config import Config
 from ..data import ClassBalancedBatchSampler
 from ..data.table import num_classes_of
-from ..evaluate import balanced_accuracy, ncc
+from ..metrics import balanced_accuracy, confusion_matrix, ncc
 from ..progress import StepProgress
-from ..run import MetricsLog
+from ..run import MetricsLog, build_fabric, start_run
 from .networks import WGANCritic, build_network
 
 DEFAULT_LR = {"resnet": 1e-4, "cnn-regressor": 1e-4, "cnn-classifier": 1e-4, "vagan": 1e-3}
@@ -78,8 +78,6 @@ class _Run:
 
 
 def train_baseline(config: Config, show_progress: bool = True) -> dict:
-    from ..run import build_fabric, start_run
-
     if config.runtime.devices not in (1, "1") or config.runtime.num_nodes != 1:
         raise ValueError(f"baselines train on one device (method={config.method}); set --devices 1")
     fabric = build_fabric(config)
@@ -155,7 +153,7 @@ def _validate_supervised(model, dataset, regress: bool, extra: dict, device) -> 
         known = ~torch.isnan(target)
         return {"mae": float((predicted[known] - target[known]).abs().mean())}
     k = output.shape[1]
-    confusion = torch.bincount(label * k + output.argmax(1), minlength=k * k).view(k, k).double()
+    confusion = confusion_matrix(label, output.argmax(1), k)
     return {"accuracy": float(confusion.diag().sum() / confusion.sum()), "balanced_accuracy": balanced_accuracy(confusion)}
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..evaluate import NCC_MINUS, NCC_PLUS, prediction_metrics
+from ..evaluate import prediction_metrics
+from ..metrics import NCC_MINUS, NCC_PLUS, confusion_matrix
 from ..run import read_metrics
 from ..inference import TSNE_MINIMUM
 from ..intervals import describe, paired_difference
@@ -281,7 +282,7 @@ def predictions_section(report: Report, explained: Path, metrics: dict) -> dict:
         labels = np.array([names.index(r["label"]) for r in labelled])
         predicted = np.array([names.index(r["predicted_class"]) for r in labelled])
         k = len(names)
-        confusion = np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
+        confusion = confusion_matrix(labels, predicted, k).long().numpy()
         ax = axes[0, i]
         ax.imshow(confusion, cmap="Blues")
         for a in range(k):
