@@ -52,20 +52,72 @@ def test_every_baseline_trains_and_writes_a_run(baseline_runs):
 
 
 @pytest.mark.parametrize("posthoc", POSTHOC)
-def test_posthoc_maps_are_shaped_like_the_input(baseline_runs, posthoc):
+def test_posthoc_maps_explain_each_input(baseline_runs, posthoc):
+    """Each map is shaped like its input, is not all zero, and is a map of that input (two
+    scans get different maps)."""
     model = BaselineModel.from_checkpoint(baseline_runs["resnet"]["run_dir"], posthoc=posthoc, device="cpu")
+    torch.manual_seed(0)
     x = torch.rand(2, 1, 64, 64) * 2 - 1
-    attribution = model.attribute(x, target=torch.tensor([0, 1]))
+    attribution = model.attribute(x)  # of the predicted class: the evidence for what the network says
     assert attribution.shape == x.shape and torch.isfinite(attribution).all()
-    assert model.predict(x).probabilities.shape == (2, 2)
+    if posthoc not in ("gradcam", "guided_gradcam"):  # a 6-step ResNet may have no positive evidence at
+        assert all(a.abs().max() > 0 for a in attribution)  # all: its Grad-CAM is then rightly 0 (next test)
+        assert not torch.allclose(attribution[0], attribution[1])
 
 
-def test_vagan_and_regressor(baseline_runs):
+def test_gradcam_is_the_weighted_activations_of_the_last_block_and_zero_against_the_class():
+    """With every channel evidence for class 0 and against class 1, Grad-CAM of class 0 is the
+    ReLU of the last block's activations weighted by the mean gradient, up-sampled; of class 1 it
+    is zero."""
+    import torch.nn.functional as F
+
+    from icam.baselines.attribution import _posthoc
+
+    torch.manual_seed(0)
+    network = ResNetClassifier(2, 2, width=4).eval()
+    with torch.no_grad():
+        network.fc.weight[0] = network.fc.weight[0].abs() + 0.1
+        network.fc.weight[1] = -(network.fc.weight[1].abs() + 0.1)
+    x = torch.rand(1, 1, 64, 64) * 2 - 1
+    activations = []
+    handle = network.last_block.register_forward_hook(lambda m, i, out: activations.append(out.detach()))
+    for_class_0 = _posthoc(network, "gradcam", x, torch.tensor([0]))
+    handle.remove()
+    against = _posthoc(network, "gradcam", x, torch.tensor([1]))
+    block = activations[0]
+    weights = network.fc.weight[0].detach() / block[0, 0].numel()  # d logit_0 / d activation, averaged
+    expected = F.interpolate(torch.relu((weights.view(1, -1, 1, 1) * block).sum(1, keepdim=True)), size=(64, 64),
+                             mode="bilinear", align_corners=False)
+    assert for_class_0.max() > 0 and torch.allclose(for_class_0, expected, rtol=1e-4, atol=1e-6)
+    assert against.abs().max() == 0
+
+
+def test_integrated_gradients_are_complete(baseline_runs):
+    """The axiom IG satisfies when it is computed right: the attributions sum to the target
+    logit at the input minus at the (zero) baseline."""
+    model = BaselineModel.from_checkpoint(baseline_runs["resnet"]["run_dir"], posthoc="integrated_gradients",
+                                          device="cpu")
+    torch.manual_seed(1)
+    x = torch.rand(1, 1, 64, 64) * 2 - 1
+    total = float(model.attribute(x, target=1).sum())
+    with torch.no_grad():
+        change = float(model.network(x)[0, 1] - model.network(torch.zeros_like(x))[0, 1])
+    assert abs(total - change) <= 0.05 * abs(change) + 1e-4, (total, change)
+
+
+def test_vagan_map_is_its_generator_and_the_regressor_speaks_in_target_units(baseline_runs):
     vagan = BaselineModel.from_checkpoint(baseline_runs["vagan"]["run_dir"], device="cpu")
     x = torch.rand(3, 1, 64, 64)
-    assert vagan.attribute(x).shape == x.shape and vagan.predict(x) is None
+    with torch.no_grad():
+        assert torch.equal(vagan.attribute(x), vagan.network(x)) and vagan.predict(x) is None
     regressor = BaselineModel.from_checkpoint(baseline_runs["cnn-regressor"]["run_dir"], device="cpu")
-    assert regressor.predict(x).target.shape == (3,)
+    state = torch.load(f"{baseline_runs['cnn-regressor']['run_dir']}/checkpoints/best.pt", weights_only=True)
+    # the network learns standardised targets; predictions are back in the target's units
+    assert state["target_std"] not in (0, 1) and state["target_mean"] != 0
+    with torch.no_grad():
+        standardised = regressor.network(x)[:, 0]
+    expected = standardised * state["target_std"] + state["target_mean"]
+    assert torch.allclose(regressor.predict(x).target, expected)
     with pytest.raises(ValueError, match="predictions, not maps"):
         regressor.attribute(x)
 

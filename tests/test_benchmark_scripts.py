@@ -32,7 +32,8 @@ def test_data_loading_benchmark_compares_cache_and_decoding():
                          "--passes", "1", "--step-seconds", "1.0")
     rates = line["rates"]["workers_0"]
     assert rates["cache_volumes_per_s"] > 0 and rates["nii_gz_volumes_per_s"] > 0
-    assert line["training_needs_volumes_per_s"] == 6.0 and set(line["keeps_up"]) == set(rates)
+    need = line["training_needs_volumes_per_s"]  # three batches of 2 images per 1.0 s step
+    assert line["keeps_up"] == {kind: rate >= need for kind, rate in rates.items()}
 
 
 def test_ddp_scaling_benchmark_on_two_cpu_processes():

@@ -37,13 +37,24 @@ def test_every_generator_term_is_finite_and_differentiable():
         assert any(g.abs().sum() > 0 for g in grads), name
 
 
-def test_discriminator_terms():
+def test_discriminator_terms_are_the_gan_and_class_losses_computed_by_hand():
+    def softplus(x):  # −log σ(−x): the BCE of logit x against 0; softplus(−x) against 1
+        return math.log1p(math.exp(x))
+
     real = (torch.tensor([3.0, -1.0]), torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
     terms = losses.domain_discriminator_terms(real, torch.tensor([-3.0, 0.5]), torch.tensor([0, 1]))
     assert set(terms) == {"domain_adversarial", "domain_classification_discriminator"}
-    assert all(torch.isfinite(v) for v in terms.values())
-    assert losses.content_discriminator_terms(torch.tensor([[5.0, -5.0]]), torch.tensor([0]))[
-        "content_adversarial"] < 1e-3
+    # real judged real (logits 3, −1 against 1) plus fakes judged fake (−3, 0.5 against 0)
+    expected = (softplus(-3.0) + softplus(1.0)) / 2 + (softplus(-3.0) + softplus(0.5)) / 2
+    assert math.isclose(float(terms["domain_adversarial"]), expected, rel_tol=1e-6)
+    # the class head on real images only: both right with margin 2
+    assert math.isclose(float(terms["domain_classification_discriminator"]), softplus(-2.0), rel_tol=1e-6)
+    swapped = losses.domain_discriminator_terms(real, torch.tensor([-3.0, 0.5]), torch.tensor([1, 0]))
+    assert math.isclose(float(swapped["domain_classification_discriminator"]), softplus(2.0), rel_tol=1e-6)
+    # the content discriminator: cross-entropy of the class from the content latent
+    right = losses.content_discriminator_terms(torch.tensor([[5.0, -5.0]]), torch.tensor([0]))["content_adversarial"]
+    wrong = losses.content_discriminator_terms(torch.tensor([[5.0, -5.0]]), torch.tensor([1]))["content_adversarial"]
+    assert abs(float(right) - softplus(-10.0)) < 1e-6 and math.isclose(float(wrong), softplus(10.0), rel_tol=1e-5)
 
 
 def test_content_adversarial_is_zero_only_without_class_information():
