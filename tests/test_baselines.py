@@ -130,7 +130,23 @@ def test_wrong_combinations_are_clear(baseline_runs):
     with pytest.raises(ValueError, match="explain a ResNet run"):
         BaselineModel.from_checkpoint(baseline_runs["vagan"]["run_dir"], device="cpu", posthoc="gradcam")
     with pytest.raises(CheckpointError, match="baseline, not ICAM"):
-        icam.load(baseline_runs["vagan"]["run_dir"])
+        icam.Explainer.from_checkpoint(baseline_runs["vagan"]["run_dir"])
+
+
+def test_any_run_loads_with_the_same_verbs(baseline_runs, run_dir):
+    """icam.load gives every method's model predict and attribute, whatever its checkpoint holds."""
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    models = {"icam": icam.load(run_dir, "last", "cpu"),
+              "gradcam": icam.load(baseline_runs["resnet"]["run_dir"], device="cpu", posthoc="gradcam"),
+              "vagan": icam.load(baseline_runs["vagan"]["run_dir"], device="cpu")}
+    assert isinstance(models["icam"], icam.Explainer) and isinstance(models["vagan"], BaselineModel)
+    for name, model in models.items():
+        options = {"n_samples": 4, "min_probability": None} if name == "icam" else {}
+        assert model.attribute(x, **options).shape == x.shape, name
+    assert models["icam"].predict(x).probabilities.shape == (2, 2)
+    assert models["gradcam"].predict(x).probabilities.shape == (2, 2)
+    with pytest.raises(ValueError, match="an ICAM run explains itself"):
+        icam.load(run_dir, "last", "cpu", posthoc="gradcam")
 
 
 def test_gradcam_is_the_standard_one_relu_of_the_weighted_activations(baseline_runs):

@@ -216,20 +216,6 @@ def _inputs(explainer, csv_path: Optional[Path], image: Optional[Path], split: O
     return load_inputs(explainer, csv_path, split)
 
 
-def _explainer(run_dir: Path, which: str, device: Optional[str], posthoc: Optional[str] = None):
-    """ICAM's Explainer, or a baseline (its method is in the checkpoint) with the same verbs."""
-    from .checkpoint import load_checkpoint
-    from .explain import load
-
-    if load_checkpoint(run_dir, which).get("method", "icam") == "icam":
-        if posthoc is not None:
-            raise ValueError("--posthoc is for ResNet baseline runs; an ICAM run explains itself")
-        return load(run_dir, which, device)
-    from .baselines.attribution import BaselineModel
-
-    return BaselineModel.from_checkpoint(run_dir, which, device, posthoc)
-
-
 @app.command("predict")
 def predict_command(
     run_dir: Path = typer.Argument(..., help="a run folder (or a checkpoint file)"),
@@ -246,10 +232,11 @@ def predict_command(
     Example: icam predict runs/my-run --csv data/synth2d/cohort.csv --split test -o test_predictions.csv
     """
     def run():
+        from .explain import load
         from .inference import predict_rows
         from .outputs import write_csv
 
-        explainer = _explainer(run_dir, which, device)
+        explainer = load(run_dir, which, device)  # any method's run
         dataset = _inputs(explainer, csv_path, image, split)
         records = predict_rows(explainer, dataset)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -303,11 +290,11 @@ def explain_command(
     def run():
         from rich.progress import Progress
 
-        from .explain import Explainer
+        from .explain import Explainer, load
         from .inference import attribute_cohort, explain_cohort, explain_interpolation, explain_pair
         from .outputs import claim_outputs, producer_of
 
-        explainer = _explainer(run_dir, which, device, posthoc)
+        explainer = load(run_dir, which, device, posthoc)  # any method's run
         claim_outputs(out, producer_of(run_dir, which, explainer), overwrite)
         if not isinstance(explainer, Explainer):  # a baseline: its maps (or predictions) only
             if pair or interpolate:

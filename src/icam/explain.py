@@ -151,6 +151,11 @@ class Explainer:
     def predict(self, x: torch.Tensor) -> Prediction:
         return self.model.predict(self.as_input(x))
 
+    def attribute(self, x: torch.Tensor, target: int | torch.Tensor | None = None, **options) -> torch.Tensor:
+        """The mean FA map of each scan towards ``target`` (default: the most probable other
+        class): the verb every method's model has (see :func:`load`); ``options`` go to explain."""
+        return self.explain(x, target=target, **options).mean
+
     def default_target(self, prediction: Prediction) -> torch.Tensor:
         """The most probable class other than the predicted one (for two classes: the other class)."""
         others = prediction.probabilities.clone()
@@ -251,6 +256,16 @@ def _warn_if_out_of_range(x: torch.Tensor, limit: float = 1.5, share: float = 0.
                       "preprocess files as in training (model.preprocess(path), or icam explain)", stacklevel=3)
 
 
-def load(path: str | Path, which: str = "best", device: str | torch.device | None = None) -> Explainer:
-    """A trained model from a run folder (its ``best`` or ``last`` checkpoint) or a checkpoint file."""
+def load(path: str | Path, which: str = "best", device: str | torch.device | None = None,
+         posthoc: str | None = None):
+    """Any trained run, from its folder (its ``best`` or ``last`` checkpoint) or a checkpoint file,
+    with the same verbs whatever the method: ``predict(x)`` and ``attribute(x, target)``. ICAM
+    runs give an :class:`Explainer`; baseline runs (their checkpoint names the method) a
+    ``BaselineModel``, explained by ``posthoc`` (a ResNet's captum method) or by itself (VA-GAN)."""
+    from .baselines.attribution import BaselineModel
+
+    if load_checkpoint(path, which).get("method", "icam") != "icam":
+        return BaselineModel.from_checkpoint(path, which, device, posthoc)
+    if posthoc is not None:
+        raise ValueError("--posthoc is for ResNet baseline runs; an ICAM run explains itself")
     return Explainer.from_checkpoint(path, which, device)

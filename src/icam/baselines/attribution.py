@@ -21,6 +21,7 @@ from ..checkpoint import CheckpointError, fingerprint, load_checkpoint, run_fold
 from ..config import build_config
 from ..data.table import class_names
 from ..methods import POSTHOC
+from ..progress import StepProgress
 from ..model import Prediction
 from .networks import build_network
 
@@ -157,9 +158,15 @@ def _posthoc(network, name: str, x: torch.Tensor, target: torch.Tensor) -> torch
                                                       internal_batch_size=50)
     window, stride = occlusion_window(tuple(x.shape[2:]))
     per_pass = max(1, min(256, OCCLUSION_BATCH_VOXELS // x[0].numel()))
-    return Occlusion(network).attribute(x, target=target, sliding_window_shapes=(1,) + (window,) * d,
-                                        strides=(1,) + (stride,) * d, baselines=0, perturbations_per_eval=per_pass,
-                                        show_progress=x[0].numel() > 100_000)  # 3D volumes take minutes
+    passes = 1 + -(-occlusion_positions(tuple(x.shape[2:]), window, stride) // per_pass)
+    # our own bar: captum's counts voxels, not occlusion positions (3,214 passes announced for 99)
+    with StepProgress("occlusion", x[0].numel() > 100_000, passes * len(x)) as progress:  # volumes take minutes
+        def forward(inputs):
+            progress.advance()
+            return network(inputs)
+        return Occlusion(forward).attribute(x, target=target, sliding_window_shapes=(1,) + (window,) * d,
+                                            strides=(1,) + (stride,) * d, baselines=0,
+                                            perturbations_per_eval=per_pass)
 
 
 __all__ = ["BaselineModel", "occlusion_window"]
