@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from icam.baselines.attribution import occlusion_positions, occlusion_window
+from icam.baselines.attribution import occlusion_per_pass, occlusion_positions, occlusion_window
 from icam.baselines.networks import ResNetClassifier
 
 
@@ -69,6 +69,7 @@ def main():
         "cpu": cpu_model(), "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "icam": {"window": window, "stride": stride, "positions": occlusion_positions(shape, window, stride),
+                 "per_pass": occlusion_per_pass(x),
                  "seconds": round(seconds, 2)},
         "paper_scaled_one_per_pass": {"window": paper_window, "stride": paper_stride, "positions": paper_positions,
                                       "seconds_extrapolated": round(per_pass * (paper_positions + 1), 1)},

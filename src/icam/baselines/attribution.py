@@ -116,17 +116,28 @@ class BaselineModel:
 
 
 # Occlusion costs one forward pass per position of the block. The paper's block 10, stride 5
-# at 128×160×128 is 17,856 positions; scaled down to a 32×48×32 volume (block 2, stride 1) it
-# would be 45,167 (over 15 min on a CPU), so the stride grows until the positions fit.
+# at 128×160×128 is 19,375 positions (captum adds a last window at each far edge); scaled down
+# to a 32×48×32 volume (block 2, stride 1) it would be 45,167 (over 15 min on a CPU), so the
+# stride grows until the positions fit.
 OCCLUSION_POSITIONS = 20_000
-OCCLUSION_BATCH_VOXELS = 2 ** 25  # input voxels per forward pass (perturbed copies × image size)
+# input voxels per forward pass (perturbed copies × image size). A GPU wants large batches; a
+# CPU is fastest at a few volumes (ResNet width 16, 2-core Xeon: 64×80×64 at 70 ms per image in
+# fours, 89 in 64s; 32×48×32 at 5.7 ms in fours, 11 in 64s)
+OCCLUSION_BATCH_VOXELS = {"cuda": 2 ** 25, "cpu": 2 ** 20}
 
 
 def occlusion_positions(shape: tuple[int, ...], window: int, stride: int) -> int:
+    """How many block positions (forward passes) occlusion takes, counted as captum slides them."""
     positions = 1
     for size in shape:
-        positions *= (size - window) // stride + 1
+        positions *= -(-(size - window) // stride) + 1
     return positions
+
+
+def occlusion_per_pass(x: torch.Tensor) -> int:
+    """How many occluded copies of ``x`` go through the network at once on its device."""
+    budget = OCCLUSION_BATCH_VOXELS["cuda" if x.device.type == "cuda" else "cpu"]
+    return max(1, min(256 if x.device.type == "cuda" else 8, budget // x[0].numel()))
 
 
 def occlusion_window(shape: tuple[int, ...], max_positions: int = OCCLUSION_POSITIONS) -> tuple[int, int]:
@@ -157,9 +168,9 @@ def _posthoc(network, name: str, x: torch.Tensor, target: torch.Tensor) -> torch
         return IntegratedGradients(network).attribute(x, baselines=torch.zeros_like(x), target=target, n_steps=200,
                                                       internal_batch_size=50)
     window, stride = occlusion_window(tuple(x.shape[2:]))
-    per_pass = max(1, min(256, OCCLUSION_BATCH_VOXELS // x[0].numel()))
+    per_pass = occlusion_per_pass(x)
     passes = 1 + -(-occlusion_positions(tuple(x.shape[2:]), window, stride) // per_pass)
-    # our own bar: captum's counts voxels, not occlusion positions (3,214 passes announced for 99)
+    # our own bar: captum's counts voxels, not occlusion positions (3,214 passes announced for 114)
     with StepProgress("occlusion", x[0].numel() > 100_000, passes * len(x)) as progress:  # volumes take minutes
         def forward(inputs):
             progress.advance()
