@@ -91,8 +91,8 @@ class Explainer:
     def from_checkpoint(cls, path: str | Path, which: str = "best", device: str | torch.device | None = None):
         state = load_checkpoint(path, which)
         if state.get("method", "icam") != "icam":
-            raise CheckpointError(f"{path} holds a {state['method']} baseline, not ICAM: load it with "
-                                  "icam.baselines.attribution.BaselineModel (icam explain does this itself)")
+            raise CheckpointError(f"{path} holds a {state['method']} baseline, not ICAM: load it with icam.load, "
+                                  "which opens any method's run")
         for key in ("model", "model_hparams", "config"):
             if key not in state:
                 raise CheckpointError(f"{path} holds no ICAM model ('{key}' is missing): is it a baseline's checkpoint?")
