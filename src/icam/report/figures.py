@@ -62,9 +62,8 @@ def _views(volume: np.ndarray, centre: tuple[int, ...]) -> list[tuple[str, np.nd
     if volume.ndim == 2:
         return [("", volume)]
     thin = [axis for axis in range(3) if volume.shape[axis] == 1]
-    planes = [(VIEWS[axis], np.take(volume, centre[axis] if not thin else 0, axis=axis))
-              for axis in (thin or range(3))]
-    return planes
+    return [(VIEWS[axis], np.take(volume, centre[axis] if not thin else 0, axis=axis))
+            for axis in (thin or range(3))]
 
 
 def plane_aspect(view: str, affine: np.ndarray | None) -> float:
@@ -127,6 +126,20 @@ def overlay(ax, image: np.ndarray, fa: np.ndarray | None, mask: np.ndarray | Non
     orientation_letters(ax, view)
 
 
+def variance_panel(ax, plane: np.ndarray, mask: np.ndarray | None, view: str = "axial", aspect: float = 1.0,
+                   vmax: float | None = None):
+    """Where the samples disagree, in a sequential map from 0; outside the brain black, as dark
+    as the other panels' background. Returns the image (for its colour bar)."""
+    ax.set_facecolor("black")
+    artist = ax.imshow((np.ma.masked_where(mask <= 0, plane) if mask is not None else plane).T, cmap="magma",
+                       origin="lower", interpolation="nearest", vmin=0 if vmax is not None else None, vmax=vmax,
+                       aspect=aspect)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    orientation_letters(ax, view)
+    return artist
+
+
 def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray, fa_var: np.ndarray | None,
                        mask: np.ndarray | None, title: str, gt_map: np.ndarray | None = None,
                        map_title: str = "mean FA over input", affine: np.ndarray | None = None) -> Path:
@@ -154,13 +167,7 @@ def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray,
         for r, ((view, base), (_, plane), (_, m)) in enumerate(zip(views, planes, masks)):
             ax = axes[r, c]
             if kind == "var":
-                shown = np.ma.masked_where(m <= 0, plane) if m is not None else plane
-                ax.set_facecolor("black")  # outside the brain: as dark as the other panels' background
-                artist = ax.imshow(shown.T, cmap="magma", origin="lower", interpolation="nearest",
-                                   aspect=plane_aspect(view, affine))
-                ax.set_xticks([])
-                ax.set_yticks([])
-                orientation_letters(ax, view)
+                artist = variance_panel(ax, plane, m, view, plane_aspect(view, affine))
             else:
                 overlay(ax, base, plane if kind == "fa" else None, m, limit or 1.0, view,
                         aspect=plane_aspect(view, affine))
@@ -268,6 +275,8 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
         return None
     names = list(methods)
 
+    method_of = {name: _read_method(folder) for name, folder in methods.items()}  # read once, not per row
+
     def panels_for(row):
         """(image, mask, [(title, data, colour limit, kind)]) of one subject, on the axial slice
         (RAS, as the figures' convention) where the first method's map is largest."""
@@ -298,7 +307,7 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
             panels.append((f"{names[0]}: variance", axial(_ras_volume(variance)), "var"))
         for name in names[1:]:  # post-hoc maps are relevance (scored by |map|); VA-GAN's is a signed change
             data = maps[name]
-            posthoc = _read_method(methods[name]) in POSTHOC or (data is not None and data.min() >= 0)
+            posthoc = method_of[name] in POSTHOC or (data is not None and data.min() >= 0)
             panels.append((name, np.abs(data) if posthoc and data is not None else data,
                            "relevance" if posthoc else "signed"))
         cut = cut_label("axial", affine, (image_volume.shape[0] // 2, image_volume.shape[1] // 2, k))
@@ -319,12 +328,7 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
         for c, (title, data, kind) in enumerate(panels):
             ax = axes[r, c]
             if kind == "var":
-                ax.set_facecolor("black")  # outside the brain: as dark as the other panels' background
-                ax.imshow((np.ma.masked_where(mask <= 0, data) if mask is not None else data).T, cmap="magma",
-                          origin="lower", vmin=0, vmax=spread, aspect=aspect)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                orientation_letters(ax)
+                variance_panel(ax, data, mask, aspect=aspect, vmax=spread)
             elif kind in ("relevance", "signed") and data is not None:
                 overlay(ax, image, data / symmetric_limit(data, mask), mask, 1.0, relevance=kind == "relevance",
                         aspect=aspect)
