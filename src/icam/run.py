@@ -208,6 +208,11 @@ class MetricsLog:
             f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
 
+def read_json(path: Path) -> dict:
+    """A JSON file a run or output folder may or may not hold ({} when absent)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

@@ -247,14 +247,6 @@ def _display_range(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return np.clip(2 * (image - lo) / max(hi - lo, 1e-12) - 1, -1, 1)
 
 
-def _read_method(folder: Path) -> str:
-    """The method an explanation folder's summary.json names (post-hoc name, vagan), else ""."""
-    import json
-
-    path = folder / "summary.json"
-    return json.loads(path.read_text()).get("method", "") if path.is_file() else ""
-
-
 def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, run_dir: Path | None = None):
     """The same test subjects of a cohort table (classes alternating, one row each) under every
     method's map (``methods``: name → an `icam explain` folder), next to the ground truth. The
@@ -263,7 +255,7 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
     method's variance follows when written; every other map has its own range. None without
     test rows. ``run_dir``: the run, when the explanations do not name theirs."""
     from ..methods import POSTHOC
-    from ..run import explained_run, read_run_table
+    from ..run import explained_run, read_json, read_run_table
 
     first_folder = next(iter(methods.values()))
     table = read_run_table(explained_run(first_folder) or run_dir, csv_path)
@@ -275,7 +267,8 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
         return None
     names = list(methods)
 
-    method_of = {name: _read_method(folder) for name, folder in methods.items()}  # read once, not per row
+    # the method each folder's summary.json names (post-hoc name, vagan), read once, not per row
+    method_of = {name: read_json(folder / "summary.json").get("method", "") for name, folder in methods.items()}
 
     def panels_for(row):
         """(image, mask, [(title, data, colour limit, kind)]) of one subject, on the axial slice

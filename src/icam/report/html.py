@@ -24,7 +24,7 @@ import yaml
 
 from ..evaluate import prediction_metrics
 from ..metrics import NCC_MINUS, NCC_PLUS, confusion_matrix
-from ..run import read_metrics
+from ..run import read_json, read_metrics
 from ..inference import TSNE_MINIMUM
 from ..intervals import describe, paired_difference
 from .figures import DPI, pyplot, gallery_figure
@@ -65,11 +65,6 @@ class Details:
     summary: str
     text: str  # preformatted, shown when opened
     kind: str = "details"
-
-
-def _read_json(path: Path) -> dict:
-    """A JSON file the folders may or may not hold ({} when absent)."""
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _png(fig) -> str:
@@ -115,10 +110,10 @@ class Report:
 
 def run_section(report: Report, run_dir: Path) -> None:
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
-    provenance, summary = _read_json(run_dir / "provenance.json"), _read_json(run_dir / "summary.json")
+    provenance, summary = read_json(run_dir / "provenance.json"), read_json(run_dir / "summary.json")
     packages = provenance.get("packages", {})
     git = provenance.get("git", {})
-    stages = [(run, _read_json(run / "summary.json")) for run in training_chain(run_dir)]
+    stages = [(run, read_json(run / "summary.json")) for run in training_chain(run_dir)]
     steps = " + ".join(f"{done.get('step', '?')} ({run.name})" for run, done in stages) if len(stages) > 1 \
         else summary.get("step", "")
     minutes = " + ".join(f"{done.get('wall_seconds', 0) / 60:.1f} min ({run.name})" for run, done in stages) \
@@ -179,8 +174,7 @@ def training_chain(run_dir: Path) -> list[Path]:
     """The run and the runs it was initialised from (``--init-from``), earliest first."""
     chain = [run_dir]
     while len(chain) < 5:
-        provenance = chain[0] / "provenance.json"
-        parent = json.loads(provenance.read_text()).get("init_from") if provenance.is_file() else None
+        parent = read_json(chain[0] / "provenance.json").get("init_from")
         parent = Path(parent) if parent else None
         if parent is None or not (parent / "metrics.jsonl").is_file():
             break
@@ -437,8 +431,8 @@ def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[s
     facts, summary = {}, {}
     if first is not None:
         metrics = prediction_metrics(first / "predictions.csv")  # once: the banner, the figures, the headline
-        summary = _read_json(first / "summary.json")
-        health_section(report, metrics, summary, _read_json(first / "evaluation.json").get("maps"))
+        summary = read_json(first / "summary.json")
+        health_section(report, metrics, summary, read_json(first / "evaluation.json").get("maps"))
         if metrics:
             facts = predictions_section(report, first, metrics)
     if csv_path is not None and first is not None:
