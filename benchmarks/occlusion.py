@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from icam.baselines.attribution import occlusion_per_pass, occlusion_positions, occlusion_window
+from icam.baselines.attribution import (occlusion_per_pass, occlusion_positions, occlusion_window,
+                                        paper_occlusion_window)
 from icam.baselines.networks import ResNetClassifier
 
 
@@ -58,8 +59,7 @@ def main():
     window, stride = occlusion_window(shape)
     seconds = timed(lambda: _posthoc(network, "occlusion", x, target), device)
     # the paper's block and stride scaled to this input, one position per pass: time a few passes
-    scale = min(shape) / 128
-    paper_window, paper_stride = max(2, round(10 * scale)), max(1, round(5 * scale))
+    paper_window, paper_stride = paper_occlusion_window(shape)
     paper_positions = occlusion_positions(shape, paper_window, paper_stride)
     with torch.no_grad():
         network(x)  # warm-up

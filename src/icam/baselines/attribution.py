@@ -135,17 +135,23 @@ def occlusion_positions(shape: tuple[int, ...], window: int, stride: int) -> int
 
 
 def occlusion_per_pass(x: torch.Tensor) -> int:
-    """How many occluded copies of ``x`` go through the network at once on its device."""
+    """How many occluded copies of the batch ``x`` go through the network at once on its device
+    (captum stacks that many copies of every image in one forward pass)."""
     budget = OCCLUSION_BATCH_VOXELS["cuda" if x.device.type == "cuda" else "cpu"]
-    return max(1, min(256 if x.device.type == "cuda" else 8, budget // x[0].numel()))
+    return max(1, min(256 if x.device.type == "cuda" else 8, budget // x.numel()))
+
+
+def paper_occlusion_window(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The paper's occlusion block 10 and stride 5 at 128×160×128, scaled to this input."""
+    scale = min(shape) / 128
+    return max(2, round(10 * scale)), max(1, round(5 * scale))
 
 
 def occlusion_window(shape: tuple[int, ...], max_positions: int = OCCLUSION_POSITIONS) -> tuple[int, int]:
-    """The paper's occlusion block 10 and stride 5 at 128×160×128, scaled to this input; where
-    that would take more than ``max_positions`` forward passes the stride grows (the block stays
-    at least twice the stride, so every voxel is still occluded)."""
-    scale = min(shape) / 128
-    window, stride = max(2, round(10 * scale)), max(1, round(5 * scale))
+    """The paper's block and stride scaled to this input (paper_occlusion_window); where that
+    would take more than ``max_positions`` forward passes the stride grows (the block stays at
+    least twice the stride, so every voxel is still occluded)."""
+    window, stride = paper_occlusion_window(shape)
     while occlusion_positions(shape, window, stride) > max_positions and window < min(shape):
         stride += 1
         window = max(window, 2 * stride)
@@ -171,7 +177,7 @@ def _posthoc(network, name: str, x: torch.Tensor, target: torch.Tensor) -> torch
     per_pass = occlusion_per_pass(x)
     passes = 1 + -(-occlusion_positions(tuple(x.shape[2:]), window, stride) // per_pass)
     # our own bar: captum's counts voxels, not occlusion positions (3,214 passes announced for 114)
-    with StepProgress("occlusion", x[0].numel() > 100_000, passes * len(x)) as progress:  # volumes take minutes
+    with StepProgress("occlusion", x[0].numel() > 100_000, passes) as progress:  # volumes take minutes
         def forward(inputs):
             progress.advance()
             return network(inputs)
