@@ -50,13 +50,20 @@ class Blocks(nn.Sequential, Checkpointable):
         return self.segment(super().forward, x)
 
 
+def outermost(module: nn.Module, kinds) -> list[nn.Module]:
+    """The parts of ``module`` of the given kinds that lie inside no other such part."""
+    parts = [m for m in module.modules() if isinstance(m, kinds)]
+    inner = {id(d) for m in parts for d in m.modules() if d is not m}
+    return [m for m in parts if id(m) not in inner]
+
+
 def set_activation_checkpointing(module: nn.Module, enabled: bool) -> None:
     """Checkpoint the outermost checkpointable parts of ``module`` (a part inside another would
     only be recomputed twice)."""
-    parts = [m for m in module.modules() if isinstance(m, Checkpointable)]
-    inner = {id(d) for m in parts for d in m.modules() if d is not m}
-    for m in parts:
-        m.checkpointing = enabled and id(m) not in inner
+    chosen = {id(m) for m in outermost(module, Checkpointable)}
+    for m in module.modules():
+        if isinstance(m, Checkpointable):
+            m.checkpointing = enabled and id(m) in chosen
 
 
 class ConvNormAct(nn.Sequential):
@@ -163,11 +170,8 @@ def compile_networks(networks: list[nn.Module], how: str, mode: str = "default")
         if how == "networks":
             network.compile(mode=mode)
             continue
-        regions = [m for m in network.modules() if isinstance(m, REPEATED_BLOCKS)]
-        inner = {id(d) for m in regions for d in m.modules() if d is not m}
-        for region in regions:
-            if id(region) not in inner:
-                region.compile(mode=mode, dynamic=True)  # one graph per kind, whatever its shape
+        for region in outermost(network, REPEATED_BLOCKS):
+            region.compile(mode=mode, dynamic=True)  # one graph per kind, whatever its shape
 
 
 class GaussianNoise(nn.Module):
