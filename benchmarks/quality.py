@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from icam.comparison import BenchmarkRun, settings_for
-from icam.metrics import NCC_MINUS, NCC_PLUS
+from icam.metrics import Direction
 
 # Each variant: `icam benchmark` settings (``icam_set`` holds run-config overrides for both ICAM runs).
 VARIANTS = {
@@ -64,8 +64,8 @@ def icam_metrics(bench: BenchmarkRun, run: str, maps: Path) -> dict:
     classification, regression = evaluation.get("classification", {}), evaluation.get("regression", {})
     return {
         "accuracy": classification.get("accuracy"), "balanced_accuracy": classification.get("balanced_accuracy"),
-        "mae": regression.get("mae"), "ncc_minus": evaluation["maps"][NCC_MINUS]["ncc"]["mean"],
-        "ncc_plus": evaluation["maps"][NCC_PLUS]["ncc"]["mean"], "auroc": evaluation["maps"]["all"]["auroc"]["mean"],
+        "mae": regression.get("mae"), "ncc_minus": evaluation["maps"][Direction.MINUS]["ncc"]["mean"],
+        "ncc_plus": evaluation["maps"][Direction.PLUS]["ncc"]["mean"], "auroc": evaluation["maps"]["all"]["auroc"]["mean"],
         "table1_young_to_old": translation["icam-reg class 0"][0],
         "table1_old_to_young": translation["icam-reg class 1"][0],
         "acceptance_rate": json.loads((maps / "summary.json").read_text()).get("mean_acceptance_rate"),
@@ -84,11 +84,11 @@ def reference_points(bench: BenchmarkRun, run: str) -> dict:
     import torch
 
     from icam.metrics import map_metrics
-    from icam.explain import load
+    from icam.explain import load_run
     from icam.inference import load_inputs
     from icam.model import fa_map
 
-    model = load(run, "best", bench.device)
+    model = load_run(run, "best", bench.device)
     train = load_inputs(model, bench.csv_path, "train")
     train_items = [train[i] for i in range(len(train))]
     population = {k: np.mean([np.abs(t["gt_map"][0].numpy()) for t in train_items if int(t["label"]) == k], axis=0)

@@ -134,11 +134,11 @@ def test_wrong_combinations_are_clear(baseline_runs):
 
 
 def test_any_run_loads_with_the_same_verbs(baseline_runs, run_dir):
-    """icam.load gives every method's model predict and attribute, whatever its checkpoint holds."""
+    """icam.load_run gives every method's model predict and attribute, whatever its checkpoint holds."""
     x = torch.rand(2, 1, 64, 64) * 2 - 1
-    models = {"icam": icam.load(run_dir, "last", "cpu"),
-              "gradcam": icam.load(baseline_runs["resnet"]["run_dir"], device="cpu", posthoc="gradcam"),
-              "vagan": icam.load(baseline_runs["vagan"]["run_dir"], device="cpu")}
+    models = {"icam": icam.load_run(run_dir, "last", "cpu"),
+              "gradcam": icam.load_run(baseline_runs["resnet"]["run_dir"], device="cpu", posthoc="gradcam"),
+              "vagan": icam.load_run(baseline_runs["vagan"]["run_dir"], device="cpu")}
     assert isinstance(models["icam"], icam.Explainer) and isinstance(models["vagan"], BaselineModel)
     for name, model in models.items():
         options = {"n_samples": 4, "min_probability": None} if name == "icam" else {}
@@ -146,7 +146,23 @@ def test_any_run_loads_with_the_same_verbs(baseline_runs, run_dir):
     assert models["icam"].predict(x).probabilities.shape == (2, 2)
     assert models["gradcam"].predict(x).probabilities.shape == (2, 2)
     with pytest.raises(ValueError, match="an ICAM run explains itself"):
-        icam.load(run_dir, "last", "cpu", posthoc="gradcam")
+        icam.load_run(run_dir, "last", "cpu", posthoc="gradcam")
+
+
+def test_every_method_writes_one_checkpoint_schema_and_selects_its_best_alike(baseline_runs, run_dir):
+    from icam.checkpoint import BestCheckpoint, load_checkpoint
+
+    schema = {"method", "model_hparams", "config", "step", "best", "model", "optimizers"}
+    for method, run in {"icam": run_dir, **{m: r["run_dir"] for m, r in baseline_runs.items()}}.items():
+        state = load_checkpoint(run, "last")
+        assert schema <= set(state) and state["method"] == method, (method, set(state))
+        assert state["best"] is None or state["best"]["step"] <= state["step"]
+    tracker = BestCheckpoint("mae", patience=2)  # lower is better; NaN never selects
+    assert [tracker.improved({"mae": v}, step) for step, v in enumerate([3.0, float("nan"), 2.0, 2.5], 1)] == [
+        True, False, True, False]
+    assert tracker.best == {"metric": "mae", "value": 2.0, "step": 3} and not tracker.flat
+    assert not tracker.improved({"mae": 2.0}, 5) and tracker.flat  # a tie is no improvement
+    assert BestCheckpoint("balanced_accuracy").improved({"balanced_accuracy": 0.6}, 1)
 
 
 def test_gradcam_is_the_standard_one_relu_of_the_weighted_activations(baseline_runs):

@@ -23,6 +23,7 @@ def finite_or_undefined(cell: str) -> bool:
 
 
 def test_benchmark_writes_every_table_with_finite_numbers(tmp_path):
+    tmp_path = tmp_path / "study #2: a folder YAML would misread"  # the run configs carry paths as they are
     args = ["benchmark", "--preset", "quick", "--out", str(tmp_path)]
     for item in TINY_BENCHMARK:
         args += ["--set", item]
@@ -46,6 +47,8 @@ def test_benchmark_writes_every_table_with_finite_numbers(tmp_path):
     assert (results / "comparison.png").stat().st_size > 1000
     result = json.loads((tmp_path / "benchmark.json").read_text())
     assert result["seconds"]["train icam"] > 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "cnn-classifier", "cnn-regressor", "icam", "icam-reg", "resnet", "vagan"]
     assert set(result["headline"]) == HEADLINE  # flat: every figure a number
     assert all(isinstance(v, float) and math.isfinite(v) for v in result["headline"].values()), result["headline"]
 

@@ -35,7 +35,7 @@ def nifti_inputs(tmp_path_factory, squares):
 
 
 def test_explanations_have_the_inputs_shape_and_are_seeded(run_dir, squares):
-    model = icam.load(run_dir)
+    model = icam.load_run(run_dir)
     x = squares.images[:4]
     explanation = model.explain(x, n_samples=16)
     assert explanation.mean.shape == explanation.var.shape == explanation.translated.shape == x.shape
@@ -53,7 +53,7 @@ def test_explanations_have_the_inputs_shape_and_are_seeded(run_dir, squares):
 
 
 def test_maps_against_the_reconstruction_differ_from_the_paper_maps_by_the_reconstruction(run_dir, squares):
-    model = icam.load(run_dir)
+    model = icam.load_run(run_dir)
     x = squares.images[:3]
     paper = model.explain(x, n_samples=8)
     against = model.explain(x, n_samples=8, reference="reconstruction")
@@ -69,7 +69,7 @@ def test_maps_against_the_reconstruction_differ_from_the_paper_maps_by_the_recon
 
 
 def test_captum_style_attribute(run_dir, squares):
-    model = icam.load(run_dir)
+    model = icam.load_run(run_dir)
     x = squares.images[:2]
     attribution = model.attribute(x, target=1, n_samples=8)
     assert attribution.shape == x.shape
@@ -77,7 +77,7 @@ def test_captum_style_attribute(run_dir, squares):
 
 
 def test_translating_to_the_own_class_changes_less_than_to_the_other(run_dir, squares):
-    model = icam.load(run_dir)
+    model = icam.load_run(run_dir)
     x = squares.images
     prediction = model.predict(x)
     other = model.explain(x, n_samples=16).mean.abs().mean()
@@ -86,7 +86,7 @@ def test_translating_to_the_own_class_changes_less_than_to_the_other(run_dir, sq
 
 
 def test_pair_and_interpolation(run_dir, squares):
-    model = icam.load(run_dir)
+    model = icam.load_run(run_dir)
     a, b = squares.images[0], squares.images[1]
     pair = model.pair(a, b)
     assert pair.a_as_b.shape == pair.fa_b.shape == (1, 1, 64, 64)
@@ -96,7 +96,7 @@ def test_pair_and_interpolation(run_dir, squares):
 
 
 def test_wrong_inputs_are_clear(run_dir, tmp_path):
-    model = icam.load(run_dir)
+    model = icam.load_run(run_dir)
     with pytest.raises(ValueError, match="shape"):
         model.explain(torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match="n_samples"):
@@ -104,7 +104,7 @@ def test_wrong_inputs_are_clear(run_dir, tmp_path):
     not_icam = tmp_path / "baseline.pt"
     save_checkpoint({"weights": {}}, not_icam)
     with pytest.raises(icam.checkpoint.CheckpointError, match="holds no ICAM model"):
-        icam.load(not_icam)
+        icam.load_run(not_icam)
 
 
 def test_explain_command_writes_maps_in_the_inputs_space(run_dir, nifti_inputs, tmp_path):

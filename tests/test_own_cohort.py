@@ -260,10 +260,10 @@ def test_pad_crop_centres_the_window_on_the_brain_and_resize_keeps_its_aspect():
 
 
 def test_a_split_needs_a_split_column_or_the_runs_splits(adni, run3d, tmp_path):
-    from icam.explain import load
+    from icam.explain import load_run
     from icam.inference import load_inputs
 
-    model = load(run3d)
+    model = load_run(run3d)
     assert len(load_inputs(model, adni["csv"], "test")) == 2  # the run's splits.csv
     model.run_dir = None  # a checkpoint file copied out of its run folder
     with pytest.raises(ValueError, match="no split column, and the run has no splits.csv"):
@@ -273,9 +273,9 @@ def test_a_split_needs_a_split_column_or_the_runs_splits(adni, run3d, tmp_path):
 def test_python_preprocess_and_explain_file(adni, run3d, tmp_path):
     import torch
 
-    from icam.explain import load
+    from icam.explain import load_run
 
-    model = load(run3d)
+    model = load_run(run3d)
     scan_path = adni["data"] / adni["rows"][0]["path"]
     scan = model.preprocess(scan_path)
     assert scan.image.shape == (1, 1, 16, 16, 16) and scan.mask.shape == (1, 1, 16, 16, 16)

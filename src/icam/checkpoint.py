@@ -1,7 +1,9 @@
 """Checkpoints: written atomically, read without unpickling arbitrary objects.
 
 A checkpoint is a dict of state dicts, numbers and strings only, so ``torch.load(...,
-weights_only=True)`` reads it. It is written to a temporary file in the same folder and
+weights_only=True)`` reads it. Every method's checkpoint has one schema (:func:`checkpoint_state`):
+the method, its network hyperparameters, the run's config, the step, the best validation so far,
+the weights of each network, the optimiser states and what the method adds. It is written to a temporary file in the same folder and
 renamed into place: a crash never leaves a half-written checkpoint behind.
 """
 
@@ -11,13 +13,57 @@ import os
 import tempfile
 from pathlib import Path
 
+import math
+from typing import TYPE_CHECKING
+
 import torch
 
+if TYPE_CHECKING:
+    from .config import Config
+
 FORMAT = "icam-checkpoint-1"
+# The validation metrics that can select the best checkpoint, and whether larger is better.
+SELECTION_DIRECTION = {"balanced_accuracy": 1, "ncc": 1, "mae": -1}
 
 
 class CheckpointError(ValueError):
     pass
+
+
+def checkpoint_state(method: str, config: Config, hparams: dict, step: int, best: dict | None,
+                     weights: dict[str, dict], optimizers: dict[str, dict], **extra) -> dict:
+    """The one checkpoint schema: ``method`` (icam, resnet, vagan, …), ``model_hparams`` (what
+    rebuilds the network), ``config``, ``step``, ``best``, each network's weights under its own
+    key (``model`` is the one that predicts and explains), ``optimizers`` and method extras."""
+    return {"method": method, "model_hparams": hparams, "config": config.model_dump(mode="json"), "step": step,
+            "best": best, **weights, "optimizers": optimizers, **extra}
+
+
+class BestCheckpoint:
+    """Which validation has been best so far, by one metric in its direction, and how many
+    validations have passed since it (``patience`` of them without a new best: ``flat``)."""
+
+    def __init__(self, metric: str, patience: int | None = None):
+        if metric not in SELECTION_DIRECTION:
+            raise ValueError(f"{metric!r} cannot select a checkpoint; one of {', '.join(SELECTION_DIRECTION)}")
+        self.metric, self.patience = metric, patience
+        self.best: dict | None = None  # {"metric", "value", "step"}, as checkpoints and summaries record it
+        self.validations_since_best = 0
+
+    def improved(self, metrics: dict[str, float], step: int) -> bool:
+        """Record one validation; True when it is the best so far (its checkpoint should be saved)."""
+        value = metrics.get(self.metric)
+        if value is not None and not math.isnan(value) and (
+                self.best is None or SELECTION_DIRECTION[self.metric] * (value - self.best["value"]) > 0):
+            self.best = {"metric": self.metric, "value": value, "step": step}
+            self.validations_since_best = 0
+            return True
+        self.validations_since_best += 1
+        return False
+
+    @property
+    def flat(self) -> bool:
+        return self.patience is not None and self.validations_since_best >= self.patience
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:

@@ -232,11 +232,11 @@ def predict_command(
     Example: icam predict runs/my-run --csv data/synth2d/cohort.csv --split test -o test_predictions.csv
     """
     def run():
-        from .explain import load
+        from .explain import load_run
         from .inference import predict_rows
         from .outputs import write_csv
 
-        explainer = load(run_dir, which, device)  # any method's run
+        explainer = load_run(run_dir, which, device)  # any method's run
         dataset = _inputs(explainer, csv_path, image, split)
         records = predict_rows(explainer, dataset)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -290,11 +290,11 @@ def explain_command(
     def run():
         from rich.progress import Progress
 
-        from .explain import Explainer, load
+        from .explain import Explainer, load_run
         from .inference import attribute_cohort, explain_cohort, explain_interpolation, explain_pair
         from .outputs import claim_outputs, producer_of
 
-        explainer = load(run_dir, which, device, posthoc)  # any method's run
+        explainer = load_run(run_dir, which, device, posthoc)  # any method's run
         claim_outputs(out, producer_of(run_dir, which, explainer), overwrite)
         if not isinstance(explainer, Explainer):  # a baseline: its maps (or predictions) only
             if pair or interpolate:
@@ -368,7 +368,7 @@ def evaluate_command(
 
         result = evaluate_outputs(outputs, csv_path, split, suffix, run_dir)
 
-        from .metrics import NCC_MINUS, NCC_PLUS
+        from .metrics import Direction
         from .intervals import describe
 
         def fmt(m):  # the mean [95% interval], n
@@ -377,7 +377,7 @@ def evaluate_command(
         if maps is None:
             typer.echo("maps: not scored (the table has no ground-truth maps, gt_map column)")
         else:
-            typer.echo(f"NCC(+) {fmt(maps[NCC_PLUS]['ncc'])}; NCC(−) {fmt(maps[NCC_MINUS]['ncc'])}")
+            typer.echo(f"NCC(+) {fmt(maps[Direction.PLUS]['ncc'])}; NCC(−) {fmt(maps[Direction.MINUS]['ncc'])}")
             typer.echo("all: " + ", ".join(f"{k} {fmt(maps['all'][k])}" for k in ("auroc", "ap", "dice_topk",
                                                                                   "pointing")))
             if maps["missing"]:

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from .config import Section
-from .metrics import NCC_MINUS, NCC_PLUS
+from .config import Config, Section
+from .metrics import Direction
 from .intervals import mean_sd
 from .methods import METHOD_LABELS, POSTHOC_LABELS
 
@@ -92,22 +92,6 @@ def settings_for(preset: str, overrides: list[str]) -> BenchmarkSettings:
     return settings_from(BenchmarkSettings, overrides, PRESETS[preset], "benchmark settings")
 
 
-def cohort_overrides(csv_path: Path, shape, out: Path, seed: int, accelerator: str, synthetic: bool,
-                     anatomy: bool = True) -> list[str]:
-    """The run-config overrides every run of a benchmark or demo shares: its cohort table, run folder and seed.
-    A cohort without anatomy (squares) has no brain to mask."""
-    return ["data.kind=csv", f"data.csv={csv_path}", f"data.shape={list(shape)}", f"out_dir={out / 'runs'}",
-            f"seed={seed}", f"runtime.accelerator={accelerator}"] + \
-        (["data.intensity=none"] if synthetic else []) + \
-        ([] if anatomy else ["data.brain_mask=none"])  # synthetic files are already in [−1, 1]
-
-
-def icam_overrides(width: int, images_per_class: int, lr: float) -> list[str]:
-    """ICAM's training settings for these short CPU runs (the content discriminator at 0.4× the lr, as the paper)."""
-    return [f"model.width={width}", f"train.images_per_class={images_per_class}", f"train.lr={lr}",
-            f"train.content_discriminator_lr={lr * 0.4}"]
-
-
 class BenchmarkRun:
     """One benchmark folder: its cohort, its runs (``runs/<name>``), maps (``maps/<name>``) and
     timings, with one method per stage, so `icam benchmark` and the ablation bench
@@ -157,33 +141,48 @@ class BenchmarkRun:
                                       shape=tuple(s.shape))
         return self.csv_path
 
-    def _common(self) -> list[str]:
-        accelerator = "gpu" if self.device.startswith("cuda") else "cpu"
-        s = self.settings
-        return cohort_overrides(self.csv_path, s.shape, self.out, s.seed, accelerator, s.csv is None,
-                                anatomy=s.csv is not None or s.cohort != "squares")
+    def run_config(self, name: str, *stages: dict) -> Config:
+        """The config of one run: what every run of this folder shares (its cohort table, run
+        folder, seed, device), then each stage's sections. Values go in as they are, typed: a
+        text override would be read as YAML, where a folder named 'study #2' loses its tail."""
+        from .config import build_config, merge_trees
 
-    def _train(self, name: str, overrides: list[str], **kwargs) -> str:
-        from .config import load_config
+        s = self.settings
+        synthetic, anatomy = s.csv is None, s.csv is not None or s.cohort != "squares"
+        tree = {"name": name, "seed": s.seed, "out_dir": str(self.out / "runs"),
+                "runtime": {"accelerator": "gpu" if self.device.startswith("cuda") else "cpu"},
+                "data": {"kind": "csv", "csv": str(self.csv_path), "shape": list(s.shape),
+                         **({"intensity": "none"} if synthetic else {}),  # synthetic files are already in [−1, 1]
+                         **({} if anatomy else {"brain_mask": "none"})}}  # squares have no brain to mask
+        for stage in stages:
+            tree = merge_trees(tree, stage)
+        return build_config(tree, f"the benchmark's {name} run")
+
+    def _train(self, config: Config, **kwargs) -> str:
         from .train import train
 
-        with self._timed(f"train {name}", f"training {name}"):
-            summary = train(load_config(None, self._common() + overrides + [f"name={name}"]),
-                            show_progress=self.progress, **kwargs)
-        self.runs[name] = summary["run_dir"]
+        with self._timed(f"train {config.name}", f"training {config.name}"):
+            summary = train(config, show_progress=self.progress, **kwargs)
+        self.runs[config.name] = summary["run_dir"]
         return summary["run_dir"]
 
     def train_icam(self, prefix: str = "") -> tuple[str, str]:
-        """ICAM (classification), then ICAM-reg fine-tuned from it with the regression loss."""
+        """ICAM (classification), then ICAM-reg fine-tuned from it with the regression loss. The
+        content discriminator learns at 0.4× the lr, as in the paper; ``icam_set`` comes last."""
+        from .config import parse_overrides
+
         s = self.settings
-        common = icam_overrides(s.width, s.images_per_class, s.icam_lr) + [
-            "train.image_every=100000", "train.checkpoint_every=100000"] + list(s.icam_set)
-        def every(steps: int) -> str:
-            return f"train.validate_every={max(1, steps // s.icam_validations)}"
-        icam = self._train(f"{prefix}icam", common + [f"train.steps={s.icam_steps}", "loss.regression=0",
-                                                      every(s.icam_steps)])
-        icam_reg = self._train(f"{prefix}icam-reg", common + [f"train.steps={s.icam_reg_steps}",
-                                                              every(s.icam_reg_steps)], init_from=icam)
+
+        def icam_stage(steps: int, **loss) -> dict:
+            return {"model": {"width": s.width}, "loss": loss,
+                    "train": {"images_per_class": s.images_per_class, "lr": s.icam_lr,
+                              "content_discriminator_lr": s.icam_lr * 0.4, "steps": steps,
+                              "validate_every": max(1, steps // s.icam_validations),
+                              "image_every": 100000, "checkpoint_every": 100000}}
+        variant = parse_overrides(list(s.icam_set))
+        icam = self._train(self.run_config(f"{prefix}icam", icam_stage(s.icam_steps, regression=0), variant))
+        icam_reg = self._train(self.run_config(f"{prefix}icam-reg", icam_stage(s.icam_reg_steps), variant),
+                               init_from=icam)
         return icam, icam_reg
 
     def train_baseline(self, method: str) -> str:
@@ -191,15 +190,13 @@ class BenchmarkRun:
         s = self.settings
         steps, lr = {"resnet": (s.resnet_steps, s.resnet_lr), "vagan": (s.vagan_steps, None)}.get(
             method, (s.cnn_steps, s.cnn_lr))
-        overrides = [f"method={method}", f"baseline.width={s.width}", f"baseline.batch_size={s.baseline_batch}",
-                     f"baseline.steps={steps}", f"baseline.validate_every={s.baseline_validate_every}",
-                     f"baseline.patience={s.baseline_patience}" if s.baseline_patience else "baseline.patience=null"]
+        baseline = {"width": s.width, "batch_size": s.baseline_batch, "steps": steps,
+                    "validate_every": s.baseline_validate_every, "patience": s.baseline_patience}
         if lr is not None:
-            overrides.append(f"baseline.lr={lr}")
+            baseline["lr"] = lr
         if method == "vagan":  # its validation is the maps' NCC: once, at the end
-            overrides += [f"baseline.warmup_critic_steps={s.vagan_warmup_critic_steps}",
-                          f"baseline.validate_every={steps}"]
-        return self._train(method, overrides)
+            baseline.update(warmup_critic_steps=s.vagan_warmup_critic_steps, validate_every=steps)
+        return self._train(self.run_config(method, {"method": method, "baseline": baseline}))
 
     def _bar(self, name: str, total: int):
         from .progress import StepProgress
@@ -208,13 +205,13 @@ class BenchmarkRun:
 
     def explain_icam(self, name: str, folder: str | None = None, figures: str = "none") -> Path:
         """Mean FA maps of the test split, each scan translated from its label to the next class."""
-        from .explain import load
+        from .explain import load_run
         from .inference import explain_cohort, load_inputs
 
         s = self.settings
         out = self.out / "maps" / (folder or name)
         with self._timed(f"explain {folder or name}", f"explaining with {folder or name}"):
-            model = load(self.runs[name], "best", self.device)
+            model = load_run(self.runs[name], "best", self.device)
             test = load_inputs(model, self.csv_path, "test")
             with self._bar(METHOD_LABELS.get(name, name), len(test)) as bar:
                 explain_cohort(model, test, out, from_label=True, n_samples=s.n_samples,
@@ -263,14 +260,14 @@ class BenchmarkRun:
         from torch.utils.data import DataLoader
 
         from .baselines.attribution import BaselineModel
-        from .explain import load
+        from .explain import load_run
         from .inference import load_inputs
         from .model import next_class
 
         s = self.settings
         with self._timed("translation", "translation success (Table I)"):
             judge = BaselineModel.from_checkpoint(self.runs["cnn-classifier"], "best", self.device)
-            models = {key: load(run, "best", self.device) for key, run in icam_runs.items()}
+            models = {key: load_run(run, "best", self.device) for key, run in icam_runs.items()}
             vagan_model = BaselineModel.from_checkpoint(vagan, "best", self.device) if vagan else None
             dataset = load_inputs(judge, self.csv_path, "test")
             hits = {key: [] for key in ("real", *models, *(["vagan"] if vagan else []))}
@@ -318,8 +315,8 @@ def headline(evaluations: dict, predictions: dict, translation: dict) -> dict:
         "resnet_accuracy": value(predictions.get("resnet", {}).get("classification"), "accuracy"),
         "icam_reg_mae": value(icam_reg.get("regression"), "mae"),
         "cnn_mae": value(predictions.get("cnn-regressor", {}).get("regression"), "mae"),
-        "ncc_minus": value(icam_reg["maps"][NCC_MINUS]["ncc"], "mean"),
-        "ncc_plus": value(icam_reg["maps"][NCC_PLUS]["ncc"], "mean"),
+        "ncc_minus": value(icam_reg["maps"][Direction.MINUS]["ncc"], "mean"),
+        "ncc_plus": value(icam_reg["maps"][Direction.PLUS]["ncc"], "mean"),
         "table1_real_young": table1("real class 0"),
         "table1_real_old": table1("real class 1"),
         "table1_young_to_old": table1("icam-reg class 0"),
@@ -375,11 +372,11 @@ def _write_tables(out: Path, evaluations: dict, predictions: dict, translation: 
     rows = []
     for key, evaluation in evaluations.items():
         maps = evaluation["maps"]
-        plus = "–" if key == "vagan" else _fmt(maps[NCC_PLUS]["ncc"])  # VA-GAN: one direction
-        scope = maps[NCC_MINUS] if key == "vagan" else maps["all"]
+        plus = "–" if key == "vagan" else _fmt(maps[Direction.PLUS]["ncc"])  # VA-GAN: one direction
+        scope = maps[Direction.MINUS] if key == "vagan" else maps["all"]
         accuracy = (evaluation.get("classification", {}).get("accuracy") if key.startswith("icam") else
                     resnet_accuracy if key in POSTHOC_LABELS else None)
-        rows.append([METHOD_LABELS[key], _fmt(maps[NCC_MINUS]["ncc"]), plus] +
+        rows.append([METHOD_LABELS[key], _fmt(maps[Direction.MINUS]["ncc"]), plus] +
                     [_fmt(scope[m]) for m in ("auroc", "ap", "dice_topk", "pointing")] +
                     ["–" if accuracy is None else f"{accuracy:.3f}"])
     tables = {"table2_maps": _write_table(

@@ -359,10 +359,11 @@ def settings_from(model: type[BaseModel], overrides: list[str], base: dict | Non
         raise ConfigError(f"{what}: {e}") from None
 
 
-def _merge(base: dict, update: dict) -> dict:
+def merge_trees(base: dict, update: dict) -> dict:
+    """``base`` with ``update``'s values, section by section (a config tree and its overrides)."""
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = (_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = (merge_trees(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict)
                        else value)
     return merged
 
@@ -405,7 +406,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"{path} must hold a mapping of sections (data:, model:, train:, …)")
         source = str(path)
     if overrides:
-        tree = _merge(tree, parse_overrides(list(overrides)))
+        tree = merge_trees(tree, parse_overrides(list(overrides)))
         source += " + --set overrides"
     return build_config(tree, source)
 

@@ -41,8 +41,8 @@ def demo_settings(overrides: list[str]) -> DemoSettings:
 def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, progress: bool = True) -> dict:
     from .comparison import BenchmarkRun, BenchmarkSettings
     from .methods import METHOD_LABELS
-    from .metrics import NCC_MINUS, NCC_PLUS
-    from .explain import load
+    from .metrics import Direction
+    from .explain import load_run
     from .inference import explain_interpolation, load_inputs
     from .report.html import build_report
 
@@ -72,7 +72,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, p
 
     stage(3)
     explained = {"ICAM-reg": bench.explain_icam("icam-reg", figures="outliers")}
-    model = load(icam_reg, "best", "cpu")
+    model = load_run(icam_reg, "best", "cpu")
     test = load_inputs(model, csv_path, "test")
     first_of_class = {}
     for i in range(len(test)):
@@ -95,8 +95,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, p
     summary = {"report": str(report), "seconds": bench.seconds,
                "total_minutes": round((time.perf_counter() - started) / 60, 2),
                "validation": json.loads((Path(icam_reg) / "summary.json").read_text())["validation"],
-               "test": {name: {"ncc_minus": s["maps"][NCC_MINUS]["ncc"]["mean"],
-                               "ncc_plus": s["maps"][NCC_PLUS]["ncc"]["mean"],
+               "test": {name: {"ncc_minus": s["maps"][Direction.MINUS]["ncc"]["mean"],
+                               "ncc_plus": s["maps"][Direction.PLUS]["ncc"]["mean"],
                                **{k: v for k, v in s.get("classification", {}).items() if k in ("accuracy",)},
                                **{k: v for k, v in s.get("regression", {}).items() if k in ("mae", "pearson")}}
                         for name, s in scores.items()}}

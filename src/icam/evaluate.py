@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import NCC_MINUS, NCC_PLUS, classification_metrics, map_metrics, regression_metrics, summarise_maps
+from .metrics import Direction, classification_metrics, map_metrics, regression_metrics, summarise_maps
 
 
 def prediction_metrics(predictions: Path) -> dict:
@@ -80,8 +80,8 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
         raise ValueError(f"no maps to score in {outputs / 'maps'} (suffix '_{map_suffix}') for rows with a gt_map "
                          f"in {csv_path}" + (f" and split {split}" if split else ""))
     maps = {"all": summarise_maps(per_subject),
-            NCC_PLUS: summarise_maps([m for m in per_subject if m["label"] == 0]),
-            NCC_MINUS: summarise_maps([m for m in per_subject if m["label"] == 1]),
+            **{direction.value: summarise_maps([m for m in per_subject if m["label"] == direction.source])
+               for direction in Direction},
             "scored": len(per_subject), "missing": len(missing)} if has_gt else None
     manifest = outputs / MANIFEST  # which model made the maps (icam explain writes it)
     producer = json.loads(manifest.read_text()).get("producer") if manifest.is_file() else None

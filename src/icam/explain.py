@@ -6,7 +6,7 @@ threshold of the authors' test-time code, which the paper does not state) gives 
 variance map for one scan, with no second image. All sampling is seeded: the same seed gives
 the same maps.
 
-    model = icam.load("runs/my-run")
+    model = icam.load_run("runs/my-run")
     explanation = model.explain(x, n_samples=100)   # .mean, .var, .prediction, .acceptance_rate
     fa = model.attribute(x, target=1)                # captum-style: a map shaped like x
 """
@@ -91,7 +91,7 @@ class Explainer:
     def from_checkpoint(cls, path: str | Path, which: str = "best", device: str | torch.device | None = None):
         state = load_checkpoint(path, which)
         if state.get("method", "icam") != "icam":
-            raise CheckpointError(f"{path} holds a {state['method']} baseline, not ICAM: load it with icam.load, "
+            raise CheckpointError(f"{path} holds a {state['method']} baseline, not ICAM: load it with icam.load_run, "
                                   "which opens any method's run")
         for key in ("model", "model_hparams", "config"):
             if key not in state:
@@ -256,7 +256,7 @@ def _warn_if_out_of_range(x: torch.Tensor, limit: float = 1.5, share: float = 0.
                       "preprocess files as in training (model.preprocess(path), or icam explain)", stacklevel=3)
 
 
-def load(path: str | Path, which: str = "best", device: str | torch.device | None = None,
+def load_run(path: str | Path, which: str = "best", device: str | torch.device | None = None,
          posthoc: str | None = None):
     """Any trained run, from its folder (its ``best`` or ``last`` checkpoint) or a checkpoint file,
     with the same verbs whatever the method: ``predict(x)`` and ``attribute(x, target)``. ICAM

@@ -164,11 +164,11 @@ def predict_rows(model, dataset: NiftiCohort, batch_size: int = 16) -> list[dict
                       "label": class_name(names, int(batch["label"][j]), source["raw_label"]),
                       # float32 in the batch: 7 digits are the table's value (45.951, not 45.95100021)
                       "target": "" if math.isnan(target) else float(f"{target:.7g}")}
-            if prediction is not None and not math.isnan(float(prediction.probabilities[j, 0])):
+            if prediction is not None and prediction.probabilities is not None:
                 record["predicted_class"] = names[int(prediction.predicted_class[j])]
                 record.update({column: round(float(p), 5) for column, p in
                                zip(probability_columns(names), prediction.probabilities[j])})
-            if prediction is not None and model.regressing:
+            if prediction is not None and prediction.target is not None and model.regressing:
                 record["predicted_target"] = round(float(prediction.target[j]), 4)
             records.append(record)
             index += 1

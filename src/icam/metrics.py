@@ -5,6 +5,7 @@ and regression figures, the confusion matrix."""
 from __future__ import annotations
 
 import math
+from enum import Enum
 
 import numpy as np
 import torch
@@ -24,11 +25,27 @@ def ncc(fa_maps: torch.Tensor, gt_maps: torch.Tensor, masks: torch.Tensor | None
     return torch.where(scale > 0, covariance / scale.clamp(min=1e-300), torch.nan).float()
 
 
-# The two directions maps are scored in (the keys of evaluate_outputs' "maps").
-NCC_PLUS = "plus (class 0 → 1)"  # class-0 scans translated up: effects added
+class Direction(str, Enum):
+    """The two directions two-class maps are scored in (the paper's NCC(+) and NCC(−)); the value
+    is the key of evaluate_outputs' "maps" in evaluation.json."""
 
+    PLUS = "plus (class 0 → 1)"  # class-0 scans translated up: effects added
+    MINUS = "minus (class 1 → 0)"  # class-1 scans translated down: effects removed
 
-NCC_MINUS = "minus (class 1 → 0)"  # class-1 scans translated down: effects removed
+    @property
+    def source(self) -> int:
+        """The class of the scans translated in this direction."""
+        return 0 if self is Direction.PLUS else 1
+
+    @property
+    def target(self) -> int:
+        return 1 - self.source
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 CHANGE_THRESHOLD = 0.05  # a voxel "changed" where |ground truth| ≥ 5% of the subject's largest change

@@ -24,10 +24,13 @@ SIDE_MULTIPLE = 16  # every side of the input divides by 16 (the attribute encod
 
 @dataclass
 class Prediction:
-    probabilities: torch.Tensor  # (B, K)
-    predicted_class: torch.Tensor  # (B,)
-    target: torch.Tensor  # (B,) regressed value in the target's original units
-    attribute_mean: torch.Tensor  # (B, nz)
+    """What a model predicts for a batch; None where it makes no such output (a baseline
+    regressor has no classes, a classifier no target, only ICAM has attributes)."""
+
+    probabilities: torch.Tensor | None  # (B, K)
+    predicted_class: torch.Tensor | None  # (B,)
+    target: torch.Tensor | None  # (B,) regressed value in the target's original units
+    attribute_mean: torch.Tensor | None = None  # (B, nz)
 
 
 @dataclass

@@ -30,11 +30,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 from . import losses
 from .baselines.train import train_baseline
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import BestCheckpoint, checkpoint_state, load_checkpoint, save_checkpoint
 from .config import Config
 from .data import ClassBalancedBatchSampler
 from .data.table import class_names, num_classes_of
-from .validation import SELECTION_DIRECTION, selection_metric, summarise, validation_statistics
+from .validation import selection_metric, summarise, validation_statistics
 from .model import ICAM, translation_partners
 from .nets import ContentDiscriminator, DomainDiscriminators
 from .nets.blocks import compile_networks, init_weights, set_activation_checkpointing
@@ -163,7 +163,7 @@ class Trainer:
         # checkpoint and explanations use when train.ema_decay is set (the raw weights keep training).
         self.ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
         self.step = 0
-        self.best: dict | None = None
+        self.best_checkpoint = BestCheckpoint(self.selection)
         self._running: dict[str, torch.Tensor] = {}
         self._running_count = 0
 
@@ -297,27 +297,14 @@ class Trainer:
         return summarise(self.fabric.all_reduce(stats, reduce_op="sum") if self.fabric.world_size > 1 else stats,
                          self.regressing)
 
-    def improved(self, metrics: dict[str, float]) -> bool:
-        value = metrics.get(self.selection)
-        if value is None or math.isnan(value):
-            return False
-        if self.best is None or SELECTION_DIRECTION[self.selection] * (value - self.best["value"]) > 0:
-            self.best = {"metric": self.selection, "value": value, "step": self.step}
-            return True
-        return False
-
     def state_dict(self) -> dict:
-        return {
-            "step": self.step,
-            "config": self.config.model_dump(mode="json"),
-            "model_hparams": self.raw_model.hparams,
-            "regressing": self.regressing,
-            "best": self.best,
-            **{name: net.state_dict() for name, net in self.networks().items()},
-            **({"model_ema": self.ema.state_dict()} if self.ema is not None else {}),
-            "optimizers": {name: o.state_dict() for name, o in self.optimizers().items()},
-            "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
-        }
+        weights = {name: net.state_dict() for name, net in self.networks().items()}
+        if self.ema is not None:
+            weights["model_ema"] = self.ema.state_dict()
+        return checkpoint_state("icam", self.config, self.raw_model.hparams, self.step, self.best_checkpoint.best,
+                                weights, {name: o.state_dict() for name, o in self.optimizers().items()},
+                                schedulers={name: s.state_dict() for name, s in self.schedulers.items()},
+                                regressing=self.regressing)
 
     def load_state_dict(self, state: dict, weights_only: bool = False) -> None:
         """Restore a checkpoint; ``weights_only`` takes the networks alone (``--init-from``)."""
@@ -341,7 +328,7 @@ class Trainer:
             o.load_state_dict(state["optimizers"][name])
         for name, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][name])
-        self.step, self.best = state["step"], state["best"]
+        self.step, self.best_checkpoint.best = state["step"], state["best"]
 
     def save(self, name: str) -> None:
         if self.run_dir is not None and self.fabric.is_global_zero:
@@ -382,7 +369,7 @@ class Trainer:
                                                                 reduce_op="max"))
                 if self.val_set is not None and (self.step % cfg.validate_every == 0 or self.step == last_stop):
                     metrics = self.validate()
-                    better = self.improved(metrics)
+                    better = self.best_checkpoint.improved(metrics, self.step)
                     if zero:
                         log.write({"step": self.step, "split": "val", **metrics})
                         for k, v in metrics.items():
@@ -409,7 +396,7 @@ class Trainer:
             "world_size": fabric.world_size,
             "regressing": self.regressing,
             "classes": class_names(self.config.data, self.raw_model.num_classes),
-            "selection": self.best,
+            "selection": self.best_checkpoint.best,
             "validation": metrics,
         }
         if fabric.world_size > 1:

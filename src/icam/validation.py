@@ -90,10 +90,6 @@ def summarise(stats: dict[str, torch.Tensor], regressing: bool = True) -> dict[s
     return metrics
 
 
-# Model selection: which metric, and whether larger is better.
-SELECTION_DIRECTION = {"balanced_accuracy": 1, "ncc": 1, "mae": -1}
-
-
 def selection_metric(choice: str, regressing: bool, has_gt_maps: bool) -> str:
     if choice != "auto":
         return choice

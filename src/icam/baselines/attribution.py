@@ -52,7 +52,7 @@ class BaselineModel:
     def from_checkpoint(cls, path: str | Path, which: str = "best", device=None, posthoc: str | None = None):
         state = load_checkpoint(path, which)
         if state.get("method", "icam") == "icam":
-            raise CheckpointError(f"{path} is an ICAM checkpoint; load it with icam.load")
+            raise CheckpointError(f"{path} is an ICAM checkpoint; load it with icam.load_run")
         model = cls(state, device or ("cuda" if torch.cuda.is_available() else "cpu"), posthoc)
         model.run_dir = run_folder(path)
         model.fingerprint = fingerprint(path, which)
@@ -93,11 +93,9 @@ class BaselineModel:
             return None
         output = self.network(x).float()
         if self.regressing:
-            target = output[:, 0] * self.target_scale[1] + self.target_scale[0]
-            nan = torch.full((len(x), 1), float("nan"), device=x.device)
-            return Prediction(nan, torch.full((len(x),), -1, device=x.device), target, None)
+            return Prediction(None, None, output[:, 0] * self.target_scale[1] + self.target_scale[0])
         probabilities = torch.softmax(output, 1)
-        return Prediction(probabilities, probabilities.argmax(1), torch.full((len(x),), float("nan")), None)
+        return Prediction(probabilities, probabilities.argmax(1), None)
 
     def attribute(self, inputs: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
         """A map shaped like ``inputs``: the post-hoc method's attribution for ``target`` (default:

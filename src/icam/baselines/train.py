@@ -7,14 +7,13 @@ checkpoint's ``method`` says which network it holds.
 from __future__ import annotations
 
 import json
-import math
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..checkpoint import save_checkpoint
+from ..checkpoint import BestCheckpoint, checkpoint_state, save_checkpoint
 from ..config import Config
 from ..data import ClassBalancedBatchSampler
 from ..data.table import num_classes_of
@@ -34,44 +33,40 @@ def _batches(dataset, config: Config, per_class: int):
 
 
 class _Run:
-    """Logging, validation bookkeeping and checkpoints of one baseline run."""
+    """Logging, validation bookkeeping and checkpoints (the schema and best tracking ICAM's
+    trainer uses) of one baseline run. The checkpoint's ``model`` is the network that predicts or
+    makes maps; ``optimizer`` is its optimiser."""
 
-    def __init__(self, config: Config, run_dir, hparams: dict, higher_is_better: bool):
+    def __init__(self, config: Config, run_dir, hparams: dict, selection: str, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, extra: dict | None = None):
         self.config, self.run_dir, self.hparams = config, run_dir, hparams
+        self.model, self.optimizer, self.extra = model, optimizer, extra or {}
         self.log = MetricsLog(run_dir / "metrics.jsonl")
-        self.sign = 1 if higher_is_better else -1
-        self.best: dict | None = None
-        self.validations_since_best = 0
+        self.best_checkpoint = BestCheckpoint(selection, config.baseline.patience)
 
-    def save(self, name: str, model: torch.nn.Module, step: int, extra: dict | None = None) -> None:
-        save_checkpoint({"method": self.hparams["method"], "model_hparams": self.hparams, "model": model.state_dict(),
-                         "config": self.config.model_dump(mode="json"), "step": step, "best": self.best,
-                         **(extra or {})}, self.run_dir / "checkpoints" / f"{name}.pt")
+    def save(self, name: str, step: int) -> None:
+        save_checkpoint(checkpoint_state(self.hparams["method"], self.config, self.hparams, step,
+                                         self.best_checkpoint.best, {"model": self.model.state_dict()},
+                                         {"model": self.optimizer.state_dict()}, **self.extra),
+                        self.run_dir / "checkpoints" / f"{name}.pt")
 
-    def validated(self, step: int, metrics: dict, selection: str, model, extra=None) -> None:
+    def validated(self, step: int, metrics: dict) -> None:
         self.log.write({"step": step, "split": "val", **metrics})
-        value = metrics.get(selection)
-        if value is not None and not math.isnan(value) and (
-                self.best is None or self.sign * (value - self.best["value"]) > 0):
-            self.best = {"metric": selection, "value": value, "step": step}
-            self.save("best", model, step, extra)
-            self.validations_since_best = 0
-        else:
-            self.validations_since_best += 1
+        if self.best_checkpoint.improved(metrics, step):
+            self.save("best", step)
 
     @property
     def flat(self) -> bool:
         """The validation metric stopped improving: ``baseline.patience`` validations without a new best."""
-        patience = self.config.baseline.patience
-        return patience is not None and self.validations_since_best >= patience
+        return self.best_checkpoint.flat
 
-    def finish(self, step: int, model, metrics: dict, started: float, extra=None) -> dict:
-        self.save("last", model, step, extra)
+    def finish(self, step: int, metrics: dict, started: float) -> dict:
+        self.save("last", step)
         seconds = time.time() - started
         summary = {"run_dir": str(self.run_dir), "method": self.hparams["method"], "step": step,
                    "steps": self.config.baseline.steps, "finished": True, "stopped_early": self.flat,
-                   "wall_seconds": round(seconds, 2),
-                   "seconds_per_step": round(seconds / max(1, step), 4), "selection": self.best, "validation": metrics,
+                   "wall_seconds": round(seconds, 2), "seconds_per_step": round(seconds / max(1, step), 4),
+                   "selection": self.best_checkpoint.best, "validation": metrics,
                    "regressing": self.hparams["method"] == "cnn-regressor"}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
@@ -111,7 +106,7 @@ def _train_supervised(config, fabric, train_set, val_set, run_dir, hparams, prog
         if len(known) < 2:
             raise ValueError("method=cnn-regressor needs a continuous target in the training data")
         extra = {"target_mean": float(known.mean()), "target_std": float(known.std()) or 1.0}
-    run = _Run(config, run_dir, hparams, higher_is_better=not regress)
+    run = _Run(config, run_dir, hparams, "mae" if regress else "balanced_accuracy", model, optimizer, extra)
     batches = _batches(train_set, config, max(1, b.batch_size // hparams["num_classes"]))
     started, metrics = time.time(), {}
     for step in range(1, b.steps + 1):
@@ -133,10 +128,10 @@ def _train_supervised(config, fabric, train_set, val_set, run_dir, hparams, prog
             progress.describe(f"loss {loss.item():.3f}")
         if val_set is not None and (step % b.validate_every == 0 or step == b.steps):
             metrics = _validate_supervised(model, val_set, regress, extra, fabric.device)
-            run.validated(step, metrics, "mae" if regress else "balanced_accuracy", model, extra)
+            run.validated(step, metrics)
             if run.flat:
                 break
-    return run.finish(step, model, metrics, started, extra)
+    return run.finish(step, metrics, started)
 
 
 @torch.no_grad()
@@ -179,7 +174,7 @@ def _train_vagan(config, fabric, train_set, val_set, run_dir, hparams, progress)
     lr = b.lr or DEFAULT_LR["vagan"]
     g_opt = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.0, 0.9))
     c_opt = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.0, 0.9))
-    run = _Run(config, run_dir, hparams, higher_is_better=True)
+    run = _Run(config, run_dir, hparams, "ncc", generator, g_opt)
     batches = _batches(train_set, config, max(1, b.batch_size // 2))
 
     def split():
@@ -212,10 +207,10 @@ def _train_vagan(config, fabric, train_set, val_set, run_dir, hparams, progress)
             progress.describe(f"critic {loss_c.item():.2f}  G {loss_g.item():.2f}")
         if val_set is not None and val_set.has_gt_maps and (step % b.validate_every == 0 or step == b.steps):
             metrics = _validate_vagan(generator, val_set, fabric.device)
-            run.validated(step, metrics, "ncc", generator)
+            run.validated(step, metrics)
             if run.flat:
                 break
-    return run.finish(step, generator, metrics, started)
+    return run.finish(step, metrics, started)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from ..evaluate import prediction_metrics
-from ..metrics import NCC_MINUS, NCC_PLUS, confusion_matrix
+from ..metrics import Direction, confusion_matrix
 from ..run import read_json, read_metrics
 from ..inference import TSNE_MINIMUM
 from ..intervals import describe, paired_difference
@@ -361,7 +361,7 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
 
         def fmt(m):
             return describe(m["mean"], tuple(m["ci"]) if m.get("ci") else None, m["n"])
-        minus, plus = maps[NCC_MINUS]["ncc"], maps[NCC_PLUS]["ncc"]
+        minus, plus = maps[Direction.MINUS]["ncc"], maps[Direction.PLUS]["ncc"]
         facts[name] = (minus["mean"], plus["mean"])
         rows.append([name, fmt(minus), fmt(plus)] + [fmt(maps["all"][m]) for m in ("auroc", "ap", "dice_topk",
                                                                                       "pointing")])
