@@ -94,7 +94,7 @@ def test_2d_slices_of_3d_volumes_share_the_subjects_split(tmp_path):
     seen = {}
     for split, dataset in cohorts.splits.items():
         for i in range(len(dataset)):
-            seen.setdefault(dataset.source(i)["subject"], set()).add(split)
+            seen.setdefault(dataset.source(i).subject, set()).add(split)
             assert dataset[i]["image"].shape == (1, 32, 32)
     assert all(len(v) == 1 for v in seen.values())
     assert all(len(cohorts[s]) > 0 for s in ("train", "val", "test"))
@@ -102,8 +102,8 @@ def test_2d_slices_of_3d_volumes_share_the_subjects_split(tmp_path):
     dataset = cohorts["train"]
     for i in range(3):
         source = dataset.source(i)
-        raw = nib.load(source["file"]).get_fdata(dtype=np.float32)
-        expected = (raw[:, :, source["slice"]] - raw.min()) / (raw.max() - raw.min()) * 2 - 1
+        raw = nib.load(source.file).get_fdata(dtype=np.float32)
+        expected = (raw[:, :, source.slice] - raw.min()) / (raw.max() - raw.min()) * 2 - 1
         assert torch.allclose(dataset[i]["image"][0], torch.from_numpy(expected), atol=1e-5)
 
 

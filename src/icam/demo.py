@@ -76,7 +76,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, p
     test = load_inputs(model, csv_path, "test")
     first_of_class = {}
     for i in range(len(test)):
-        first_of_class.setdefault(int(test[i]["label"]), test.source(i)["file"])
+        first_of_class.setdefault(int(test[i]["label"]), test.source(i).file)
     if 0 in first_of_class and 1 in first_of_class:  # a walk from a young scan to an old one
         explain_interpolation(model, Path(first_of_class[0]), Path(first_of_class[1]), 8, explained["ICAM-reg"])
     for posthoc in ("gradcam", "guided_backprop"):

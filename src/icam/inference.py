@@ -27,8 +27,8 @@ from .data.table import UNKNOWN_LABEL, DataError, probability_columns, read_tabl
 from .model import next_class
 from .outputs import write_csv, write_map
 
-if TYPE_CHECKING:  # the explainer calls into this module (preprocess): only its type is needed here
-    from .explain import Explainer
+if TYPE_CHECKING:  # the explainer calls into this module (preprocess): only its types are needed here
+    from .explain import Explainer, Explanation
 
 
 TSNE_MINIMUM = 30  # explained scans a t-SNE of attribute means needs
@@ -117,9 +117,9 @@ class Scan:
 
 def output_id(dataset: NiftiCohort, i: int) -> str:
     source = dataset.source(i)
-    stem = source["id"]
-    if source["slice"] is not None and dataset.config.slices_per_subject > 1:
-        stem += f"_slice{source['slice']}"
+    stem = source.id
+    if source.slice is not None and dataset.config.slices_per_subject > 1:
+        stem += f"_slice{source.slice}"
     return stem
 
 
@@ -159,9 +159,9 @@ def predict_rows(model, dataset: NiftiCohort, batch_size: int = 16) -> list[dict
         for j in range(len(batch["image"])):
             source = dataset.source(index)
             target = float(batch["target"][j])
-            record = {"id": output_id(dataset, index), "row": source["row"], "file": source["file"],
-                      "slice": "" if source["slice"] is None else source["slice"],
-                      "label": class_name(names, int(batch["label"][j]), source["raw_label"]),
+            record = {"id": output_id(dataset, index), "row": source.row, "file": source.file,
+                      "slice": "" if source.slice is None else source.slice,
+                      "label": class_name(names, int(batch["label"][j]), source.raw_label),
                       # float32 in the batch: 7 digits are the table's value (45.951, not 45.95100021)
                       "target": "" if math.isnan(target) else float(f"{target:.7g}")}
             if prediction is not None and prediction.probabilities is not None:
@@ -268,83 +268,127 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
     every item of ``dataset``. ``native_intensity``: the translations in the inputs' own intensity
     units instead of the model's [−1, 1].
     ``from_label``: translate each scan from its table label to the next class (the other one
-    for K = 2), as scoring against ground-truth maps needs, instead of from the prediction."""
-    from .report.figures import explanation_figure, tsne_figure
+    for K = 2), as scoring against ground-truth maps needs, instead of from the prediction.
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "maps").mkdir(exist_ok=True)
-    (out / "figures").mkdir(exist_ok=True)
-    names = explainer.class_names
+    Per scan it computes (:func:`_explain_scan`), writes the maps (:func:`_write_scan_maps`),
+    records the figures of its row and draws it if chosen; then the cohort's summary."""
+    from .report.figures import explanation_figure
+
+    for folder in (out, out / "maps", out / "figures"):
+        folder.mkdir(parents=True, exist_ok=True)
     records = predict_rows(explainer, dataset)
-    # at most `limit` inputs: the worst-predicted ones (so the outlier gallery has maps), then the first others
-    budget = len(dataset) if limit is None else min(limit, len(dataset))
-    worst = [r["row"] for r in _outliers(records, outliers)]
-    first = [i for i, r in enumerate(records) if r["row"] in worst][:budget]
-    chosen = sorted(first + [i for i in range(len(dataset)) if i not in first][: budget - len(first)])
-    drawn = set(chosen) if figures == "all" else {i for i in chosen if records[i]["row"] in worst} \
-        if figures == "outliers" else set()
-    count = len(chosen)
-    attributes, started = [], time.perf_counter()
-    acceptance, fallbacks = [], 0
+    chosen, drawn = _chosen_inputs(records, limit, outliers, figures)
+    options = {"n_samples": n_samples, "min_probability": min_probability, "seed": seed, "reference": reference}
+    # what the cohort summary needs of each scan (not its maps: a cohort of volumes would fill the memory)
+    attributes, acceptance, started = [], [], time.perf_counter()
     for done, i in enumerate(chosen, 1):
         item = dataset[i]
-        ident = output_id(dataset, i)
-        own_class = int(item["label"]) if from_label and int(item["label"]) != UNKNOWN_LABEL else None
-        target = target_class if own_class is None else next_class(own_class, explainer.model.num_classes)
-        explanation = explainer.explain(item["image"], target=target, n_samples=n_samples,
-                                        min_probability=min_probability, seed=seed, reference=reference,
-                                        own_class=own_class)
-        mean, var = explanation.mean[0, 0].cpu().numpy(), explanation.var[0, 0].cpu().numpy()
-        mask = _brain_mask(item)
-        source_name = names[int(explanation.prediction.predicted_class[0])] if own_class is None else names[own_class]
-        direction = f"{source_name}->{names[int(explanation.target_class[0])]}, {n_samples} samples"
-        write_map(mean, dataset, i, out / "maps" / f"{ident}_fa_mean.nii.gz", f"icam mean FA map {direction}")
-        write_map(var, dataset, i, out / "maps" / f"{ident}_fa_var.nii.gz", f"icam FA variance {direction}", "range")
-        translated = explanation.translated[0, 0].cpu().numpy()
-        write_map(dataset.denormalise(translated, i) if native_intensity else translated, dataset, i,
-                  out / "maps" / f"{ident}_translated.nii.gz",
-                  f"icam mean translation {direction}" + (", input units" if native_intensity else ""), "range")
+        explanation, source_class = _explain_scan(explainer, item, target_class, from_label, options)
+        mean, mask = explanation.mean[0, 0].cpu().numpy(), _brain_mask(item)
+        target_name = _target_name(explainer, explanation)
+        _write_scan_maps(explanation, dataset, i, out, f"{source_class}->{target_name}, {n_samples} samples",
+                         native_intensity)
         _write_mask(item, dataset, i, out)
-        records[i].update({"target_class": names[int(explanation.target_class[0])],
-                           "mean_abs_fa": float(np.abs(mean)[mask > 0].mean()),
+        records[i].update({"target_class": target_name, "mean_abs_fa": float(np.abs(mean)[mask > 0].mean()),
                            "acceptance_rate": round(explanation.acceptance_rate, 4),
                            "fallback": explanation.fallback})
-        if reconstruction:
-            own = explainer.explain(item["image"], target=int(explanation.prediction.predicted_class[0]),
-                                    n_samples=n_samples, min_probability=min_probability, seed=seed,
-                                    reference=reference)
+        if reconstruction:  # the model's noise floor: the scan translated to its own predicted class
+            own = explainer.explain(item["image"], target=int(explanation.prediction.predicted_class[0]), **options)
             own_mean = own.mean[0, 0].cpu().numpy()
-            write_map(own_mean, dataset, i, out / "maps" / f"{ident}_reconstruction_fa_mean.nii.gz",
+            write_map(own_mean, dataset, i, out / "maps" / f"{output_id(dataset, i)}_reconstruction_fa_mean.nii.gz",
                       f"icam mean FA map to its own class, {n_samples} samples")
             records[i]["reconstruction_mean_abs_fa"] = float(np.abs(own_mean)[mask > 0].mean())
         if i in drawn:
-            p = explanation.prediction
-            known = ([records[i]["label"]] if records[i]["label"] != "" else []) + \
-                ([f"target {float(item['target']):.1f}"] if not math.isnan(float(item["target"])) else [])
-            title = (f"{ident}: predicted {names[int(p.predicted_class[0])]} (p {float(p.probabilities[0].max()):.2f})"
-                     + (f", target {float(p.target[0]):.1f}" if explainer.regressing else "")
-                     + (f"; true {', '.join(known)}" if known else "")
-                     + f"; translated to {names[int(explanation.target_class[0])]}, {n_samples} samples")
-            gt = item["gt_map"][0].numpy() if "gt_map" in item else None
-            explanation_figure(out / "figures" / f"{ident}_fa.png", item["image"][0].numpy(), mean, var, mask,
-                               title, gt, affine=dataset.item_affine(i))
+            explanation_figure(out / "figures" / f"{output_id(dataset, i)}_fa.png", item["image"][0].numpy(), mean,
+                               explanation.var[0, 0].cpu().numpy(), mask,
+                               _figure_title(explainer, explanation, item, records[i], output_id(dataset, i)),
+                               item["gt_map"][0].numpy() if "gt_map" in item else None,
+                               affine=dataset.item_affine(i))
         attributes.append(explanation.prediction.attribute_mean[0].cpu().numpy())
-        acceptance.append(explanation.acceptance_rate)
-        fallbacks += explanation.fallback
+        acceptance.append((explanation.acceptance_rate, explanation.fallback))
         if progress:
-            progress(done, count)
-    seconds = time.perf_counter() - started
-    explained = [records[i] for i in chosen]
+            progress(done, len(chosen))
     write_csv(out / "predictions.csv", records)
     summary = {
-        "run": _run_facts(explainer), "classes": names, "inputs": len(dataset), "explained": count,
-        "n_samples": n_samples,
-        "min_probability": min_probability, "seed": seed, "reference": reference,
+        "run": _run_facts(explainer), "classes": explainer.class_names, "inputs": len(dataset),
+        "explained": len(chosen), "n_samples": n_samples, "min_probability": min_probability, "seed": seed,
+        "reference": reference,
         "target_class": "the next class after the label" if from_label else target_class if target_class is not None
-        else "the most probable other class", "seconds_per_scan": round(seconds / max(1, count), 3),
-        "mean_acceptance_rate": round(float(np.mean(acceptance)), 4) if acceptance else None,
-        "scans_with_fallback": fallbacks, **_cohort_analyses(records, explained, explainer.regressing, names)}
-    if count >= TSNE_MINIMUM:  # fewer points make a t-SNE picture of noise (perplexity ~ n / 3)
+        else "the most probable other class",
+        "seconds_per_scan": round((time.perf_counter() - started) / max(1, len(chosen)), 3),
+        **_cohort_summary(records, chosen, attributes, acceptance, explainer, out, outliers, seed)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _chosen_inputs(records: list[dict], limit: int | None, outliers: int, figures: str) -> tuple[list[int], set[int]]:
+    """Which inputs to explain (at most ``limit``: the worst-predicted ones first, so the outlier
+    gallery has maps, then the first others) and which of those to draw (``figures``)."""
+    budget = len(records) if limit is None else min(limit, len(records))
+    worst = [r["row"] for r in _outliers(records, outliers)]
+    first = [i for i, r in enumerate(records) if r["row"] in worst][:budget]
+    chosen = sorted(first + [i for i in range(len(records)) if i not in first][: budget - len(first)])
+    drawn = set(chosen) if figures == "all" else {i for i in chosen if records[i]["row"] in worst} \
+        if figures == "outliers" else set()
+    return chosen, drawn
+
+
+def _explain_scan(explainer: Explainer, item: dict, target_class: int | None, from_label: bool,
+                  options: dict) -> tuple[Explanation, str]:
+    """One scan's explanation and the name of the class it is translated from: its label's (with
+    ``from_label``, towards the next class) or its predicted one (towards ``target_class``, or
+    the most probable other class)."""
+    label = int(item["label"])
+    own_class = label if from_label and label != UNKNOWN_LABEL else None
+    target = target_class if own_class is None else next_class(own_class, explainer.model.num_classes)
+    explanation = explainer.explain(item["image"], target=target, own_class=own_class, **options)
+    source = own_class if own_class is not None else int(explanation.prediction.predicted_class[0])
+    return explanation, explainer.class_names[source]
+
+
+def _target_name(explainer: Explainer, explanation: Explanation) -> str:
+    return explainer.class_names[int(explanation.target_class[0])]
+
+
+def _write_scan_maps(explanation: Explanation, dataset: NiftiCohort, i: int, out: Path, direction: str,
+                     native_intensity: bool) -> None:
+    """The mean and variance FA maps and the mean translation, on the input's own grid."""
+    stem = out / "maps" / output_id(dataset, i)
+    write_map(explanation.mean[0, 0].cpu().numpy(), dataset, i, Path(f"{stem}_fa_mean.nii.gz"),
+              f"icam mean FA map {direction}")
+    write_map(explanation.var[0, 0].cpu().numpy(), dataset, i, Path(f"{stem}_fa_var.nii.gz"),
+              f"icam FA variance {direction}", "range")
+    translated = explanation.translated[0, 0].cpu().numpy()
+    write_map(dataset.denormalise(translated, i) if native_intensity else translated, dataset, i,
+              Path(f"{stem}_translated.nii.gz"),
+              f"icam mean translation {direction}" + (", input units" if native_intensity else ""), "range")
+
+
+def _figure_title(explainer: Explainer, explanation: Explanation, item: dict, record: dict, ident: str) -> str:
+    """What the explanation figure says of its scan: the prediction, what is known, the translation."""
+    names, p = explainer.class_names, explanation.prediction
+    known = ([record["label"]] if record["label"] != "" else []) + \
+        ([f"target {float(item['target']):.1f}"] if not math.isnan(float(item["target"])) else [])
+    return (f"{ident}: predicted {names[int(p.predicted_class[0])]} (p {float(p.probabilities[0].max()):.2f})"
+            + (f", target {float(p.target[0]):.1f}" if explainer.regressing else "")
+            + (f"; true {', '.join(known)}" if known else "")
+            + f"; translated to {_target_name(explainer, explanation)}, {explanation.n_samples} samples")
+
+
+def _cohort_summary(records: list[dict], chosen: list[int], attributes: list[np.ndarray],
+                    acceptance: list[tuple[float, bool]], explainer: Explainer, out: Path, outliers: int,
+                    seed: int) -> dict:
+    """The cohort's figures of the explained scans (``chosen``, with their attribute means and
+    (acceptance rate, fallback)): acceptance, the analyses, the t-SNE of the attribute means
+    (enough scans only) and the outlier table (regression)."""
+    names, explained = explainer.class_names, [records[i] for i in chosen]
+    summary = {"mean_acceptance_rate": round(float(np.mean([rate for rate, _ in acceptance])), 4)
+               if acceptance else None,
+               "scans_with_fallback": sum(fallback for _, fallback in acceptance),
+               **_cohort_analyses(records, explained, explainer.regressing, names)}
+    if len(chosen) >= TSNE_MINIMUM:  # fewer points make a t-SNE picture of noise (perplexity ~ n / 3)
+        from .report.figures import tsne_figure
+
         labels = np.array([r["label"] if r["label"] in names else r["predicted_class"] for r in explained])
         targets = np.array([r["target"] if r["target"] != "" else np.nan for r in explained], dtype=float)
         tsne_figure(out / "figures" / "tsne.png", np.stack(attributes), labels, targets, seed)
@@ -354,7 +398,6 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
         write_csv(out / "outliers.csv", outlier_rows)
         summary["outliers"] = [{"id": r["id"], "error": r["error"], "figure": f"figures/{r['id']}_fa.png"}
                                for r in outlier_rows]
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

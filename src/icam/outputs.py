@@ -36,13 +36,13 @@ def write_map(array: np.ndarray, dataset: NiftiCohort, i: int, path: Path, descr
     source = dataset.source(i)
     model_affine = np.asarray(dataset.item_affine(i), dtype=np.float64)
     volume = array if array.ndim == 3 else array[:, :, None]
-    source_shape = tuple(source["source_shape"])
+    source_shape = source.source_shape
     grid = source_shape if len(source_shape) == 3 else source_shape + (1,)
-    source_affine = np.asarray(source["source_affine"])
+    source_affine = source.source_affine
     same = grid == volume.shape and np.allclose(model_affine, source_affine)
     data = volume if same else resample_to_grid(volume, model_affine, source_affine, grid, mode)[0, 0].numpy()
     data = np.ascontiguousarray(data.reshape(source_shape), dtype=np.float32)
-    original = nib.load(source["file"]).header
+    original = nib.load(source.file).header
     image = nib.Nifti1Image(data, source_affine)
     for setter, code in ((image.set_qform, original["qform_code"]), (image.set_sform, original["sform_code"])):
         if int(code) > 0:

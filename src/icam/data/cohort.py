@@ -2,14 +2,28 @@
 
 Every cohort the training loop reads exposes ``labels`` (class per image, for the
 class-balanced sampler), ``targets`` (NaN where unknown) and ``image_shape``, and yields
-dicts with ``image``, ``label``, ``target`` and, when the cohort has them, ``gt_map``
-(ground-truth change map) and ``mask`` (brain mask).
+:class:`Item` dicts.
 """
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 from torch.utils.data import Dataset
+
+
+class Item(TypedDict, total=False):
+    """One image of a cohort, as every cohort yields it (a dict, so a DataLoader batches it key by
+    key). ``image``, ``label`` and ``target`` are always there; the rest when the cohort has them."""
+
+    image: torch.Tensor  # (C, *shape), in the model's intensity range
+    label: torch.Tensor  # class index; UNKNOWN_LABEL where the table gives a class the run does not model
+    target: torch.Tensor  # the continuous target; NaN where unknown
+    gt_map: torch.Tensor  # (C, *shape) ground-truth change map
+    mask: torch.Tensor  # (C, *shape) brain mask
+    affine: torch.Tensor  # NIfTI cohorts: the item's voxel → mm matrix
+    row: torch.Tensor  # NIfTI cohorts: its entry in the table's rows
 
 
 class InMemoryCohort(Dataset):
@@ -41,8 +55,8 @@ class InMemoryCohort(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = {"image": self.images[i], "label": self.labels[i], "target": self.targets[i]}
+    def __getitem__(self, i: int) -> Item:
+        item: Item = {"image": self.images[i], "label": self.labels[i], "target": self.targets[i]}
         if self.gt_maps is not None:
             item["gt_map"] = self.gt_maps[i]
         if self.masks is not None:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .cohort import Item
 from .resample import resample_to_grid
 from .table import DataError, Problem, Row, nifti_stem
 
@@ -504,14 +505,14 @@ class NiftiCohort(Dataset):
         scaled = np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1)
         return scaled if mode == "minmax01" else scaled * 2 - 1
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> Item:
         row_index, index = self.samples[i]
         entry, row = self.entries[row_index], self.rows[row_index]
         image = torch.from_numpy(self.normalise(self._read(entry["image"], index), entry["image"]))[None]
         if self.augment:
             image = self._augment(image)
         affine = self.item_affine(i)
-        item = {"image": image, "label": torch.tensor(row.label), "target": torch.tensor(row.target),
+        item: Item = {"image": image, "label": torch.tensor(row.label), "target": torch.tensor(row.target),
                 "affine": torch.from_numpy(affine), "row": torch.tensor(row_index)}
         for kind in ("mask", "gt_map"):
             if kind in entry:
@@ -540,13 +541,27 @@ class NiftiCohort(Dataset):
         affine = np.asarray(self.metas[row_index]["affine"])
         return affine if index is None else slice_affine(affine, self.spatial.slice_axis, index)
 
-    def source(self, i: int) -> dict:
+    def source(self, i: int) -> Source:
         """Where item ``i`` came from: its table row, source file, affine and shape (for writing outputs back)."""
         row_index, index = self.samples[i]
         meta = self.metas[row_index]
         row = self.rows[row_index]
-        return {"row": row.number, "file": str(row.image), "slice": index, "subject": row.subject,
-                "id": row.id or nifti_stem(row.image), "raw_label": row.raw_label, **meta}
+        return Source(row.number, str(row.image), index, row.subject, row.id or nifti_stem(row.image),
+                      row.raw_label, np.asarray(meta["source_affine"], dtype=np.float64), tuple(meta["source_shape"]))
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one item of a NIfTI cohort came from: what its outputs are named by and written onto."""
+
+    row: int  # the table row, numbered as the table's reader counts them
+    file: str  # the input NIfTI file
+    slice: int | None  # 2D models: the slice's index along data.slice_axis; None for volumes
+    subject: str
+    id: str  # the table's id, or the file's stem
+    raw_label: str  # the label as the table wrote it (kept for classes the run does not model)
+    source_affine: np.ndarray  # the file's own voxel → mm matrix
+    source_shape: tuple[int, ...]  # the file's own grid
 
 
 def cohort_intensity_range(cohort: NiftiCohort, percentiles: tuple[float, float] | None,
