@@ -55,6 +55,9 @@ def main():
             step_s = seconds_per_step(Path(out) / f"devices-{n}", args.steps)
             images = 3 * 2 * args.images_per_class * n
             results[n] = {"seconds_per_step": round(step_s, 4), "images_per_s": round(images / step_s, 2)}
+            if n > 1:  # 0 when DDP kept every rank's weights identical
+                summary = json.loads((Path(out) / f"devices-{n}" / "summary.json").read_text())
+                results[n]["rank_max_abs_weight_difference"] = summary["rank_max_abs_weight_difference"]
     base = results[min(results)]["images_per_s"] / min(results)
     for n, r in results.items():
         r["efficiency"] = round(r["images_per_s"] / (n * base), 3)

@@ -213,17 +213,17 @@ def test_occlusion_finds_the_only_region_a_3d_network_reads():
 def test_baseline_maps_are_scored_like_icams(baseline_runs, tmp_path):
     from icam.data.synth_export import write_brain_synth
 
-    write_brain_synth(tmp_path / "cohort", dims=2, n=10, seed=2, shape=(64, 64))
+    write_brain_synth(tmp_path / "cohort", dims=2, n=6, seed=2, shape=(64, 64))
     csv_path = str(tmp_path / "cohort" / "cohort.csv")
     out = tmp_path / "gc"
     result = runner.invoke(app, ["explain", baseline_runs["resnet"]["run_dir"], "--posthoc", "gradcam",
                                  "--csv", csv_path, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert len(list((out / "maps").glob("*_fa_mean.nii.gz"))) == 10
+    assert len(list((out / "maps").glob("*_fa_mean.nii.gz"))) == len(list((out / "figures").glob("*_fa.png"))) == 6
     scored = runner.invoke(app, ["evaluate", str(out), "--csv", csv_path])
     assert scored.exit_code == 0, scored.output
     evaluation = json.loads((out / "evaluation.json").read_text())
-    assert evaluation["maps"]["scored"] == 10 and "classification" in evaluation
+    assert evaluation["maps"]["scored"] == 6 and "classification" in evaluation
     no_posthoc = runner.invoke(app, ["explain", baseline_runs["resnet"]["run_dir"], "--csv", csv_path,
                                      "--out", str(tmp_path / "x")])
     assert no_posthoc.exit_code == 2 and "--posthoc" in no_posthoc.stderr

@@ -70,7 +70,8 @@ def test_same_file_names_in_subject_folders_are_subjects_and_distinct_outputs(sa
     assert "'val': 0" not in check.stdout and "warning" not in check.output  # the subjects spread over the splits
     out = tmp_path / "explained"
     result = runner.invoke(app, ["explain", str(run_dir), "--csv", str(same_names), "--out", str(out),
-                                 "--n-samples", "2", "--min-probability", "0.5", "--which", "last"])
+                                 "--n-samples", "2", "--min-probability", "0.5", "--which", "last",
+                                 "--figures", "none"])
     assert result.exit_code == 0, result.output
     ids = [r["id"] for r in csv.DictReader((out / "predictions.csv").open())]
     assert len(set(ids)) == 12 and "sub-03_T1" in ids
@@ -128,7 +129,7 @@ def test_explaining_into_another_models_folder_is_refused_unless_overwrite(run_d
                                                                            tmp_path):
     out = tmp_path / "x"
     args = ["--csv", str(same_names), "--out", str(out), "--n-samples", "2", "--min-probability", "0.5",
-            "--which", "last"]
+            "--which", "last", "--figures", "none"]
     assert runner.invoke(app, ["explain", str(run_dir), *args, "--limit", "2"]).exit_code == 0
     assert len(list((out / "maps").glob("*_fa_mean.nii.gz"))) == 2  # --limit: at most
     before = listing(out)
@@ -262,7 +263,8 @@ def test_evaluate_refuses_a_folder_of_maps_from_two_models(same_names, run_dir, 
     for name, model in (("a", run_dir), ("b", other_model)):
         folders[name] = tmp_path / name
         result = runner.invoke(app, ["explain", str(model), "--csv", str(same_names), "--out", str(folders[name]),
-                                     "--which", "last", "--n-samples", "2", "--min-probability", "0.5", "--limit", "3"])
+                                     "--which", "last", "--n-samples", "2", "--min-probability", "0.5", "--limit", "3",
+                                     "--figures", "none"])
         assert result.exit_code == 0, result.output
     assert runner.invoke(app, ["evaluate", str(folders["a"]), "--csv", str(same_names)]).exit_code == 0
     copied = next((folders["b"] / "maps").glob("*_fa_mean.nii.gz")).name

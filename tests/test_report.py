@@ -132,7 +132,7 @@ def test_health_banner_flags_a_failed_model_and_passes_a_healthy_one(run_dir, tm
     for name, run in (("healthy", run_dir), ("failed", tmp_path / "runs" / "failed")):
         out = tmp_path / f"explained-{name}"
         for args in (["explain", str(run), "--csv", str(table), "--out", str(out), "--n-samples", "2",
-                      "--min-probability", "0.5", "--which", "last"],
+                      "--min-probability", "0.5", "--which", "last", "--figures", "none"],
                      ["report", str(run), "--explained", str(out), "-o", str(tmp_path / f"{name}.html")]):
             result = runner.invoke(app, args)
             assert result.exit_code == 0, result.output

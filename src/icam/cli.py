@@ -274,6 +274,8 @@ def explain_command(
     interpolate: Optional[tuple[Path, Path]] = typer.Option(None, "--interpolate", help="two images: walk from the "
                                                                                       "first's attribute to the second's"),
     steps: int = typer.Option(10, help="steps of --interpolate"),
+    figures: str = typer.Option("all", help="PNG overlays of each explained scan: all, outliers (the worst-"
+                                            "predicted, regression runs) or none (a large cohort's maps sooner)"),
     which: str = typer.Option("best", help="best or last checkpoint of the run"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the outputs another model wrote into --out "
@@ -294,6 +296,10 @@ def explain_command(
         from .inference import attribute_cohort, explain_cohort, explain_interpolation, explain_pair
         from .outputs import claim_outputs, producer_of
 
+        from .inference import FIGURE_CHOICES
+
+        if figures not in FIGURE_CHOICES:
+            raise ValueError(f"--figures {figures!r}: expected one of {', '.join(FIGURE_CHOICES)}")
         explainer = load_run(run_dir, which, device, posthoc)  # any method's run
         claim_outputs(out, producer_of(run_dir, which, explainer), overwrite)
         if not isinstance(explainer, Explainer):  # a baseline: its maps (or predictions) only
@@ -302,7 +308,8 @@ def explain_command(
             if explainer.method == "resnet":
                 explainer.check_makes_maps()
             dataset = _inputs(explainer, csv_path, image, split)
-            summary = attribute_cohort(explainer, dataset, out, limit=limit) if explainer.makes_maps else None
+            summary = attribute_cohort(explainer, dataset, out, limit=limit,
+                                       figures=figures) if explainer.makes_maps else None
             if summary is None:
                 from .inference import predict_rows
                 from .outputs import write_csv
@@ -318,7 +325,7 @@ def explain_command(
                 summary = explain_cohort(explainer, dataset, out, target_class=target, from_label=from_label,
                                          n_samples=n_samples, min_probability=min_probability, seed=seed,
                                          reconstruction=reconstruction, limit=limit, reference=reference,
-                                         native_intensity=native_intensity,
+                                         native_intensity=native_intensity, figures=figures,
                                          progress=lambda done, total: bar.update(task, completed=done))
             facts = [f"{summary['explained']} scans explained ({summary['seconds_per_scan']:.2f} s each, "
                      f"acceptance {summary['mean_acceptance_rate']:.2f})"]

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the explainer calls into this module (preprocess): only its
 
 
 TSNE_MINIMUM = 30  # explained scans a t-SNE of attribute means needs
+FIGURE_CHOICES = ("all", "outliers", "none")  # which explained scans get a PNG overlay
 
 
 def preprocessing_for(model, csv_path: Path) -> CsvData:
@@ -324,6 +325,8 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
 def _chosen_inputs(records: list[dict], limit: int | None, outliers: int, figures: str) -> tuple[list[int], set[int]]:
     """Which inputs to explain (at most ``limit``: the worst-predicted ones first, so the outlier
     gallery has maps, then the first others) and which of those to draw (``figures``)."""
+    if figures not in FIGURE_CHOICES:
+        raise ValueError(f"figures={figures!r}: expected one of {', '.join(FIGURE_CHOICES)}")
     budget = len(records) if limit is None else min(limit, len(records))
     worst = [r["row"] for r in _outliers(records, outliers)]
     first = [i for i, r in enumerate(records) if r["row"] in worst][:budget]
