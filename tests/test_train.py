@@ -249,6 +249,27 @@ def test_an_iteration_updates_dc_twice_then_d_then_encoders_and_generator_which_
     assert any(not torch.equal(a, b) for a, b in zip(generator_before, trainer.raw_model.parameters()))
 
 
+@pytest.mark.filterwarnings("ignore:this CPU has no bf16 instructions")
+def test_under_bf16_every_forward_pass_sees_the_weights_of_the_latest_step():
+    """Autocast keeps its bf16 copy of a weight until its context ends: Dc's second update of an
+    iteration must not run on the copy made before its first (each forward is checked against
+    the same layer recomputed from the weights as they are at that moment)."""
+    import torch.nn.functional as F
+
+    trainer = _tiny_trainer(["runtime.precision=bf16-mixed"])
+    classifier = trainer.content_discriminator.module.classifier
+    seen = []
+
+    def check(module, inputs, output):
+        with torch.autocast("cpu", enabled=False):
+            current = F.linear(inputs[0].bfloat16(), module.weight.bfloat16(), module.bias.bfloat16())
+        seen.append(torch.equal(output, current))
+
+    classifier.register_forward_hook(check)
+    trainer.train_step(next(trainer.batches()))
+    assert len(seen) == 3 and all(seen), seen  # Dc's two updates, then the generator's content loss
+
+
 def test_every_image_is_translated_to_the_next_class_and_the_cycle_can_undo_it():
     from icam.model import next_class, translation_partners
 

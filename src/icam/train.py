@@ -216,7 +216,8 @@ class Trainer:
         return batch
 
     def update_content_discriminator(self, content: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        terms = losses.content_discriminator_terms(self.content_discriminator(content), labels)
+        with self.fabric.autocast():
+            terms = losses.content_discriminator_terms(self.content_discriminator(content), labels)
         self.content_optimizer.zero_grad(set_to_none=True)
         self.fabric.backward(losses.weighted_sum(terms, self.config.loss))
         if self.config.train.content_discriminator_grad_clip:
@@ -231,27 +232,28 @@ class Trainer:
         images, labels = batch["image"], batch["label"]
         partner = translation_partners(labels, self.raw_model.num_classes)
         translated_labels = labels[partner]
-        sample = self.raw_model.sample_attribute(translated_labels, max_candidates=None,
-                                                 candidates_per_row=self.config.train.rejection_candidates)
-        out = self.model(images, partner, sample.attribute)
-
-        real_enc, fake_enc, real_rand, fake_rand = self.domain_discriminators(
-            images, out.translated.detach(), out.randomly_translated.detach())
-        encoded_terms = losses.domain_discriminator_terms(real_enc, fake_enc, labels)
-        random_terms = losses.domain_discriminator_terms(real_rand, fake_rand, labels)
-        d_terms = {name: encoded_terms[name] + random_terms[name] for name in encoded_terms}
+        with self.fabric.autocast():
+            sample = self.raw_model.sample_attribute(translated_labels, max_candidates=None,
+                                                     candidates_per_row=self.config.train.rejection_candidates)
+            out = self.model(images, partner, sample.attribute)
+            real_enc, fake_enc, real_rand, fake_rand = self.domain_discriminators(
+                images, out.translated.detach(), out.randomly_translated.detach())
+            encoded_terms = losses.domain_discriminator_terms(real_enc, fake_enc, labels)
+            random_terms = losses.domain_discriminator_terms(real_rand, fake_rand, labels)
+            d_terms = {name: encoded_terms[name] + random_terms[name] for name in encoded_terms}
         self.domain_optimizer.zero_grad(set_to_none=True)
         self.fabric.backward(losses.weighted_sum(d_terms, self.config.loss))
         self.domain_optimizer.step()
 
         domain = self.domain_discriminators.module
         with frozen(domain, self.content_discriminator.module):
-            g_terms = losses.generator_terms(
-                out, images, labels, translated_labels,
-                self.raw_model.standardise_target(batch["target"]) if self.regressing else None,
-                sample.attribute, domain.encoded(out.translated), domain.random(out.randomly_translated),
-                self.content_discriminator.module(out.content))
-            total = losses.weighted_sum(g_terms, self.config.loss)
+            with self.fabric.autocast():
+                g_terms = losses.generator_terms(
+                    out, images, labels, translated_labels,
+                    self.raw_model.standardise_target(batch["target"]) if self.regressing else None,
+                    sample.attribute, domain.encoded(out.translated), domain.random(out.randomly_translated),
+                    self.content_discriminator.module(out.content))
+                total = losses.weighted_sum(g_terms, self.config.loss)
             self.generator_optimizer.zero_grad(set_to_none=True)
             self.fabric.backward(total)
         self.generator_optimizer.step()
@@ -277,16 +279,17 @@ class Trainer:
             average.copy_(current)
 
     def train_step(self, batches: list[dict]) -> dict[str, torch.Tensor]:
-        """One iteration: Dc twice, then D, then encoders + generator (three batches)."""
-        with self.fabric.autocast():
-            first, second, third = (self._prepare(b) for b in batches)
-            # Only Dc changes between its two updates, so both batches' z_c come from one Ec call.
-            with torch.no_grad():
-                contents = self.raw_model.encode_content(torch.cat([first["image"], second["image"]])).chunk(2)
-            content_losses = [self.update_content_discriminator(c, b["label"])
-                              for c, b in zip(contents, (first, second))]
-            logged = {"discriminator/content": sum(content_losses) / 2,
-                      **self.update_discriminators_and_generator(third)}
+        """One iteration: Dc twice, then D, then encoders + generator (three batches).
+
+        Mixed precision covers each forward pass and its loss, never an optimiser step:
+        autocast keeps the low-precision copy of a weight until its context ends, so a forward
+        in the same context after a step would see the weights from before it."""
+        first, second, third = (self._prepare(b) for b in batches)
+        # Only Dc changes between its two updates, so both batches' z_c come from one Ec call.
+        with torch.no_grad(), self.fabric.autocast():
+            contents = self.raw_model.encode_content(torch.cat([first["image"], second["image"]])).chunk(2)
+        content_losses = [self.update_content_discriminator(c, b["label"]) for c, b in zip(contents, (first, second))]
+        logged = {"discriminator/content": sum(content_losses) / 2, **self.update_discriminators_and_generator(third)}
         for scheduler in self.schedulers.values():
             scheduler.step()
         self.step += 1
