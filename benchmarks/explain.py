@@ -20,6 +20,7 @@ import torch
 
 from icam.explain import Explainer
 from icam.model import ICAM
+from icam.run import cpu_model
 
 
 def seconds_per_scan(explainer: Explainer, shape, n_samples: int, repeats: int, device) -> tuple[float, float]:
@@ -62,6 +63,7 @@ def main():
         results[f"width{width}"] = {"by_samples": per_n,
                                     "seconds_per_extra_sample": round(slope, 5) if slope is not None else None}
     print(json.dumps({"benchmark": "explain", "shape": args.shape, "device": str(device),
+                      "processor": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
                       "channels_last": args.channels_last, "threads": torch.get_num_threads(),
                       "torch": torch.__version__, "results": results}))
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 
 import torch
@@ -21,15 +20,7 @@ import torch
 from icam.baselines.attribution import (occlusion_per_pass, occlusion_positions, occlusion_window,
                                         paper_occlusion_window)
 from icam.baselines.networks import ResNetClassifier
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), to quote CPU timings with."""
-    try:
-        lines = open("/proc/cpuinfo").read().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
+from icam.run import cpu_model
 
 
 def timed(run, device) -> float:

@@ -31,6 +31,7 @@ def test_run_folder_holds_what_reproduces_and_explains_the_run(tiny_config):
     assert config["seed"] == 7 and config["loss"]["fa_map_l1"] == 10
     provenance = json.loads((run / "provenance.json").read_text())
     assert provenance["seed"] == 7 and "torch" in provenance["packages"] and "commit" in provenance["git"]
+    assert provenance["cpu"] and "gpu" in provenance  # what timings in its summary were measured on
     records = read_metrics(run)
     train_records = [r for r in records if r["split"] == "train"]
     assert {"generator/fa_map_l1", "generator/cycle_l2", "discriminator/content",

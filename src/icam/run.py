@@ -83,6 +83,15 @@ def package_versions() -> dict:
     return versions
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), which CPU timings are quoted with."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def write_run_files(run_dir: Path, config: Config, extra: dict | None = None) -> None:
     (run_dir / "config.yaml").write_text(to_yaml(config))
     provenance = {
@@ -91,6 +100,8 @@ def write_run_files(run_dir: Path, config: Config, extra: dict | None = None) ->
         "command": sys.argv,
         "host": platform.node(),
         "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "packages": package_versions(),
         "git": git_state(Path(__file__).resolve().parent),
         **(extra or {}),
