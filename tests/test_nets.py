@@ -121,3 +121,27 @@ def test_regional_compilation_compiles_each_outermost_repeated_block_and_nothing
         assert compiled[0][1]["mode"] == "default"
     assert load_config(None, ["runtime.compile=true"]).runtime.compile == "networks"
     assert load_config(None, ["runtime.compile=false"]).runtime.compile == "off"
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_padded_convolutions_keep_bf16_and_give_pytorchs_result(dims):
+    """CPU autocast pads in float32 (an up-cast of the input before the padding); ours pads in
+    the activations' dtype, which changes no value: outputs and gradients equal nn.ConvNd's."""
+    from torch.profiler import profile
+
+    from icam.nets.blocks import conv
+
+    ours = conv(dims, 4, 6, 3, padding=1)
+    reference = getattr(torch.nn, f"Conv{dims}d")(4, 6, 3, padding=1, padding_mode="reflect")
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 4, *[8] * dims).bfloat16()
+    results = []
+    for net in (ours, reference):
+        with profile() as trace, torch.autocast("cpu", dtype=torch.bfloat16):
+            y = net(x)
+        y.float().sum().backward()
+        casts = sum(e.name == "aten::_to_copy" for e in trace.events())
+        results.append((y, net.weight.grad, casts))
+    (ours_y, ours_grad, ours_casts), (ref_y, ref_grad, ref_casts) = results
+    assert ours_y.dtype == torch.bfloat16 and torch.equal(ours_y, ref_y) and torch.equal(ours_grad, ref_grad)
+    assert ours_casts <= ref_casts and (dims == 3 or ours_casts < ref_casts)  # 3D padding was never up-cast

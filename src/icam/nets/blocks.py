@@ -7,6 +7,7 @@ Each block takes ``spatial_dims`` (2 or 3) and picks the matching PyTorch layer,
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -18,9 +19,31 @@ def layer_type(name: str, spatial_dims: int) -> type[nn.Module]:
     return getattr(nn, f"{name}{spatial_dims}d")
 
 
+class _PaddingInItsOwnDtype:
+    """A convolution whose reflective padding keeps the activations' dtype under autocast. CPU
+    autocast runs reflection padding in float32, so each padded bf16 convolution cost two
+    extra copies of its input (up to float32, back down to bf16) and a padding pass at twice
+    the bytes, in forward and backward. Padding copies values, so the result is the same."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        if self.padding_mode == "zeros":
+            return super()._conv_forward(input, weight, bias)
+        with torch.autocast(input.device.type, enabled=False):
+            padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+        return self.unpadded(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
+
+
+class Conv2d(_PaddingInItsOwnDtype, nn.Conv2d):
+    unpadded = staticmethod(F.conv2d)
+
+
+class Conv3d(_PaddingInItsOwnDtype, nn.Conv3d):
+    unpadded = staticmethod(F.conv3d)
+
+
 def conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int,
          stride: int = 1, padding: int = 0, bias: bool = True, padding_mode: str = "reflect") -> nn.Module:
-    return layer_type("Conv", spatial_dims)(
+    return {2: Conv2d, 3: Conv3d}[spatial_dims](
         in_channels, out_channels, kernel_size, stride=stride, padding=padding,
         padding_mode=padding_mode if padding else "zeros", bias=bias)
 
