@@ -22,6 +22,7 @@ def sets(*items):
 
 
 def test_train_prints_validation_and_the_run_folder(tmp_path):
+    tmp_path = tmp_path / "study #2: runs"  # flags are taken as they are, not read as YAML
     result = runner.invoke(app, ["train", "-q", "--out", str(tmp_path), "--name", "r", *sets(*TINY)])
     assert result.exit_code == 0, result.output
     assert "validation: accuracy" in result.stdout

@@ -29,6 +29,16 @@ def test_yaml_file_and_overrides(tmp_path):
     assert config.data.image_size == 128 and config.runtime.precision == "bf16-mixed"
 
 
+def test_paths_with_a_hash_or_colon_survive_flags_and_overrides(tmp_path):
+    """A folder named 'study #2' is common; YAML would read '#2…' as a comment and drop it."""
+    folder = tmp_path / "study #2: T1"
+    config = load_config(None, [f"out_dir={tmp_path / 'runs #1'}", "data.kind=csv", "data.shape=[16,16]"],
+                         {"data.csv": folder / "cohort.csv", "name": "a: b", "train.steps": 7})
+    assert config.data.csv == str(folder / "cohort.csv") and config.out_dir == str(tmp_path / "runs #1")
+    assert (config.name, config.train.steps) == ("a: b", 7)
+    assert load_config(None, ["train.steps=5"], {"train.steps": 7}).train.steps == 5  # --set wins over flags
+
+
 def test_unknown_key_names_the_key_and_the_valid_ones():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["train.stpes=5"])

@@ -22,12 +22,12 @@ runner = CliRunner()
 
 
 def csv_config(path, *overrides, shape="[64,64]"):
-    return load_config(None, ["data.kind=csv", f"data.csv={path}", f"data.shape={shape}", *overrides]).data
+    return load_config(None, [f"data.shape={shape}", *overrides], {"data.kind": "csv", "data.csv": path}).data
 
 
 @pytest.fixture(scope="module")
 def synth2d(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("synth2d")
+    folder = tmp_path_factory.mktemp("synth2d") / "study #2"  # a name YAML would cut at the '#'
     write_brain_synth(folder, dims=2, n=16, seed=3, shape=(64, 64))
     return folder
 

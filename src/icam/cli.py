@@ -77,11 +77,6 @@ def friendly_errors(command):
     return wrapper
 
 
-def _overrides(options: dict[str, object], sets: list[str]) -> list[str]:
-    """CLI flags become config overrides; explicit --set entries come last and win."""
-    return [f"{key}={value}" for key, value in options.items() if value is not None] + list(sets)
-
-
 @app.command("train")
 def train_command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (defaults for missing keys)"),
@@ -126,7 +121,8 @@ def _train(config, set_, steps, out_dir, name, seed, accelerator, devices, num_n
     flags = {"train.steps": steps, "out_dir": out_dir, "name": name, "seed": seed,
              "runtime.accelerator": accelerator, "runtime.devices": devices, "runtime.num_nodes": num_nodes,
              "runtime.precision": precision, "data.skip_bad": True if skip_bad else None}
-    cfg = load_config(config, _overrides(flags, set_))
+    # the flags' values go in as typed (a path is not YAML); explicit --set entries come last and win
+    cfg = load_config(config, set_, {key: value for key, value in flags.items() if value is not None})
     summary = train(cfg, resume=resume, init_from=init_from, stop_at=stop_at, show_progress=not quiet)
     if summary is None:  # not the main process
         return
@@ -534,8 +530,9 @@ def data_check_command(
     def run():
         from .data.check import check_cohort
 
-        tree_overrides = ["data.kind=csv", f"data.csv={csv_path}"] + list(set_)
-        cfg = load_config(config, tree_overrides + ([] if _has_shape(config, set_) else ["data.shape=[16,16]"]))
+        table = {"data.kind": "csv", "data.csv": csv_path,
+                 **({} if _has_shape(config, set_) else {"data.shape": [16, 16]})}
+        cfg = load_config(config, set_, table)
         summary, problems = check_cohort(csv_path, cfg.data, cfg.seed, workers)
         problems = sorted(problems, key=lambda p: (p.row is not None, p.row or 0))
         counts = ", ".join(f"{name} {n}" for name, n in zip(summary["classes"], summary["class_counts"]))

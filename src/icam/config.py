@@ -344,6 +344,8 @@ def parse_overrides(overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as e:
             raise ConfigError(f"override '{item}': cannot parse the value: {e}") from None
+        if isinstance(value, str) and value != raw.strip() and raw.strip()[0] not in "'\"":
+            value = raw.strip()  # YAML took ' #2/…' for a comment: on a command line it is a folder's name
         _set(tree, key.strip(), value)
     return tree
 
@@ -391,7 +393,11 @@ def build_config(tree: dict, source: str = "config") -> Config:
         raise _explain(e, source) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] = (), values: dict[str, Any] | None = None
+                ) -> Config:
+    """The config of a YAML file (or the defaults), then ``values`` (dotted keys with typed
+    values: a command's own flags, paths as they are), then ``key=value`` overrides, whose
+    values are read as YAML and which win."""
     tree: dict = {}
     source = "defaults"
     if path is not None:
@@ -405,6 +411,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if not isinstance(tree, dict):
             raise ConfigError(f"{path} must hold a mapping of sections (data:, model:, train:, …)")
         source = str(path)
+    if values:
+        typed: dict = {}
+        for key, value in values.items():
+            _set(typed, key, str(value) if isinstance(value, Path) else value)
+        tree = merge_trees(tree, typed)
+        source += " + command options"
     if overrides:
         tree = merge_trees(tree, parse_overrides(list(overrides)))
         source += " + --set overrides"
