@@ -37,9 +37,9 @@ def run_dir(tmp_path_factory):
     """A tiny ICAM trained on bright squares, shared by the explanation and evaluation tests:
     long enough for the classifier, and for translations to learn where the boxes go."""
     out = tmp_path_factory.mktemp("runs")
-    config = load_config(None, TINY + ["train.steps=60", "train.validate_every=60", "train.images_per_class=4",
+    config = load_config(None, TINY + ["train.steps=40", "train.validate_every=40", "train.images_per_class=4",
                                        "train.lr=1e-3", "train.content_discriminator_lr=4e-4", "data.effect=300",
-                                       "data.n_train=400", "data.n_val=32", f"out_dir={out}", "name=squares"])
+                                       "data.n_train=200", "data.n_val=32", f"out_dir={out}", "name=squares"])
     return train(config, show_progress=False)["run_dir"]
 
 
