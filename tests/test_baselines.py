@@ -1,6 +1,7 @@
 """The baselines: trainable with `icam train --set method=…`, explained and scored like ICAM."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from icam.baselines.networks import ResNetClassifier, UNetMapGenerator, WGANCrit
 from icam.checkpoint import CheckpointError
 from icam.cli import app
 from icam.config import load_config
+from icam.run import read_metrics
 from icam.train import train
 
 from .conftest import TINY
@@ -26,8 +28,9 @@ BASELINE = TINY + ["baseline.steps=6", "baseline.validate_every=3", "baseline.wi
 def baseline_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("baselines")
     runs = {}
-    for method, extra in (("resnet", []), ("vagan", []), ("cnn-classifier", []),
-                          ("cnn-regressor", ["data.continuous_target=true"])):
+    # VA-GAN and the regressor in bf16-mixed: both training loops' mixed-precision paths run
+    for method, extra in (("resnet", []), ("vagan", ["runtime.precision=bf16-mixed"]), ("cnn-classifier", []),
+                          ("cnn-regressor", ["data.continuous_target=true", "runtime.precision=bf16-mixed"])):
         config = load_config(None, BASELINE + [f"method={method}", f"out_dir={out}", f"name={method}", *extra])
         runs[method] = train(config, show_progress=False)
     return runs
@@ -49,6 +52,12 @@ def test_every_baseline_trains_and_writes_a_run(baseline_runs):
     assert baseline_runs["cnn-regressor"]["selection"]["metric"] == "mae"
     assert baseline_runs["resnet"]["selection"]["metric"] == "balanced_accuracy"
     assert baseline_runs["vagan"]["selection"]["metric"] == "ncc"
+    for method in ("vagan", "cnn-regressor"):  # trained under bf16 autocast; the weights stay float32
+        state = torch.load(f"{baseline_runs[method]['run_dir']}/checkpoints/last.pt", weights_only=True)
+        assert all(w.dtype == torch.float32 and w.isfinite().all() for w in state["model"].values()
+                   if w.is_floating_point())
+        losses = [r for r in read_metrics(baseline_runs[method]["run_dir"]) if r["split"] == "train"]
+        assert losses and all(math.isfinite(v) for r in losses for k, v in r.items() if k not in ("split", "time"))
 
 
 @pytest.mark.parametrize("posthoc", POSTHOC)

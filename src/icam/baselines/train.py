@@ -6,8 +6,10 @@ checkpoint's ``method`` says which network it holds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +74,16 @@ class _Run:
         return summary
 
 
+def _mixed_precision(config: Config, fabric):
+    """The context each forward pass and loss runs in: bf16 autocast under runtime.precision
+    bf16-mixed (optimiser steps stay outside it, see Trainer.train_step). 16-mixed would need a
+    loss scale these loops do not keep, so they train in 32-true then, and say so."""
+    if config.runtime.precision == "16-mixed":
+        warnings.warn(f"method={config.method} trains in 32-true or bf16-mixed; 16-mixed needs loss scaling: "
+                      "training in 32-true", stacklevel=3)
+    return fabric.autocast if config.runtime.precision.startswith("bf16") else contextlib.nullcontext
+
+
 def train_baseline(config: Config, show_progress: bool = True) -> dict:
     if config.runtime.devices not in (1, "1") or config.runtime.num_nodes != 1:
         raise ValueError(f"baselines train on one device (method={config.method}); set --devices 1")
@@ -108,17 +120,18 @@ def _train_supervised(config, fabric, train_set, val_set, run_dir, hparams, prog
         extra = {"target_mean": float(known.mean()), "target_std": float(known.std()) or 1.0}
     run = _Run(config, run_dir, hparams, "mae" if regress else "balanced_accuracy", model, optimizer, extra)
     batches = _batches(train_set, config, max(1, b.batch_size // hparams["num_classes"]))
-    started, metrics = time.time(), {}
+    started, metrics, mixed = time.time(), {}, _mixed_precision(config, fabric)
     for step in range(1, b.steps + 1):
         model.train()
         batch = fabric.to_device(next(batches))
-        output = model(batch["image"])
-        if regress:
-            target = (batch["target"] - extra["target_mean"]) / extra["target_std"]
-            known = ~torch.isnan(target)
-            loss = F.smooth_l1_loss(output[:, 0][known], target[known])
-        else:
-            loss = F.cross_entropy(output, batch["label"], weight=class_weights)
+        with mixed():
+            output = model(batch["image"])
+            if regress:
+                target = (batch["target"] - extra["target_mean"]) / extra["target_std"]
+                known = ~torch.isnan(target)
+                loss = F.smooth_l1_loss(output[:, 0][known].float(), target[known])
+            else:
+                loss = F.cross_entropy(output, batch["label"], weight=class_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -181,22 +194,24 @@ def _train_vagan(config, fabric, train_set, val_set, run_dir, hparams, progress)
         batch = fabric.to_device(next(batches))
         return batch["image"][batch["label"] == 0], batch["image"][batch["label"] == 1]
 
-    started, metrics = time.time(), {}
+    started, metrics, mixed = time.time(), {}, _mixed_precision(config, fabric)
     for step in range(1, b.steps + 1):
         generator.train()
         warm = step <= b.warmup_generator_steps or step % 100 == 0
         for _ in range(b.warmup_critic_steps if warm else b.critic_steps):
             healthy, diseased = split()
-            with torch.no_grad():
-                translated = diseased + generator(diseased)
-            loss_c = (critic(healthy).mean() - critic(translated).mean()
-                      + b.gradient_penalty * _gradient_penalty(critic, healthy, translated))
+            with mixed():
+                with torch.no_grad():
+                    translated = diseased + generator(diseased)
+                loss_c = (critic(healthy).mean() - critic(translated).mean()
+                          + b.gradient_penalty * _gradient_penalty(critic, healthy, translated))
             c_opt.zero_grad(set_to_none=True)
             loss_c.backward()
             c_opt.step()
         _, diseased = split()
-        change = generator(diseased)
-        loss_g = critic(diseased + change).mean() + b.map_l1 * change.abs().mean()
+        with mixed():
+            change = generator(diseased)
+            loss_g = critic(diseased + change).mean() + b.map_l1 * change.abs().mean()
         g_opt.zero_grad(set_to_none=True)
         loss_g.backward()
         g_opt.step()
