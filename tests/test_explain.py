@@ -122,7 +122,8 @@ def test_explain_command_writes_maps_in_the_inputs_space(run_dir, nifti_inputs, 
     variance = nib.load(str(out / "maps" / "sq0_fa_var.nii.gz")).get_fdata()
     assert (variance >= 0).all()
     records = list(csv.DictReader((out / "predictions.csv").open()))
-    assert len(records) == 6 and {"predicted_class", "p_class0", "p_class1", "mean_abs_fa"} <= set(records[0])
+    assert len(records) == 6 and {"predicted_class", "p_class0", "p_class1", "mean_abs_fa",
+                                  "reconstruction_mean_abs_fa"} <= set(records[0])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["explained"] == 6 and summary["accuracy"] >= 0.8
     assert not (out / "figures" / "tsne.png").exists() and "tsne" not in summary  # 6 points: no t-SNE

@@ -271,8 +271,8 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
     ``from_label``: translate each scan from its table label to the next class (the other one
     for K = 2), as scoring against ground-truth maps needs, instead of from the prediction.
 
-    Per scan it computes (:func:`_explain_scan`), writes the maps (:func:`_write_scan_maps`),
-    records the figures of its row and draws it if chosen; then the cohort's summary."""
+    Per scan: compute (:func:`_explain_scan`), write the maps (:func:`_write_scan_maps`), add
+    its numbers to its predictions row, draw it if chosen; then the cohort's summary."""
     from .report.figures import explanation_figure
 
     for folder in (out, out / "maps", out / "figures"):
@@ -293,12 +293,9 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
         records[i].update({"target_class": target_name, "mean_abs_fa": float(np.abs(mean)[mask > 0].mean()),
                            "acceptance_rate": round(explanation.acceptance_rate, 4),
                            "fallback": explanation.fallback})
-        if reconstruction:  # the model's noise floor: the scan translated to its own predicted class
-            own = explainer.explain(item["image"], target=int(explanation.prediction.predicted_class[0]), **options)
-            own_mean = own.mean[0, 0].cpu().numpy()
-            write_map(own_mean, dataset, i, out / "maps" / f"{output_id(dataset, i)}_reconstruction_fa_mean.nii.gz",
-                      f"icam mean FA map to its own class, {n_samples} samples")
-            records[i]["reconstruction_mean_abs_fa"] = float(np.abs(own_mean)[mask > 0].mean())
+        if reconstruction:
+            records[i]["reconstruction_mean_abs_fa"] = _write_reconstruction_map(
+                explainer, explanation, item, dataset, i, out, options)
         if i in drawn:
             explanation_figure(out / "figures" / f"{output_id(dataset, i)}_fa.png", item["image"][0].numpy(), mean,
                                explanation.var[0, 0].cpu().numpy(), mask,
@@ -365,6 +362,17 @@ def _write_scan_maps(explanation: Explanation, dataset: NiftiCohort, i: int, out
     write_map(dataset.denormalise(translated, i) if native_intensity else translated, dataset, i,
               Path(f"{stem}_translated.nii.gz"),
               f"icam mean translation {direction}" + (", input units" if native_intensity else ""), "range")
+
+
+def _write_reconstruction_map(explainer: Explainer, explanation: Explanation, item: dict, dataset: NiftiCohort,
+                              i: int, out: Path, options: dict) -> float:
+    """The model's noise floor: the map of the scan translated to its own predicted class,
+    written beside its other maps; returns its mean |FA| in the brain."""
+    own = explainer.explain(item["image"], target=int(explanation.prediction.predicted_class[0]), **options)
+    own_mean = own.mean[0, 0].cpu().numpy()
+    write_map(own_mean, dataset, i, out / "maps" / f"{output_id(dataset, i)}_reconstruction_fa_mean.nii.gz",
+              f"icam mean FA map to its own class, {options['n_samples']} samples")
+    return float(np.abs(own_mean)[_brain_mask(item) > 0].mean())
 
 
 def _figure_title(explainer: Explainer, explanation: Explanation, item: dict, record: dict, ident: str) -> str:
