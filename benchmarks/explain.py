@@ -39,6 +39,11 @@ def seconds_per_scan(explainer: Explainer, shape, n_samples: int, repeats: int, 
     return statistics.median(times), statistics.mean(acceptance)
 
 
+def key(n_samples: int, precision: str) -> str:
+    """A figure's name in the line: the sample count, and the precision unless 32-true."""
+    return str(n_samples) if precision == "32-true" else f"{n_samples} {precision}"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", type=int, nargs="+", default=[128, 128])
@@ -47,6 +52,8 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--precision", nargs="+", default=["32-true"], choices=["32-true", "bf16-mixed"],
+                   help="how the translations are decoded (each one measured)")
     args = p.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -56,9 +63,12 @@ def main():
         explainer = Explainer(model, device=device, channels_last=args.channels_last)
         per_n = {}
         for n in args.samples:
-            seconds, acceptance = seconds_per_scan(explainer, args.shape, n, args.repeats, device)
-            per_n[str(n)] = {"seconds_per_scan": round(seconds, 4), "acceptance_rate": round(acceptance, 4)}
-        times = [per_n[str(n)]["seconds_per_scan"] for n in args.samples]
+            for precision in args.precision:
+                explainer.precision = precision
+                seconds, acceptance = seconds_per_scan(explainer, args.shape, n, args.repeats, device)
+                per_n[key(n, precision)] = {"seconds_per_scan": round(seconds, 4),
+                                            "acceptance_rate": round(acceptance, 4)}
+        times = [per_n[key(n, args.precision[0])]["seconds_per_scan"] for n in args.samples]
         slope = (times[-1] - times[0]) / (args.samples[-1] - args.samples[0]) if len(times) > 1 else None
         results[f"width{width}"] = {"by_samples": per_n,
                                     "seconds_per_extra_sample": round(slope, 5) if slope is not None else None}

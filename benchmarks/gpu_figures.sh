@@ -28,6 +28,7 @@ run train_step_2d 40 "$PY" benchmarks/train_step.py --shape 128 128 --accelerato
     --warmup 5 --iterations 20
 # Mean + variance FA maps of one full-size volume.
 run explain_3d 50 "$PY" benchmarks/explain.py --shape 128 160 128 --width 16 --samples 25 100 --repeats 2 \
+    --precision 32-true bf16-mixed \
     --device cuda
 # Cache vs .nii.gz decoding, to the GPU, at 128×160×128.
 run data_loading 55 "$PY" benchmarks/data_loading.py --shape 128 160 128 --n 24 --workers 0 8 \

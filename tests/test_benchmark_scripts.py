@@ -78,3 +78,12 @@ def test_occlusion_benchmark_bounds_the_positions_and_times_both_settings():
     icam, paper = line["icam"], line["paper_scaled_one_per_pass"]
     assert icam["positions"] <= 20_000 and icam["seconds"] > 0 and paper["seconds_extrapolated"] > 0
     assert paper["positions"] >= icam["positions"] and line["cpu"]
+
+
+def test_explain_benchmark_times_both_precisions():
+    line = run_benchmark("explain.py", "--shape", "32", "32", "--width", "4", "--samples", "2", "4", "--repeats", "1",
+                         "--precision", "32-true", "bf16-mixed")
+    figures = line["results"]["width4"]["by_samples"]
+    assert set(figures) == {"2", "4", "2 bf16-mixed", "4 bf16-mixed"}
+    assert all(f["seconds_per_scan"] > 0 and 0 < f["acceptance_rate"] <= 1 for f in figures.values())
+    assert line["processor"] and line["results"]["width4"]["seconds_per_extra_sample"] is not None

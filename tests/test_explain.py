@@ -52,6 +52,21 @@ def test_explanations_have_the_inputs_shape_and_are_seeded(run_dir, squares):
     assert torch.allclose(kept.samples.var(1), kept.var, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:this CPU .*has no bf16 instructions")
+def test_bf16_decoding_gives_the_same_maps_up_to_bf16_rounding(run_dir, squares):
+    model = icam.load_run(run_dir, device="cpu")
+    x = squares.images[:2]
+    exact = model.explain(x, n_samples=8)
+    model.precision = "bf16-mixed"
+    rounded = model.explain(x, n_samples=8)
+    assert rounded.mean.dtype == torch.float32 and torch.equal(rounded.target_class, exact.target_class)
+    scale = exact.mean.abs().max()
+    assert (rounded.mean - exact.mean).abs().max() < 0.05 * scale and not torch.equal(rounded.mean, exact.mean)
+    assert torch.corrcoef(torch.stack([rounded.mean.flatten(), exact.mean.flatten()]))[0, 1] > 0.99
+    with pytest.raises(ValueError, match="expected 32-true or bf16-mixed"):
+        model.precision = "16-mixed"
+
+
 def test_maps_against_the_reconstruction_differ_from_the_paper_maps_by_the_reconstruction(run_dir, squares):
     model = icam.load_run(run_dir)
     x = squares.images[:3]

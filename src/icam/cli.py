@@ -274,6 +274,9 @@ def explain_command(
                                             "predicted, regression runs) or none (a large cohort's maps sooner)"),
     which: str = typer.Option("best", help="best or last checkpoint of the run"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
+    precision: str = typer.Option("32-true", help="decoding of the translations: 32-true, or bf16-mixed (faster on "
+                                                  "a GPU or a CPU with bf16 instructions; maps differ by bf16 "
+                                                  "rounding)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the outputs another model wrote into --out "
                                                               "(they are cleared first)"),
     posthoc: Optional[str] = typer.Option(None, help="for a ResNet baseline run: gradcam, guided_gradcam, "
@@ -297,6 +300,10 @@ def explain_command(
         if figures not in FIGURE_CHOICES:
             raise ValueError(f"--figures {figures!r}: expected one of {', '.join(FIGURE_CHOICES)}")
         explainer = load_run(run_dir, which, device, posthoc)  # any method's run
+        if isinstance(explainer, Explainer):
+            explainer.precision = precision
+        elif precision != "32-true":
+            raise ValueError("--precision sets how ICAM decodes its translations; baselines explain in 32-true")
         claim_outputs(out, producer_of(run_dir, which, explainer), overwrite)
         if not isinstance(explainer, Explainer):  # a baseline: its maps (or predictions) only
             if pair or interpolate:

@@ -310,7 +310,7 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
     summary = {
         "run": _run_facts(explainer), "classes": explainer.class_names, "inputs": len(dataset),
         "explained": len(chosen), "n_samples": n_samples, "min_probability": min_probability, "seed": seed,
-        "reference": reference,
+        "reference": reference, "precision": explainer.precision,
         "target_class": "the next class after the label" if from_label else target_class if target_class is not None
         else "the most probable other class",
         "seconds_per_scan": round((time.perf_counter() - started) / max(1, len(chosen)), 3),

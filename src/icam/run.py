@@ -229,15 +229,21 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def warn_if_slow_bf16() -> None:
+    """bf16 on a CPU without bf16 instructions: say that it will be slow, and what to use instead."""
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn(f"this CPU ({cpu_model()}) has no bf16 instructions (AVX-512 BF16 / AMX): bf16 convolutions "
+                      "fall back to a slow path here (measured 17x slower than float32); use 32-true",
+                      stacklevel=3)
+
+
 def build_fabric(config: Config) -> Fabric:
     """The Fabric of ``config.runtime`` (accelerator, devices, precision), for ICAM and the baselines alike."""
     from lightning_fabric import Fabric
 
     rt = config.runtime
-    if rt.precision.startswith("bf16") and rt.accelerator == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        warnings.warn("this CPU has no bf16 instructions (AVX-512 BF16 / AMX): bf16-mixed convolutions fall back "
-                      "to a slow path here (measured 17x slower than 32-true); use --precision 32-true",
-                      stacklevel=2)
+    if rt.precision.startswith("bf16") and rt.accelerator == "cpu":
+        warn_if_slow_bf16()
     torch.backends.cudnn.benchmark = rt.cudnn_benchmark
     try:
         return Fabric(accelerator=rt.accelerator, devices=rt.devices, num_nodes=rt.num_nodes, precision=rt.precision)
