@@ -85,10 +85,10 @@ def test_resume_continues_exactly(tiny_config):
 
 def test_regression_fine_tuning_from_a_classification_run(tiny_config):
     common = ["data.continuous_target=true", "data.effect=300", "data.n_val=64", "data.image_size=32",
-              "train.images_per_class=4", "train.lr=1e-3"]
+              "train.images_per_class=4", "train.lr=2e-3"]
     classification = train(tiny_config(*common, "loss.regression=0", "train.steps=4"), show_progress=False)
     assert not classification["regressing"]
-    finetune = tiny_config(*common, "train.steps=60", "train.validate_every=60")
+    finetune = tiny_config(*common, "train.steps=40", "train.validate_every=40")
     summary = train(finetune, init_from=classification["run_dir"], show_progress=False)
     assert summary["regressing"] and summary["selection"]["metric"] == "mae"
     state = load_checkpoint(summary["run_dir"], "best")
