@@ -40,9 +40,11 @@ def main():
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--precision", default="32-true")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="more config overrides")
+    p.add_argument("--out", default=None, help="keep the run folders (devices-N) here; default: a temporary folder")
     args = p.parse_args()
     results = {}
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as temporary:
+        out = args.out or temporary
         for n in args.devices:
             overrides = [f"data.spatial_dims={args.dims}", f"data.image_size={args.image_size}",
                          f"model.width={args.width}", f"train.images_per_class={args.images_per_class}",
@@ -54,7 +56,8 @@ def main():
             subprocess.run(command, check=True)
             step_s = seconds_per_step(Path(out) / f"devices-{n}", args.steps)
             images = 3 * 2 * args.images_per_class * n
-            results[n] = {"seconds_per_step": round(step_s, 4), "images_per_s": round(images / step_s, 2)}
+            results[n] = {"seconds_per_step": round(step_s, 4), "images_per_s": round(images / step_s, 2),
+                          "command": command[1:]}  # after the interpreter: what reproduces the run
             if n > 1:  # 0 when DDP kept every rank's weights identical
                 summary = json.loads((Path(out) / f"devices-{n}" / "summary.json").read_text())
                 results[n]["rank_max_abs_weight_difference"] = summary["rank_max_abs_weight_difference"]

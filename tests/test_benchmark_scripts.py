@@ -45,15 +45,6 @@ def test_data_loading_benchmark_compares_cache_and_decoding():
     assert line["keeps_up"] == {kind: rate >= need for kind, rate in rates.items()}
 
 
-def test_ddp_scaling_benchmark_on_two_cpu_processes():
-    # two processes only (each launch costs seconds of start-up): the smallest count is the reference
-    line = run_benchmark("ddp_scaling.py", "--devices", "2", "--image-size", "16", "--width", "4",
-                         "--steps", "4", "--log-every", "2")
-    two = line["devices"]["2"]
-    assert set(line["devices"]) == {"2"} and two["efficiency"] == 1.0 and two["images_per_s"] > 0
-    assert two["rank_max_abs_weight_difference"] == 0
-
-
 def test_quality_bench_trains_variants_and_reuses_the_model_for_map_only_ones(tmp_path):
     tiny = ["cohort=squares", "subjects=24", "icam_steps=3", "icam_reg_steps=3", "resnet_steps=3", "cnn_steps=3",
             "n_samples=4", "width=4", "baseline_validate_every=2", "translations_per_image=2"]
