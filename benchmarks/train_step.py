@@ -27,7 +27,7 @@ import torch
 from icam.config import load_config
 from icam.data import InMemoryCohort, make_squares
 from icam.model import ICAM
-from icam.run import build_fabric, cpu_model
+from icam.run import build_fabric, cpu_has_bf16, cpu_model
 from icam.train import Trainer
 
 MODES = {
@@ -137,7 +137,7 @@ def main():
         torch.set_num_threads(args.threads)
     results, skipped = {}, {}
     for mode in args.modes:
-        if args.accelerator == "cpu" and "bf16" in mode and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if args.accelerator == "cpu" and "bf16" in mode and not cpu_has_bf16():
             # bf16 is offered only where the CPU has the instructions; elsewhere it takes a slow path
             skipped[mode] = (f"{cpu_model()}: no bf16 instructions (AVX-512 BF16 / "
                              "AMX), where bf16 convolutions run ~17x slower than fp32")
@@ -168,7 +168,7 @@ def main():
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "cudnn_tf32_convolutions": torch.backends.cudnn.allow_tf32,  # PyTorch's default: fp32 convs run in TF32
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_bf16_kernels": torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+        "cpu_bf16_kernels": cpu_has_bf16(),
     }
     print(json.dumps(line))
 

@@ -164,6 +164,10 @@ def test_predict_command_and_bad_paths(run_dir, nifti_inputs, tmp_path):
     no_run = runner.invoke(app, ["explain", str(tmp_path / "no-run"), "--image", str(nifti_inputs / "sq1.nii.gz"),
                                  "--out", str(tmp_path)])
     assert no_run.exit_code == 2 and "no such checkpoint or run folder" in no_run.stderr
+    typo = runner.invoke(app, ["explain", run_dir, "--image", str(nifti_inputs / "sq1.nii.gz"),
+                               "--out", str(tmp_path / "typo"), "--figures", "al"])
+    assert typo.exit_code == 2 and "expected one of all, outliers, none" in typo.stderr
+    assert not (tmp_path / "typo").exists()  # refused before the folder was claimed
 
 
 def test_3d_maps_are_resampled_back_to_an_input_of_another_shape(tmp_path):

@@ -3,17 +3,17 @@
 A checkpoint is a dict of state dicts, numbers and strings only, so ``torch.load(...,
 weights_only=True)`` reads it. Every method's checkpoint has one schema (:func:`checkpoint_state`):
 the method, its network hyperparameters, the run's config, the step, the best validation so far,
-the weights of each network, the optimiser states and what the method adds. It is written to a temporary file in the same folder and
-renamed into place: a crash never leaves a half-written checkpoint behind.
+the weights of each network, the optimiser states and what the method adds. It is written to a
+temporary file in the same folder and renamed into place: a crash never leaves a half-written
+checkpoint behind.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
-
-import math
 from typing import TYPE_CHECKING
 
 import torch

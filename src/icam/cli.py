@@ -292,13 +292,10 @@ def explain_command(
         from rich.progress import Progress
 
         from .explain import Explainer, load_run
-        from .inference import attribute_cohort, explain_cohort, explain_interpolation, explain_pair
+        from .inference import attribute_cohort, check_figures, explain_cohort, explain_interpolation, explain_pair
         from .outputs import claim_outputs, producer_of
 
-        from .inference import FIGURE_CHOICES
-
-        if figures not in FIGURE_CHOICES:
-            raise ValueError(f"--figures {figures!r}: expected one of {', '.join(FIGURE_CHOICES)}")
+        check_figures(figures)  # before the output folder is claimed
         explainer = load_run(run_dir, which, device, posthoc)  # any method's run
         if isinstance(explainer, Explainer):
             explainer.precision = precision

@@ -151,17 +151,14 @@ class Explainer:
         """:meth:`explain` of a NIfTI file; with ``out``, the mean and variance maps and the mean
         translation are written there on the file's grid (``<name>_fa_mean.nii.gz``, …)."""
         from .data.table import nifti_stem
+        from .inference import write_scan_maps
 
         scan = self.preprocess(path)
         explanation = self.explain(scan.image, **options)
         if out is not None:
-            stem = Path(out) / nifti_stem(path)
             direction = (f"{self.class_names[int(explanation.prediction.predicted_class[0])]}->"
                          f"{self.class_names[int(explanation.target_class[0])]}, {explanation.n_samples} samples")
-            scan.write(explanation.mean, f"{stem}_fa_mean.nii.gz", f"icam mean FA map {direction}")
-            scan.write(explanation.var, f"{stem}_fa_var.nii.gz", f"icam FA variance {direction}", "range")
-            scan.write(explanation.translated, f"{stem}_translated.nii.gz", f"icam mean translation {direction}",
-                       "range")
+            write_scan_maps(explanation, scan.dataset, 0, Path(out) / nifti_stem(path), direction)
         return explanation
 
     @torch.no_grad()
@@ -170,7 +167,7 @@ class Explainer:
 
     def attribute(self, x: torch.Tensor, target: int | torch.Tensor | None = None, **options) -> torch.Tensor:
         """The mean FA map of each scan towards ``target`` (default: the most probable other
-        class): the verb every method's model has (see :func:`load`); ``options`` go to explain."""
+        class): the verb every method's model has (see :func:`load_run`); ``options`` go to explain."""
         return self.explain(x, target=target, **options).mean
 
     def default_target(self, prediction: Prediction) -> torch.Tensor:
@@ -276,7 +273,7 @@ def _warn_if_out_of_range(x: torch.Tensor, limit: float = 1.5, share: float = 0.
 
 
 def load_run(path: str | Path, which: str = "best", device: str | torch.device | None = None,
-         posthoc: str | None = None):
+             posthoc: str | None = None):
     """Any trained run, from its folder (its ``best`` or ``last`` checkpoint) or a checkpoint file,
     with the same verbs whatever the method: ``predict(x)`` and ``attribute(x, target)``. ICAM
     runs give an :class:`Explainer`; baseline runs (their checkpoint names the method) a

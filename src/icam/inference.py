@@ -35,6 +35,11 @@ TSNE_MINIMUM = 30  # explained scans a t-SNE of attribute means needs
 FIGURE_CHOICES = ("all", "outliers", "none")  # which explained scans get a PNG overlay
 
 
+def check_figures(figures: str) -> None:
+    if figures not in FIGURE_CHOICES:
+        raise ValueError(f"figures={figures!r}: expected one of {', '.join(FIGURE_CHOICES)}")
+
+
 def preprocessing_for(model, csv_path: Path) -> CsvData:
     """The data settings that turn files into what this model was trained on."""
     data = model.config.data if model.config is not None else None
@@ -184,6 +189,7 @@ def attribute_cohort(model, dataset: NiftiCohort, out: Path, *, figures: str = "
     unlabelled); VA-GAN's map is its one translation, class 1 → 0."""
     from .report.figures import explanation_figure
 
+    check_figures(figures)
     for folder in ("maps", "figures"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     records = predict_rows(model, dataset)
@@ -271,7 +277,7 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
     ``from_label``: translate each scan from its table label to the next class (the other one
     for K = 2), as scoring against ground-truth maps needs, instead of from the prediction.
 
-    Per scan: compute (:func:`_explain_scan`), write the maps (:func:`_write_scan_maps`), add
+    Per scan: compute (:func:`_explain_scan`), write the maps (:func:`write_scan_maps`), add
     its numbers to its predictions row, draw it if chosen; then the cohort's summary."""
     from .report.figures import explanation_figure
 
@@ -287,8 +293,8 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
         explanation, source_class = _explain_scan(explainer, item, target_class, from_label, options)
         mean, mask = explanation.mean[0, 0].cpu().numpy(), _brain_mask(item)
         target_name = _target_name(explainer, explanation)
-        _write_scan_maps(explanation, dataset, i, out, f"{source_class}->{target_name}, {n_samples} samples",
-                         native_intensity)
+        write_scan_maps(explanation, dataset, i, out / "maps" / output_id(dataset, i),
+                        f"{source_class}->{target_name}, {n_samples} samples", native_intensity)
         _write_mask(item, dataset, i, out)
         records[i].update({"target_class": target_name, "mean_abs_fa": float(np.abs(mean)[mask > 0].mean()),
                            "acceptance_rate": round(explanation.acceptance_rate, 4),
@@ -322,8 +328,7 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
 def _chosen_inputs(records: list[dict], limit: int | None, outliers: int, figures: str) -> tuple[list[int], set[int]]:
     """Which inputs to explain (at most ``limit``: the worst-predicted ones first, so the outlier
     gallery has maps, then the first others) and which of those to draw (``figures``)."""
-    if figures not in FIGURE_CHOICES:
-        raise ValueError(f"figures={figures!r}: expected one of {', '.join(FIGURE_CHOICES)}")
+    check_figures(figures)
     budget = len(records) if limit is None else min(limit, len(records))
     worst = [r["row"] for r in _outliers(records, outliers)]
     first = [i for i, r in enumerate(records) if r["row"] in worst][:budget]
@@ -350,10 +355,10 @@ def _target_name(explainer: Explainer, explanation: Explanation) -> str:
     return explainer.class_names[int(explanation.target_class[0])]
 
 
-def _write_scan_maps(explanation: Explanation, dataset: NiftiCohort, i: int, out: Path, direction: str,
-                     native_intensity: bool) -> None:
-    """The mean and variance FA maps and the mean translation, on the input's own grid."""
-    stem = out / "maps" / output_id(dataset, i)
+def write_scan_maps(explanation: Explanation, dataset: NiftiCohort, i: int, stem: Path, direction: str,
+                    native_intensity: bool = False) -> None:
+    """Item ``i``'s mean and variance FA maps and mean translation (``<stem>_fa_mean.nii.gz``, …)
+    on its input's own grid; ``direction`` ("AD->CN, 100 samples") goes into each description."""
     write_map(explanation.mean[0, 0].cpu().numpy(), dataset, i, Path(f"{stem}_fa_mean.nii.gz"),
               f"icam mean FA map {direction}")
     write_map(explanation.var[0, 0].cpu().numpy(), dataset, i, Path(f"{stem}_fa_var.nii.gz"),

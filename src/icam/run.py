@@ -229,9 +229,14 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX-512 BF16 or AMX), which bf16 convolutions need to pay."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def warn_if_slow_bf16() -> None:
     """bf16 on a CPU without bf16 instructions: say that it will be slow, and what to use instead."""
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if not cpu_has_bf16():
         warnings.warn(f"this CPU ({cpu_model()}) has no bf16 instructions (AVX-512 BF16 / AMX): bf16 convolutions "
                       "fall back to a slow path here (measured 17x slower than float32); use 32-true",
                       stacklevel=3)

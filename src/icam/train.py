@@ -112,7 +112,7 @@ class Trainer:
         self.run_dir = run_dir
         self.show_progress = show_progress and fabric.is_global_zero
         self.regressing = config.loss.regression > 0 and bool((~torch.isnan(train_set.targets)).any())
-        self.selection = self._selection()
+        selection = self._selection()
         domain, content = self._discriminators(model)
         self._set_target_scale(model)
         self.memory_format = self._prepare_for_runtime(model, domain, content)
@@ -128,7 +128,7 @@ class Trainer:
         # checkpoint and explanations use when train.ema_decay is set (the raw weights keep training).
         self.ema = copy.deepcopy(model).requires_grad_(False) if config.train.ema_decay else None
         self.step = 0
-        self.best_checkpoint = BestCheckpoint(self.selection)
+        self.best_checkpoint = BestCheckpoint(selection)
         self._running: dict[str, torch.Tensor] = {}
         self._running_count = 0
 

@@ -513,7 +513,7 @@ class NiftiCohort(Dataset):
             image = self._augment(image)
         affine = self.item_affine(i)
         item: Item = {"image": image, "label": torch.tensor(row.label), "target": torch.tensor(row.target),
-                "affine": torch.from_numpy(affine), "row": torch.tensor(row_index)}
+                      "affine": torch.from_numpy(affine), "row": torch.tensor(row_index)}
         for kind in ("mask", "gt_map"):
             if kind in entry:
                 item[kind] = torch.from_numpy(self._read(entry[kind], index))[None]
