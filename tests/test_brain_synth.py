@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from icam.data.atlas import atlas_on_grid
-from icam.data.brain_synth import (LESION_EXTENT, Renderer, SubjectDraws, draw_subject, render_subjects,
-                                   subject_ages)
+from icam.data.brain_synth import (DESIGNS, LESION_EXTENT, Renderer, SubjectDraws, draw_subject,
+                                   render_subjects, subject_targets)
 from icam.data.synth_export import write_brain_synth
 
 SHAPE = (64, 64)
@@ -20,8 +20,14 @@ def renderer():
     return Renderer(atlas_on_grid(SHAPE, (15.0,)))
 
 
+@pytest.fixture(scope="module")
+def coronal_renderer():
+    deep = DESIGNS["brain-deep"]
+    return Renderer(atlas_on_grid(deep.shape_2d, (deep.level_mm,), deep.plane, deep.fov_2d_mm), deep)
+
+
 def draws_for(renderer, subjects, **zeroed):
-    draws = SubjectDraws.stack([draw_subject(renderer.atlas, 0, i, [0]) for i in subjects])
+    draws = SubjectDraws.stack([draw_subject(renderer.atlas, 0, i, [0], design=renderer.design) for i in subjects])
     return dataclasses.replace(draws, **{k: torch.zeros_like(getattr(draws, k)) for k in zeroed})
 
 
@@ -40,7 +46,7 @@ def test_ground_truth_is_the_exact_difference_of_the_two_renderings():
     assert cohort.images.min() >= -1 and cohort.images.max() <= 1
     assert cohort.counterfactuals.min() >= -1 and cohort.counterfactuals.max() <= 1
     assert (cohort.gt_maps.flatten(1).abs().amax(1) > 0).all()  # every subject has some effect
-    assert torch.equal(cohort.labels, (cohort.ages >= 65).long())
+    assert torch.equal(cohort.labels, (cohort.targets >= 65).long())
     assert (cohort.images[cohort.masks == 0] == -1).all()  # skull-stripped: background at −1
 
 
@@ -48,18 +54,27 @@ def _support(renderer, draws, effect):
     position = renderer.anatomy(draws)
     if effect == "ventricle":
         return renderer._sample(renderer.ventricle_zone[draws.slice], position)[:, 0] > 0
+    if effect == "deep_gm":
+        return renderer._sample(renderer.deep_gm_zone[draws.slice], position).amax(1) > 0
     if effect == "cortex":
         regions = renderer._sample(renderer.atlas.regions[draws.slice].float(), position, "nearest").long()[:, 0]
         return torch.gather(draws.region_weights, 1, regions.flatten(1)).view(regions.shape) > 0
-    offset = (position.unsqueeze(1) - draws.lesion_centres.view(len(position), -1, 1, 1, 2)) * renderer.mm_per_unit
-    reach = (offset.pow(2).sum(-1) < (LESION_EXTENT * draws.lesion_radius_mm.view(len(position), -1, 1, 1)) ** 2)
-    return (reach & (draws.lesion_sign != 0).view(len(position), -1, 1, 1)).any(1)
+    centres, radii, signs = ((draws.diffuse_centre[:, None], draws.diffuse_radius_mm[:, None], torch.ones(len(position), 1))
+                             if effect == "diffuse" else (draws.lesion_centres, draws.lesion_radius_mm, draws.lesion_sign))
+    offset = (position.unsqueeze(1) - centres.view(len(position), -1, 1, 1, 2)) * renderer.mm_per_unit
+    reach = (offset.pow(2).sum(-1) < (LESION_EXTENT * radii.view(len(position), -1, 1, 1)) ** 2)
+    return (reach & (signs != 0).view(len(position), -1, 1, 1)).any(1)
 
 
-@pytest.mark.parametrize("effect", ["ventricle", "cortex", "lesion"])
-def test_each_effect_changes_only_where_it_acts(renderer, effect):
-    others = {"ventricle": ("cortex_weight", "lesion_weight"), "cortex": ("ventricle_weight", "lesion_weight"),
-              "lesion": ("ventricle_weight", "cortex_weight")}[effect]
+EFFECT_WEIGHTS = ("ventricle_weight", "cortex_weight", "lesion_weight", "deep_gm_weight", "diffuse_weight")
+
+
+@pytest.mark.parametrize("design, effect", [("brain-synth", "ventricle"), ("brain-synth", "cortex"),
+                                            ("brain-synth", "lesion"), ("brain-deep", "deep_gm"),
+                                            ("brain-deep", "diffuse")])
+def test_each_effect_changes_only_where_it_acts(renderer, coronal_renderer, design, effect):
+    renderer = renderer if design == "brain-synth" else coronal_renderer
+    others = [name for name in EFFECT_WEIGHTS if name != f"{effect}_weight"]
     draws = draws_for(renderer, range(12), **{name: None for name in others})
     draws = dataclasses.replace(draws, **{f"{effect}_weight": torch.full_like(draws.ventricle_weight, 0.8)})
     _, _, gt, _ = renderer.render_pair(draws)
@@ -68,10 +83,53 @@ def test_each_effect_changes_only_where_it_acts(renderer, effect):
     assert not (changed & ~_support(renderer, draws, effect)).any()
 
 
-def test_no_effect_means_no_change(renderer):
-    draws = draws_for(renderer, range(4), ventricle_weight=None, cortex_weight=None, lesion_weight=None)
-    _, _, gt, _ = renderer.render_pair(draws)
-    assert torch.count_nonzero(gt) == 0
+def test_no_effect_means_no_change(renderer, coronal_renderer):
+    for each in (renderer, coronal_renderer):
+        draws = draws_for(each, range(4), **{name: None for name in EFFECT_WEIGHTS})
+        _, _, gt, _ = each.render_pair(draws)
+        assert torch.count_nonzero(gt) == 0
+
+
+def test_the_deep_nuclei_shrink_among_white_matter_not_at_the_ventricles(coronal_renderer):
+    """brain-deep's geometric change lies around the thalamus and basal ganglia, where tissue
+    meets tissue; the ventricles' high-contrast walls stay where they are."""
+    draws = draws_for(coronal_renderer, range(12), **{n: None for n in EFFECT_WEIGHTS if n != "deep_gm_weight"})
+    draws = dataclasses.replace(draws, deep_gm_weight=torch.ones_like(draws.deep_gm_weight))
+    _, _, gt, _ = coronal_renderer.render_pair(draws)
+    position = coronal_renderer.anatomy(draws)
+    ventricles = coronal_renderer._sample(coronal_renderer.atlas.ventricles[draws.slice], position)[:, 0] > 0.5
+    near_nuclei = coronal_renderer._sample(coronal_renderer.deep_gm_zone[draws.slice], position).amax(1) > 0.3
+    change = gt[:, 0].abs()
+    assert change[ventricles].sum() < 0.02 * change.sum()
+    assert change[near_nuclei].sum() > 0.5 * change.sum()
+
+
+def test_brain_deep_is_another_cohort_on_the_same_anatomy(tmp_path):
+    """Coronal 2.5 mm slices of 64×80 with their own affine, a score that falls with severity
+    (class 1 when it is low), its own effects; read back through the table like any cohort."""
+    summary = write_brain_synth(tmp_path / "deep", dims=2, n=16, seed=2, design="brain-deep")
+    assert summary["shape"] == [64, 80] and summary["plane"] == "coronal" and summary["slice_axis"] == 1
+    assert set(summary["effects"]) == {"deep_gm", "lesions", "diffuse"}
+    rows = (tmp_path / "deep" / "cohort.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert "deep_gm_weight" in header and "ventricles_weight" not in header
+    first = dict(zip(header, rows[1].split(",")))
+    image = nib.load(str(tmp_path / "deep" / first["image"]))
+    assert image.shape == (64, 80, 1) and first["image"].endswith("_y-6.nii.gz")
+    assert np.allclose(np.linalg.norm(image.affine[:3, :3], axis=0), 2.5)
+    assert np.allclose(image.affine[:3, 1], [0, 0, 2.5]) and abs(image.affine[1, 3] + 6) < 1e-6  # x by z, at y −6
+    labels = [int(dict(zip(header, r.split(",")))["label"]) for r in rows[1:]]
+    scores = [float(dict(zip(header, r.split(",")))["target"]) for r in rows[1:]]
+    assert all(label == int(score <= 23) for label, score in zip(labels, scores)) and 0 < sum(labels) < 16
+
+    from icam.config import load_config
+    from icam.data import build_cohorts
+
+    config = load_config(None, ["data.kind=csv", f"data.csv={tmp_path / 'deep' / 'cohort.csv'}", "data.shape=[64,80]",
+                                "data.slice_axis=1", "data.intensity=none", f"data.cache_dir={tmp_path / 'cache'}"])
+    cohorts = build_cohorts(config.data, seed=0)
+    item = cohorts["train"][0]
+    assert item["image"].shape == (1, 64, 80) and item["gt_map"].abs().max() > 0
 
 
 def test_subjects_differ_in_where_they_change():
@@ -82,8 +140,9 @@ def test_subjects_differ_in_where_they_change():
     correlation = torch.corrcoef(maps)
     off_diagonal = correlation[~torch.eye(20, dtype=torch.bool)]
     assert off_diagonal.max() < 0.99 and off_diagonal.mean() < 0.8
-    ages = cohort.ages
-    assert ages.min() >= 40 and ages.max() <= 90 and torch.equal(ages, subject_ages(0, list(range(20))))
+    ages = cohort.targets
+    assert ages.min() >= 40 and ages.max() <= 90
+    assert torch.equal(ages, subject_targets(DESIGNS["brain-synth"], 0, list(range(20))))
 
 
 def test_3d_subjects():
@@ -118,6 +177,16 @@ def test_written_cohort_opens_with_sensible_affines(tmp_path):
 def test_written_cohort_rejects_shapes_the_model_cannot_take(tmp_path):
     with pytest.raises(ValueError, match="multiple of 16"):
         write_brain_synth(tmp_path, dims=2, n=2, shape=(60, 64))
+
+
+def test_brain_deep_as_a_training_cohort_is_read_across_its_own_slice_axis(tmp_path):
+    from icam.config import load_config
+    from icam.data import build_cohorts
+
+    config = load_config(None, ["data.kind=brain-synth", "data.design=brain-deep", "data.shape=[32,48]",
+                                "data.n_subjects=10", f"data.cache_dir={tmp_path}"]).data
+    item = build_cohorts(config, seed=0)["train"][0]
+    assert item["image"].shape == (1, 32, 48) and int(item["label"]) == int(item["target"] <= 23)
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (16, 32, 16)])

@@ -55,7 +55,7 @@ def test_synth_then_load_round_trip(synth2d):
             assert torch.allclose(item["image"][0], rendered.images[subject, 0, :, :], atol=1e-6)
             assert torch.allclose(item["gt_map"][0], rendered.gt_maps[subject, 0], atol=1e-6)
             assert item["label"] == rendered.labels[subject]
-            assert item["target"] == pytest.approx(float(rendered.ages[subject]), abs=1e-3)
+            assert item["target"] == pytest.approx(float(rendered.targets[subject]), abs=1e-3)
             assert table[dataset.rows[i].number - 2]["split"] == split
             file_affine = nib.load(str(dataset.rows[i].image)).affine
             assert np.allclose(item["affine"].numpy(), file_affine)  # the input's own space travels along

@@ -157,15 +157,22 @@ def synth_command(
     seed: int = typer.Option(0, help="random seed: the same seed gives the same cohort"),
     size: Optional[str] = typer.Option(
         None, "--size", help="image shape, e.g. 64x80x64 (default 128x128 in 2D, 64x80x64 in 3D)"),
-    slices: int = typer.Option(1, "--slices", help="2D: axial slices per subject (4 mm apart, split by subject)"),
+    slices: int = typer.Option(1, "--slices", help="2D: slices per subject (4 mm apart, split by subject)"),
+    cohort: str = typer.Option("brain-synth", "--cohort", help="brain-synth: axial slices, age, ventricles + cortex "
+                                                                "+ lesions; brain-deep: coronal slices, a score, "
+                                                                "deep grey matter + lesions + diffuse change"),
     debug: bool = DEBUG,
 ):
     """Write a synthetic brain cohort with exact ground-truth change maps (NIfTI + cohort.csv).
 
-    Real anatomy (the MNI152 template shipped with nilearn), individual shapes, an age tied to a
-    latent severity, and per-subject mixes of ventricle enlargement, cortical atrophy and lesions.
+    Real anatomy (the MNI152 template shipped with nilearn), individual shapes, a target tied to a
+    latent severity, and per-subject mixes of effects: brain-synth (the default) ages with
+    ventricle enlargement, cortical atrophy and white-matter lesions, in axial slices; brain-deep
+    loses a score with deep grey-matter shrinkage, white-matter lesions and a diffuse white-matter
+    signal loss, away from the high-contrast edges, in coronal slices of another pixel size.
 
     Example: icam synth --out data/synth2d --dims 2 --n 2000 --seed 0
+             icam synth --out data/deep2d --cohort brain-deep --size 64x80 --n 600
     """
     def run():
         from rich.progress import Progress
@@ -186,16 +193,20 @@ def synth_command(
         with Progress(transient=True) as bar:
             task = bar.add_task("rendering", total=n)
             summary = write_brain_synth(out, dims, n, seed, shape, slices,
-                                        progress=lambda done, total: bar.update(task, completed=done))
-        splits = ", ".join(f"{k} {v['subjects']} subjects ({v['class_counts'][0]} young / {v['class_counts'][1]} old)"
-                           for k, v in summary["splits"].items())
+                                        progress=lambda done, total: bar.update(task, completed=done), design=cohort)
+        names = summary["classes"]
+        splits = ", ".join(f"{k} {v['subjects']} subjects ({v['class_counts'][0]} {names[0]} / {v['class_counts'][1]} "
+                           f"{names[1]})" for k, v in summary["splits"].items())
         typer.echo(f"wrote {summary['rows']} images of {summary['subjects']} subjects, shape "
                    f"{'x'.join(map(str, summary['shape']))}, in {summary['seconds']['total_with_writing']:.1f} s "
                    f"(rendering {summary['seconds']['render']:.1f} s)")
         typer.echo(f"splits: {splits}")
-        age = summary["age"]
-        typer.echo(f"age {mean_sd(age['mean'], age['sd'], 1)} ({age['min']:.0f}-{age['max']:.0f}); effects: " + ", ".join(
-            f"{k} in {v['subjects_share']:.0%}" for k, v in summary["effects"].items()))
+        target = summary["target"]
+        typer.echo(f"{target['name']} {mean_sd(target['mean'], target['sd'], 1)} ({target['min']:.0f}-"
+                   f"{target['max']:.0f}); {summary['class_rule']}; effects: " + ", ".join(
+                       f"{k} in {v['subjects_share']:.0%}" for k, v in summary["effects"].items()))
+        if summary["slice_axis"] not in (None, 2):
+            typer.echo(f"{summary['plane']} slices: train with data.slice_axis={summary['slice_axis']}")
         typer.echo(f"cohort table: {Path(out) / 'cohort.csv'}")
     friendly_errors(run)(debug=debug)
 

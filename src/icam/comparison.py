@@ -37,10 +37,13 @@ class BenchmarkSettings(Section):
     """What a benchmark run does; presets fill these, ``--set key=value`` changes any."""
 
     csv: str | None = Field(None, description="your cohort table (with gt_map); none: a synthetic cohort")
-    cohort: Literal["brain-synth", "squares"] = Field(
-        "brain-synth", description="the synthetic cohort written when csv is none: brain-synth (2D slices or 3D "
-                                   "volumes) or squares (the VA-GAN/ICAM boxes, 2D, a score thresholded at 0.5)")
-    shape: list[int] = [64, 64]
+    cohort: Literal["brain-synth", "brain-deep", "squares"] = Field(
+        "brain-synth", description="the synthetic cohort written when csv is none: brain-synth (axial 2D slices or "
+                                   "3D volumes; age; ventricles, cortex, lesions), brain-deep (coronal slices of "
+                                   "another pixel size; a score; deep grey matter, lesions, a diffuse change) or "
+                                   "squares (the VA-GAN/ICAM boxes, 2D, a score thresholded at 0.5)")
+    shape: list[int] | None = Field(None, description="the model's input shape; none: 64x64 (brain-synth, "
+                                                      "squares) or 64x80 (brain-deep); your table needs one")
     subjects: int = Field(600, ge=10)
     seed: int = 0
     width: int = 8
@@ -83,6 +86,15 @@ PRESETS = {
 # The paper's 3D set-up (128×160×128 volumes): the same schedule as `paper`, on 1,000 subjects.
 PRESETS["paper-3d"] = {**PRESETS["paper"], "shape": [128, 160, 128], "subjects": 1000, "baseline_batch": 4}
 
+    @property
+    def image_shape(self) -> list[int]:
+        """``shape``, else the synthetic cohort's quick-preset shape (a table needs ``shape``)."""
+        if self.shape is not None:
+            return list(self.shape)
+        if self.csv is not None:
+            raise ValueError("a benchmark on your table needs the model's input shape: --set shape=[128,128]")
+        return [64, 80] if self.cohort == "brain-deep" else [64, 64]
+
 
 def settings_for(preset: str, overrides: list[str]) -> BenchmarkSettings:
     from .config import ConfigError, settings_from
@@ -122,7 +134,8 @@ class BenchmarkRun:
         from .data.synth_export import write_brain_synth, write_squares
 
         s = self.settings
-        wanted = {"generator": s.cohort, "shape": list(s.shape), "subjects": s.subjects, "seed": s.seed}
+        shape = s.image_shape
+        wanted = {"generator": s.cohort, "shape": shape, "subjects": s.subjects, "seed": s.seed}
         made_file = self.csv_path.parent / "synth.json"
         if s.csv is None and self.csv_path.is_file() and made_file.is_file():
             made = json.loads(made_file.read_text())
@@ -133,12 +146,12 @@ class BenchmarkRun:
         if s.csv is None and not self.csv_path.is_file():
             with self._timed("cohort", f"cohort ({s.cohort})"):
                 if s.cohort == "squares":
-                    if len(s.shape) != 2 or s.shape[0] != s.shape[1]:
-                        raise ValueError(f"squares are square 2D images; shape {s.shape} is not")
-                    write_squares(self.csv_path.parent, s.subjects, s.shape[0], s.seed)
+                    if len(shape) != 2 or shape[0] != shape[1]:
+                        raise ValueError(f"squares are square 2D images; shape {shape} is not")
+                    write_squares(self.csv_path.parent, s.subjects, shape[0], s.seed)
                 else:
-                    write_brain_synth(self.csv_path.parent, dims=len(s.shape), n=s.subjects, seed=s.seed,
-                                      shape=tuple(s.shape))
+                    write_brain_synth(self.csv_path.parent, dims=len(shape), n=s.subjects, seed=s.seed,
+                                      shape=tuple(shape), design=s.cohort)
         return self.csv_path
 
     def run_config(self, name: str, *stages: dict) -> Config:
@@ -149,10 +162,13 @@ class BenchmarkRun:
 
         s = self.settings
         synthetic, anatomy = s.csv is None, s.csv is not None or s.cohort != "squares"
+        made = self.csv_path.parent / "synth.json"  # a synthetic cohort's slices may be cut across another axis
+        slice_axis = json.loads(made.read_text()).get("slice_axis") if synthetic and made.is_file() else None
         tree = {"name": name, "seed": s.seed, "out_dir": str(self.out / "runs"),
                 "runtime": {"accelerator": "gpu" if self.device.startswith("cuda") else "cpu"},
-                "data": {"kind": "csv", "csv": str(self.csv_path), "shape": list(s.shape),
+                "data": {"kind": "csv", "csv": str(self.csv_path), "shape": s.image_shape,
                          **({"intensity": "none"} if synthetic else {}),  # synthetic files are already in [−1, 1]
+                         **({"slice_axis": slice_axis} if slice_axis is not None else {}),
                          **({} if anatomy else {"brain_mask": "none"})}}  # squares have no brain to mask
         for stage in stages:
             tree = merge_trees(tree, stage)

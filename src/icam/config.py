@@ -69,7 +69,10 @@ class BrainSynthData(Section):
     Written once to ``cache_dir`` as NIfTI + CSV and read through the CSV path (2D and 3D)."""
 
     kind: Literal["brain-synth"] = "brain-synth"
-    shape: list[int] = Field([128, 128], description="2 sides: axial slices; 3 sides: volumes")
+    design: Literal["brain-synth", "brain-deep"] = Field(
+        "brain-synth", description="brain-synth: axial slices, age, ventricles + cortex + lesions; brain-deep: coronal "
+                                   "slices, a score, deep grey matter + lesions + a diffuse change (`icam synth`)")
+    shape: list[int] = Field([128, 128], description="2 sides: slices; 3 sides: volumes")
     n_subjects: int = Field(2000, ge=6)
     slices_per_subject: int = Field(1, ge=1, description="2D: axial slices per subject, 4 mm apart")
     split_fractions: Fractions = (0.8, 0.1, 0.1)

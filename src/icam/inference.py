@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import CsvData
+from .data.brain_synth import DESIGNS
 from .data.nifti import NiftiCohort, PreprocessingCache, Spatial, fill_cache
 from .data.table import UNKNOWN_LABEL, DataError, probability_columns, read_table, require_split
 from .model import next_class
@@ -52,7 +53,8 @@ def preprocessing_for(model, csv_path: Path) -> CsvData:
     return CsvData(csv=str(csv_path), shape=list(model.image_shape),
                    intensity="none" if kind == "brain-synth" else "minmax",
                    fit="resize" if kind == "brain-synth" else "pad_crop",
-                   brain_mask="none" if kind in ("brain-synth", "squares") else "auto")
+                   brain_mask="none" if kind in ("brain-synth", "squares") else "auto",
+                   slice_axis=DESIGNS[data.design].slice_axis if data is not None and kind == "brain-synth" else 2)
 
 
 def load_images(model, images: list[Path]) -> NiftiCohort:

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .brain_synth import GENERATOR_VERSION
+from .brain_synth import DESIGNS, GENERATOR_VERSION
 from .cohort import InMemoryCohort
 from .sampling import ClassBalancedBatchSampler
 from .splits import SPLITS, assign_splits
@@ -52,6 +52,8 @@ def _synth_settings(data_config, seed: int) -> tuple[int, dict, Path]:
     settings = {"shape": list(data_config.shape), "n": data_config.n_subjects, "seed": base,
                 "slices": data_config.slices_per_subject, "fractions": list(data_config.split_fractions),
                 "version": GENERATOR_VERSION}
+    if data_config.design != "brain-synth":  # brain-synth folders keep the names they had
+        settings["design"] = data_config.design
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return base, settings, Path(data_config.cache_dir) / f"brain-synth-{key}"
 
@@ -65,9 +67,10 @@ def _brain_synth_on_disk(data_config, seed: int, progress) -> Cohorts:
     base, settings, folder = _synth_settings(data_config, seed)
     if not (folder / "cohort.csv").is_file():
         write_brain_synth(folder, len(data_config.shape), data_config.n_subjects, base, tuple(data_config.shape),
-                          data_config.slices_per_subject, tuple(data_config.split_fractions), progress=progress)
+                          data_config.slices_per_subject, tuple(data_config.split_fractions), progress=progress,
+                          design=data_config.design)
     csv_config = CsvData(csv=str(folder / "cohort.csv"), shape=list(data_config.shape), intensity="none",
-                         cache_dir=str(folder / ".icam-cache"))
+                         cache_dir=str(folder / ".icam-cache"), slice_axis=DESIGNS[data_config.design].slice_axis)
     cohorts = load_csv_cohorts(csv_config, base, progress)
     cohorts.info["brain_synth"] = settings
     return cohorts

@@ -1,13 +1,15 @@
-"""Write a brain-synth cohort to disk in the generic format: NIfTI files and a CSV.
+"""Write a synthetic brain cohort (brain-synth, brain-deep) to disk in the generic format: NIfTI
+files and a CSV.
 
-<out>/cohort.csv         one row per image: image, label, target (age), subject, split,
-                         mask, gt_map, counterfactual (val/test rows), and the subject's
-                         make-up (severity, effect weights, parcels, lesions)
+<out>/cohort.csv         one row per image: image, label, target (brain-synth: age; brain-deep: a
+                         score), subject, split, mask, gt_map, counterfactual (val/test rows), and
+                         the subject's make-up (severity, effect weights, parcels, lesions)
 <out>/images/…nii.gz     the scans;  masks/, gt_maps/, counterfactuals/ beside them
-<out>/synth.json         the generator's settings, counts and effect statistics, timings
+<out>/synth.json         the generator's settings, counts and effect statistics, timings, and the
+                         axis 2D slices are cut across once read in RAS (``data.slice_axis``)
 
-2D rows are single axial slices stored as (X, Y, 1) volumes with the slice's own affine,
-so viewers place them at their height in MNI space.
+2D rows are single slices (axial or coronal) stored as one-voxel-thick volumes with the slice's
+own affine, so viewers place them where they lie in MNI space.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .brain_synth import OLD_FROM_AGE, age_class, render_subjects, slice_positions_mm, subject_ages
+from .atlas import PLANES
+from .brain_synth import DESIGNS, design_of, render_subjects, slice_positions_mm, subject_targets
 from .splits import SPLITS, assign_splits
 
-DEFAULT_SHAPES = {2: (128, 128), 3: (64, 80, 64)}
-COLUMNS = ["image", "label", "target", "subject", "split", "mask", "gt_map", "counterfactual", "slice_mm",
-           "severity", "ventricle_weight", "cortex_weight", "lesion_weight", "regions_affected", "lesions"]
+SHAPE_3D = (64, 80, 64)  # the default volume; 2D slices default to their design's shape_2d
+COLUMNS = ["image", "label", "target", "subject", "split", "mask", "gt_map", "counterfactual", "slice_mm", "severity"]
 
 
 def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -39,11 +41,13 @@ def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 def write_brain_synth(out: str | Path, dims: int = 2, n: int = 100, seed: int = 0,
                       shape: tuple[int, ...] | None = None, slices_per_subject: int = 1,
-                      fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), progress=None) -> dict:
-    """Render ``n`` subjects and write them under ``out``; returns the summary (also synth.json).
-    ``progress(done, total)`` is called after each chunk."""
+                      fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), progress=None,
+                      design: str = "brain-synth") -> dict:
+    """Render ``n`` subjects of ``design`` (``brain_synth.DESIGNS``) and write them under ``out``;
+    returns the summary (also synth.json). ``progress(done, total)`` is called after each chunk."""
     out = Path(out)
-    shape = tuple(shape or DEFAULT_SHAPES[dims])
+    cohort_design = design_of(design)
+    shape = tuple(shape or (cohort_design.shape_2d if dims == 2 else SHAPE_3D))
     if len(shape) != dims:
         raise ValueError(f"--size needs {dims} numbers for a {dims}D cohort, got {shape}")
     if any(s % 16 for s in shape):
@@ -51,8 +55,11 @@ def write_brain_synth(out: str | Path, dims: int = 2, n: int = 100, seed: int = 
     for folder in ("images", "masks", "gt_maps", "counterfactuals"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     subjects = list(range(n))
-    ages = subject_ages(seed, subjects)
-    split_of = dict(zip(subjects, assign_splits(subjects, age_class(ages).tolist(), ages.tolist(), fractions, seed)))
+    targets = subject_targets(cohort_design, seed, subjects)
+    split_of = dict(zip(subjects, assign_splits(subjects, cohort_design.label(targets).tolist(), targets.tolist(),
+                                                fractions, seed)))
+    weight_columns = [f"{effect}_weight" for effect in cohort_design.effects]
+    level_axis = "xyz"[PLANES[cohort_design.plane][2]]  # 2D file names say where the slice lies: _z+15, _y-6
 
     started = time.perf_counter()
     render_seconds = 0.0
@@ -60,11 +67,11 @@ def write_brain_synth(out: str | Path, dims: int = 2, n: int = 100, seed: int = 
     chunk = max(1, 256 // slices_per_subject) if dims == 2 else max(1, 2**22 // int(np.prod(shape)))
     for start in range(0, n, chunk):
         t = time.perf_counter()
-        cohort = render_subjects(shape, subjects[start:start + chunk], seed, slices_per_subject)
+        cohort = render_subjects(shape, subjects[start:start + chunk], seed, slices_per_subject, design=cohort_design)
         render_seconds += time.perf_counter() - t
         for r in range(len(cohort.images)):
             subject, split = int(cohort.subjects[r]), split_of[int(cohort.subjects[r])]
-            name = f"sub-{subject:05d}" + (f"_z{cohort.slice_mm[r]:+.0f}" if dims == 2 else "")
+            name = f"sub-{subject:05d}" + (f"_{level_axis}{cohort.slice_mm[r]:+.0f}" if dims == 2 else "")
             paths = {folder: f"{folder}/{name}.nii.gz" for folder in ("images", "masks", "gt_maps")}
             arrays = {"images": cohort.images, "masks": cohort.masks, "gt_maps": cohort.gt_maps}
             if split != "train":  # the paired rendering, for scoring translations both ways
@@ -72,20 +79,25 @@ def write_brain_synth(out: str | Path, dims: int = 2, n: int = 100, seed: int = 
                 arrays["counterfactuals"] = cohort.counterfactuals
             for folder, rel in paths.items():
                 _save(arrays[folder][r, 0].numpy(), cohort.affines[r], out / rel)
-            weights = cohort.effect_weights[r].tolist()
-            rows.append({
-                "image": paths["images"], "label": int(cohort.labels[r]), "target": round(float(cohort.ages[r]), 3),
+            weights = dict(zip(cohort_design.effects, cohort.effect_weights[r].tolist()))
+            row = {
+                "image": paths["images"], "label": int(cohort.labels[r]), "target": round(float(cohort.targets[r]), 3),
                 "subject": f"sub-{subject:05d}", "split": split, "mask": paths["masks"], "gt_map": paths["gt_maps"],
                 "counterfactual": paths.get("counterfactuals", ""),
                 "slice_mm": "" if dims == 3 else round(float(cohort.slice_mm[r]), 1),
-                "severity": round(float(cohort.severity[r]), 4), "ventricle_weight": round(weights[0], 4),
-                "cortex_weight": round(weights[1], 4), "lesion_weight": round(weights[2], 4),
-                "regions_affected": int(cohort.regions_affected[r]) if weights[1] > 0 else 0,
-                "lesions": int(cohort.lesions[r]) if weights[2] > 0 else 0})
+                "severity": round(float(cohort.severity[r]), 4),
+                **{f"{effect}_weight": round(w, 4) for effect, w in weights.items()}}
+            if "cortex" in weights:
+                row["regions_affected"] = int(cohort.regions_affected[r]) if weights["cortex"] > 0 else 0
+            if "lesions" in weights:
+                row["lesions"] = int(cohort.lesions[r]) if weights["lesions"] > 0 else 0
+            rows.append(row)
         if progress:
             progress(min(n, start + chunk), n)
-    return _write_table_and_summary(out, COLUMNS, rows, _summary(rows, dims, shape, n, seed, slices_per_subject,
-                                                                 render_seconds, time.perf_counter() - started))
+    columns = COLUMNS + weight_columns + [c for c in ("regions_affected", "lesions") if c in rows[0]]
+    return _write_table_and_summary(out, columns, rows, _summary(rows, dims, shape, n, seed, slices_per_subject,
+                                                                 render_seconds, time.perf_counter() - started,
+                                                                 cohort_design.name))
 
 
 def _write_table_and_summary(out: Path, columns: list[str], rows: list[dict], summary: dict) -> dict:
@@ -98,29 +110,34 @@ def _write_table_and_summary(out: Path, columns: list[str], rows: list[dict], su
     return summary
 
 
-def _summary(rows, dims, shape, n, seed, slices_per_subject, render_seconds, total_seconds) -> dict:
+def _summary(rows, dims, shape, n, seed, slices_per_subject, render_seconds, total_seconds, design: str) -> dict:
     def stats(values):
         values = np.asarray(values, dtype=float)
         return {"mean": round(float(values.mean()), 3), "sd": round(float(values.std()), 3),
                 "min": round(float(values.min()), 3), "max": round(float(values.max()), 3)}
 
+    cohort_design = DESIGNS[design]
     per_split = {s: {"rows": sum(r["split"] == s for r in rows),
                      "subjects": len({r["subject"] for r in rows if r["split"] == s}),
                      "class_counts": [sum(r["split"] == s and r["label"] == k for r in rows) for k in (0, 1)]}
                  for s in SPLITS}
     effects = {}
-    for name, count in (("ventricle", None), ("cortex", "regions_affected"), ("lesion", "lesions")):
+    for name in cohort_design.effects:
         present = [r for r in rows if r[f"{name}_weight"] > 0]
         effects[name] = {"subjects_share": round(len(present) / len(rows), 3),
                          "weight_when_present": stats([r[f"{name}_weight"] for r in present]) if present else None}
+        count = {"cortex": "regions_affected", "lesions": "lesions"}.get(name)
         if count and present:
             effects[name][count] = stats([r[count] for r in present])
     return {
-        "generator": "brain-synth", "dims": dims, "shape": list(shape), "subjects": n, "rows": len(rows),
+        "generator": design, "dims": dims, "shape": list(shape), "subjects": n, "rows": len(rows),
         "slices_per_subject": slices_per_subject if dims == 2 else None,
-        "slices_mm": list(slice_positions_mm(slices_per_subject)) if dims == 2 else None,
-        "seed": seed, "class_rule": f"label 1 (old) when age >= {OLD_FROM_AGE}",
-        "age": stats([r["target"] for r in rows]), "splits": per_split, "effects": effects,
+        "plane": cohort_design.plane if dims == 2 else None,
+        "slice_axis": cohort_design.slice_axis if dims == 2 else None,
+        "slices_mm": list(slice_positions_mm(slices_per_subject, cohort_design)) if dims == 2 else None,
+        "seed": seed, "class_rule": cohort_design.class_rule, "classes": list(cohort_design.class_names),
+        "target": {"name": cohort_design.target_name, **stats([r["target"] for r in rows])},
+        "splits": per_split, "effects": effects,
         "seconds": {"render": round(render_seconds, 2), "total_with_writing": round(total_seconds, 2)},
     }
 
