@@ -4,8 +4,8 @@ For every seed: a cohort (brain-synth or squares, seeded; or your table), the de
 networks once (the ResNet, the CNN regressor, the independent classifier that judges
 translations), then every variant: ICAM pretrained and ICAM-reg fine-tuned as
 `icam benchmark` does, its test maps scored against the ground truth, Table I. Variants that
-change only how maps are made (``reference``, ``n_samples``, ``min_probability``) reuse the
-default variant's model.
+change only how maps are made (``EXPLANATION_ONLY``: the reference, samples, threshold, sampling,
+refinement) reuse the model of the variant they otherwise equal.
 Prints one JSON line (mean per variant and metric); writes quality.json (every seed) and
 quality.md (mean ± standard error over seeds) into --out.
 
@@ -23,12 +23,36 @@ import math
 import time
 from pathlib import Path
 
-from icam.comparison import BenchmarkRun, settings_for
+from icam.comparison import DIAGNOSTICS, BenchmarkRun, settings_for
 from icam.metrics import Direction
 
 # Each variant: `icam benchmark` settings (``icam_set`` holds run-config overrides for both ICAM runs).
 VARIANTS = {
     "default": [],
+    "residual": ["icam_set=[model.translation=residual]"],
+    "counterfactual": ["sampling=counterfactual"],
+    "residual+counterfactual": ["icam_set=[model.translation=residual]", "sampling=counterfactual"],
+    "residual+counterfactual+refine-50": ["icam_set=[model.translation=residual]", "sampling=counterfactual",
+                                          "refine_steps=50"],
+    "refine-50": ["refine_steps=50"],
+    "residual+refine-50": ["icam_set=[model.translation=residual]", "refine_steps=50"],
+    "residual+channels-4": ["icam_set=[model.translation=residual,model.attribute_channels=4]"],
+    "residual+every-scale": ["icam_set=[model.translation=residual,model.attribute_injection=every-scale]"],
+    "residual+channel-norm": ["icam_set=[model.translation=residual,model.generator_norm=channel]"],
+    "residual+channel-norm+counterfactual": ["icam_set=[model.translation=residual,model.generator_norm=channel]",
+                                             "sampling=counterfactual"],
+    "channel-norm": ["icam_set=[model.generator_norm=channel]"],
+    "residual+map-l1-x5": ["icam_set=[model.translation=residual,loss.fa_map_l1=50]"],
+    "residual+no-domain-class": ["icam_set=[model.translation=residual,loss.domain_classification=0]"],
+    "residual+no-latent-regression": ["icam_set=[model.translation=residual,loss.latent_regression=0]"],
+    "residual+content-noise-3": ["icam_set=[model.translation=residual,model.content_noise=3]"],
+    "gated": ["icam_set=[model.translation=gated]"],
+    "residual+spectral-norm": ["icam_set=[model.translation=residual,model.discriminator_spectral_norm=true]"],
+    "residual+steps-x2": ["icam_set=[model.translation=residual]", "icam_steps=2400", "icam_reg_steps=1200"],
+    "residual+stride-8": ["icam_set=[model.translation=residual,model.attribute_stride=8]"],
+    "residual+dc-whole": ["icam_set=[model.translation=residual,model.content_discriminator_reads=whole]"],
+    "residual+dc-no-norm": ["icam_set=[model.translation=residual,model.content_discriminator_norm=false]"],
+    "residual+dc-x10": ["icam_set=[model.translation=residual,loss.content_adversarial=10]"],
     "paper-upsampling": ["icam_set=[model.upsampling=transposed-avgpool]"],
     "no-ema": ["icam_set=[train.ema_decay=null]"],
     "lr-decay": ["icam_set=[train.lr_schedule=linear]"],
@@ -52,17 +76,28 @@ VARIANTS = {
     "samples-200": ["n_samples=200"],
     "threshold-0.99": ["min_probability=0.99"],
 }
-EXPLANATION_ONLY = ("reference", "n_samples", "min_probability")  # they change the maps, not the model
-METRICS = ("accuracy", "balanced_accuracy", "mae", "ncc_minus", "ncc_plus", "auroc", "table1_young_to_old",
-           "table1_old_to_young", "acceptance_rate", "train_seconds")
+# they change the maps, not the model: a variant made of these and another's settings reuses its model
+EXPLANATION_ONLY = ("reference", "n_samples", "min_probability", "sampling", "refine_steps")
+
+
+def model_source(variant: str) -> str:
+    """The first variant whose model this one's is (the same settings but for EXPLANATION_ONLY ones)."""
+    def model_settings(name: str) -> list[str]:
+        return sorted(o for o in VARIANTS[name] if o.split("=")[0] not in EXPLANATION_ONLY)
+    return next(v for v in VARIANTS if model_settings(v) == model_settings(variant))
+METRICS = ("accuracy", "balanced_accuracy", "mae", "ncc_minus", "ncc_plus", "auroc", *DIAGNOSTICS,
+           "table1_young_to_old", "table1_old_to_young", "acceptance_rate", "train_seconds")
 
 
 def icam_metrics(bench: BenchmarkRun, run: str, maps: Path) -> dict:
-    """The variant's figures: predictions, maps (both directions) and Table I of its ICAM-reg."""
+    """The variant's figures: predictions, maps (both directions), what the maps are made of
+    (``BenchmarkRun.diagnostics``) and Table I of its ICAM-reg."""
     evaluation = bench.score(maps)
     translation = bench.translation_success({"icam-reg": run})
+    diagnostics = bench.diagnostics(run)
     classification, regression = evaluation.get("classification", {}), evaluation.get("regression", {})
     return {
+        **{key: diagnostics.get(key) for key in DIAGNOSTICS},
         "accuracy": classification.get("accuracy"), "balanced_accuracy": classification.get("balanced_accuracy"),
         "mae": regression.get("mae"), "ncc_minus": evaluation["maps"][Direction.MINUS]["ncc"]["mean"],
         "ncc_plus": evaluation["maps"][Direction.PLUS]["ncc"]["mean"], "auroc": evaluation["maps"]["all"]["auroc"]["mean"],
@@ -73,20 +108,30 @@ def icam_metrics(bench: BenchmarkRun, run: str, maps: Path) -> dict:
     }
 
 
-def reference_points(bench: BenchmarkRun, run: str) -> dict:
-    """What the NCC figures should be read against, on this seed's test split:
-    - population: one map for every scan of a class, the mean |ground truth| of the training
-      scans of that class (it never looks at the scan); what a method that knew only where
-      the cohort changes on average would score;
-    - reconstruction error: |G(z_c, mu) − x| of the default ICAM-reg, the part of a paper-style
-      map (translation − input) that is the decoder's failure to reproduce the scan."""
-    import numpy as np
-    import torch
+def posthoc_points(bench: BenchmarkRun) -> dict:
+    """The post-hoc maps of the seed's ResNet (every method of `icam benchmark`) scored on its
+    test split: each one's NCC both ways, and the best of them per direction (what ICAM's maps
+    are measured against)."""
+    points = {}
+    for posthoc in bench.settings.posthoc:
+        maps = bench.score(bench.explain_baseline("resnet", posthoc))["maps"]
+        for direction, key in ((Direction.MINUS, "ncc_minus"), (Direction.PLUS, "ncc_plus")):
+            points[f"{posthoc}_{key}"] = maps[direction]["ncc"]["mean"]
+    for key in ("ncc_minus", "ncc_plus"):
+        points[f"best_posthoc_{key}"] = max(v for k, v in points.items() if k.endswith(key) and v is not None)
+    return points
 
-    from icam.metrics import map_metrics
+
+def population_points(bench: BenchmarkRun, run: str) -> dict:
+    """What the NCC figures should be read against, on this seed's test split: the population
+    map, one map for every scan of a class, the mean |ground truth| of the training scans of that
+    class (it never looks at the scan): what a method that knew only where the cohort changes on
+    average would score. (The decoder's error, the other reference, is each variant's floor_ncc.)"""
+    import numpy as np
+
     from icam.explain import load_run
     from icam.inference import load_inputs
-    from icam.model import fa_map
+    from icam.metrics import map_metrics
 
     model = load_run(run, "best", bench.device)
     train = load_inputs(model, bench.csv_path, "train")
@@ -94,18 +139,14 @@ def reference_points(bench: BenchmarkRun, run: str) -> dict:
     population = {k: np.mean([np.abs(t["gt_map"][0].numpy()) for t in train_items if int(t["label"]) == k], axis=0)
                   for k in (0, 1)}
     test = load_inputs(model, bench.csv_path, "test")
-    scores = {f"{name}_{d}": [] for name in ("population", "reconstruction_error") for d in ("ncc_minus", "ncc_plus")}
+    scores = {f"population_{d}": [] for d in ("ncc_minus", "ncc_plus")}
     for i in range(len(test)):
         item = test[i]
-        x, label = model.as_input(item["image"]), int(item["label"])
-        with torch.no_grad():
-            error = fa_map(model.model.fa_reference(x, "reconstruction"), x)[0, 0].cpu().numpy()
+        label = int(item["label"])
         gt, mask = item["gt_map"][0].numpy(), item["mask"][0].numpy() if "mask" in item else None
-        direction = "ncc_minus" if label == 1 else "ncc_plus"
-        for name, fa in (("population", population[label]), ("reconstruction_error", error)):
-            value = map_metrics(fa, gt, mask)["ncc"]
-            if value is not None:
-                scores[f"{name}_{direction}"].append(value)
+        value = map_metrics(population[label], gt, mask)["ncc"]
+        if value is not None:
+            scores[f"population_{'ncc_minus' if label == 1 else 'ncc_plus'}"].append(value)
     return {k: float(np.mean(v)) if v else None for k, v in scores.items()}
 
 
@@ -115,7 +156,7 @@ def run_seed(seed: int, variants: list[str], args) -> dict:
     folder = Path(args.out) / f"seed{seed}"
     saved = folder / "variants.json"
     results = json.loads(saved.read_text()) if saved.is_file() else {}
-    if all(v in results for v in variants):
+    if all(v in results for v in variants) and not args.rescore:
         return results
     bench = BenchmarkRun(settings_for(args.preset, args.set + [f"seed={seed}"]), folder,
                          log=lambda m: print(f"  [seed {seed}] {m}", flush=True))
@@ -128,26 +169,33 @@ def run_seed(seed: int, variants: list[str], args) -> dict:
         baselines = {method: bench.score(bench.explain_baseline(method)) for method in ("resnet", "cnn-regressor")}
         results["baselines"] = {"resnet_accuracy": baselines["resnet"]["classification"]["accuracy"],
                                 "cnn_mae": baselines["cnn-regressor"]["regression"]["mae"]}
-    trained: dict[str, tuple[str, float]] = {  # variant → (its ICAM-reg run, seconds both trainings took)
-        v: (bench.runs[f"{v}-icam-reg"], results[v]["train_seconds"]) for v in results
-        if f"{v}-icam-reg" in bench.runs}
+        results["runs"] = bench.runs
+        saved.write_text(json.dumps(results, indent=2))
+    if "best_posthoc_ncc_minus" not in results["baselines"]:
+        results["baselines"].update(posthoc_points(bench))
+        saved.write_text(json.dumps(results, indent=2))
+    # variant → (its ICAM-reg run, seconds both trainings took), saved as soon as it is trained
+    trained: dict[str, tuple[str, float]] = {v: tuple(t) for v, t in results.get("trained", {}).items()}
     for variant in variants:
-        if variant in results:
+        if variant in results and not args.rescore:
             continue
         bench.settings = settings_for(args.preset, args.set + [f"seed={seed}"] + VARIANTS[variant])
-        changes_model = any(o.split("=")[0] not in EXPLANATION_ONLY for o in VARIANTS[variant])
-        source = variant if changes_model or variant == "default" else "default"
+        source = model_source(variant)
         if source not in trained:
             started = time.perf_counter()
             trained[source] = (bench.train_icam(prefix=f"{source}-")[1], time.perf_counter() - started)
+            results.update(trained=trained, runs=bench.runs)
+            saved.write_text(json.dumps(results, indent=2))
         run, seconds = trained[source]
-        results[variant] = icam_metrics(bench, run, bench.explain_icam(f"{source}-icam-reg",
-                                                                       folder=f"{variant}-icam-reg"))
+        maps = bench.out / "maps" / f"{variant}-icam-reg"
+        if not (args.rescore and (maps / "summary.json").is_file()):
+            maps = bench.explain_icam(f"{source}-icam-reg", folder=f"{variant}-icam-reg")
+        results[variant] = icam_metrics(bench, run, maps)
         results[variant]["train_seconds"] = round(seconds)
         real = results[variant].pop("table1_real")
         results["baselines"].update(table1_real_young=real[0], table1_real_old=real[1])
-        if variant == "default":
-            results["baselines"].update(reference_points(bench, run))
+        if variant == "default" and "population_ncc_minus" not in results["baselines"]:
+            results["baselines"].update(population_points(bench, run))
         results["runs"] = bench.runs
         saved.write_text(json.dumps(results, indent=2))
         print(json.dumps({"seed": seed, "variant": variant, **results[variant]}), flush=True)
@@ -179,8 +227,7 @@ def table(per_seed: dict, variants: list[str]) -> tuple[str, dict]:
     baseline_keys = list(next(iter(per_seed.values()))["baselines"])
     baselines = {k: [seed["baselines"][k] for seed in per_seed.values()] for k in baseline_keys}
     means["baselines"] = {k: mean_and_error(v)[0] for k, v in baselines.items()}
-    lines += ["", "Dedicated networks, the judge on real images and the reference points (population map, "
-                  "reconstruction error: see reference_points): " +
+    lines += ["", "Dedicated networks, the judge on real images and the population map (see population_points): " +
               ", ".join(f"{k} {cell(v)}" for k, v in baselines.items())]
     return "\n".join(lines) + "\n", means
 
@@ -192,6 +239,8 @@ def main():
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--preset", default="quick")
     p.add_argument("--set", action="append", default=[], help="an `icam benchmark` setting for every variant")
+    p.add_argument("--rescore", action="store_true", help="score the variants already trained again (their models "
+                                                          "and maps are kept), e.g. after the scores changed")
     args = p.parse_args()
     variants = args.variants if "default" in args.variants else ["default", *args.variants]
     started = time.perf_counter()

@@ -236,3 +236,6 @@ def test_baseline_maps_are_scored_like_icams(baseline_runs, tmp_path):
     no_posthoc = runner.invoke(app, ["explain", baseline_runs["resnet"]["run_dir"], "--csv", csv_path,
                                      "--out", str(tmp_path / "x")])
     assert no_posthoc.exit_code == 2 and "--posthoc" in no_posthoc.stderr
+    refined = runner.invoke(app, ["explain", baseline_runs["resnet"]["run_dir"], "--posthoc", "gradcam", "--csv",
+                                  csv_path, "--out", str(tmp_path / "y"), "--refine-steps", "5"])
+    assert refined.exit_code == 2 and "--refine-steps" in refined.stderr and "no content code" in refined.stderr

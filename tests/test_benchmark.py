@@ -13,7 +13,9 @@ TINY_BENCHMARK = ["subjects=24", "icam_steps=3", "icam_reg_steps=3", "resnet_ste
                   "vagan_warmup_critic_steps=2", "n_samples=4", "width=4", "figure_subjects=2",
                   "baseline_validate_every=2", "translations_per_image=2"]
 HEADLINE = {"icam_reg_accuracy", "resnet_accuracy", "icam_reg_mae", "cnn_mae", "ncc_minus", "ncc_plus",
-            "table1_real_young", "table1_real_old", "table1_young_to_old", "table1_old_to_young"}
+            "table1_real_young", "table1_real_old", "table1_young_to_old", "table1_old_to_young", "auroc",
+            "translation_ncc_minus", "translation_ncc_plus", "floor_ncc_minus", "floor_ncc_plus", "floor_l1",
+            "content_class_accuracy"}
 
 
 def finite_or_undefined(cell: str) -> bool:
@@ -43,7 +45,10 @@ def test_benchmark_writes_every_table_with_finite_numbers(tmp_path):
     regression = list(csv.reader((results / "regression.csv").open()))[1:]
     assert [row[0] for row in regression] == ["ICAM-reg", "baseline CNN"]
     assert all(math.isfinite(float(row[1].split(" ± ")[0])) for row in regression)
-    assert (results / "results.md").read_text().count("## ") == 4
+    assert (results / "results.md").read_text().count("## ") == 5
+    parts = list(csv.reader((results / "map_parts.csv").open()))  # what ICAM-reg's maps are made of
+    assert [row[0].split(" (")[0].split(" |")[0] for row in parts[1:]] == [
+        "ICAM-reg map", "its translation's own change", "the decoder's error"]
     assert (results / "comparison.png").stat().st_size > 1000
     result = json.loads((tmp_path / "benchmark.json").read_text())
     assert result["seconds"]["train icam"] > 0

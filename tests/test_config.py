@@ -94,3 +94,12 @@ def test_cli_config_error_is_one_line_and_a_hint():
     assert result.exit_code == 2
     assert "unknown key 'loss.fa_map'" in result.stderr and "fa_map_l1" in result.stderr
     assert "Traceback" not in result.output and "hint:" in result.stderr
+
+
+def test_the_papers_model_is_one_setting_and_keys_beside_it_win():
+    paper = load_config(None, ["model.preset=paper"]).model
+    assert (paper.translation, paper.generator_norm, paper.attribute_channels, paper.attribute_injection,
+            paper.attribute_sampling) == ("image", "instance", 1, "input", "prior")
+    assert load_config(None, ["model.preset=paper", "model.translation=residual"]).model.translation == "residual"
+    with pytest.raises(ConfigError, match="'model.preset'.*'icam' or 'paper'"):
+        load_config(None, ["model.preset=authors"])

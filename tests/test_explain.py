@@ -198,3 +198,63 @@ def test_fa_magnitude_is_correlated_with_the_target_pooled_and_as_the_paper_does
     assert analyses["pooled"]["true_target"]["n"] == 7
     down = analyses["upper_class_translated_down"]
     assert down["true_target"]["n"] == 4 and down["predicted_target"]["pearson_r"] > 0.9  # the old scans only
+
+
+def test_content_refinement_lowers_the_decoders_error_within_its_budget(run_dir, squares):
+    """Test-time refinement fits each scan's content code (the networks stay as they are): the
+    decoder's error falls, the steps and the time per scan are bounded, and the map says so."""
+    from icam.explain import Refinement
+
+    model = icam.load_run(run_dir)
+    x = squares.images[:2]
+    weights = [p.detach().clone() for p in model.model.parameters()]
+    refined = model.explain(x, n_samples=4, refinement=Refinement(steps=20, lr=0.05))
+    record = refined.refinement
+    assert record.steps == 20 and record.l1_after < record.l1_before and record.seconds > 0
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.model.parameters()))
+    assert not torch.equal(refined.mean, model.explain(x, n_samples=4).mean)
+    assert refined.recipe == "image vs input, prior, refined 20"
+    hurried = model.explain(x, n_samples=4, refinement=Refinement(steps=100_000, seconds=0.05))
+    assert hurried.refinement.steps < 100_000 and hurried.refinement.seconds < 2  # the time limit stops it
+    with pytest.raises(ValueError, match="refinement needs"):
+        Refinement(steps=0)
+
+
+def test_counterfactual_sampling_keeps_what_the_prediction_heads_do_not_read(run_dir, squares):
+    """sampling=counterfactual: each attribute is the scan's own mean with only its part in the
+    heads' subspace drawn (accepted for the target class), so the translations keep the rest of
+    the scan; prior sampling (the paper) draws every element."""
+    model = icam.load_run(run_dir)
+    x = model.as_input(squares.images[:2])
+    mu = model.predict(x).attribute_mean
+    subspace = model.model.prediction_subspace(model.regressing)
+    assert subspace.shape[0] == 1  # two classes, no regression: one direction
+    draw = model.model.sample_attribute(torch.tensor([1, 1, 0, 0]), min_probability=0.9,
+                                        generator=torch.Generator().manual_seed(0),
+                                        **model.model.sampling_arguments("counterfactual", mu.repeat(2, 1), False))
+    assert draw.accepted.all()
+    assert torch.allclose(draw.attribute - (draw.attribute @ subspace.T) @ subspace,
+                          mu.repeat(2, 1) - (mu.repeat(2, 1) @ subspace.T) @ subspace, atol=1e-5)
+    assert (torch.softmax(model.model.classifier(draw.attribute), 1)[[0, 1, 2, 3], [1, 1, 0, 0]] >= 0.9).all()
+    counterfactual = model.explain(x, n_samples=8, sampling="counterfactual")
+    prior = model.explain(x, n_samples=8)
+    assert counterfactual.sampling == "counterfactual" and not torch.equal(counterfactual.mean, prior.mean)
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        model.explain(x, n_samples=2, sampling="posterior")
+
+
+def test_explain_command_says_what_made_its_maps(run_dir, nifti_inputs, tmp_path):
+    """summary.json and each map's descrip name the translation, the reference, the sampling and
+    any refinement; the command line reports refinement's share of the seconds per scan."""
+    out = tmp_path / "refined"
+    result = runner.invoke(app, ["explain", run_dir, "--csv", str(nifti_inputs / "inputs.csv"), "--out", str(out),
+                                 "--n-samples", "4", "--figures", "none", "--refine-steps", "3",
+                                 "--sampling", "counterfactual"])
+    assert result.exit_code == 0, result.output
+    assert "of them refining" in result.output and "decoder error" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["translation"] == "image" and summary["reference"] == "input"
+    assert summary["sampling"] == "counterfactual" and summary["refinement"]["asked"]["steps"] == 3
+    assert summary["refinement"]["seconds_per_scan"] < summary["seconds_per_scan"]
+    descrip = nib.load(str(out / "maps" / "sq0_fa_mean.nii.gz")).header["descrip"].tobytes().decode()
+    assert descrip.startswith("icam FA mean, image vs input, counterfactual, refined 3")

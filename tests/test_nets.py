@@ -145,3 +145,72 @@ def test_padded_convolutions_keep_bf16_and_give_pytorchs_result(dims):
     (ours_y, ours_grad, ours_casts), (ref_y, ref_grad, ref_casts) = results
     assert ours_y.dtype == torch.bfloat16 and torch.equal(ours_y, ref_y) and torch.equal(ours_grad, ref_grad)
     assert ours_casts <= ref_casts and (dims == 3 or ours_casts < ref_casts)  # 3D padding was never up-cast
+
+
+@pytest.mark.parametrize("shape", [(32, 48), (16, 32, 16)])
+def test_a_residual_translation_is_the_scan_plus_the_decoded_change(shape):
+    """translation=residual: x + G(z_c, z_a) − G(z_c, z_a(x)): a translation to the scan's own
+    attribute is the scan (both references agree), the change is what the attribute changes in
+    the decoding (the decoder's error |G(z_c, mu) − x| is not in it), and training composes it
+    the same way from the shared decoding of x's own attribute."""
+    model = ICAM(shape, 2, width=4, translation="residual").eval()
+    x = torch.rand(3, 1, *shape) * 2 - 1
+    content, (mu, _) = model.encode_content(x), model.encode_attribute(x)
+    other = torch.randn_like(mu)
+    translated = model.translate_from(x, content, other, mu)
+    assert torch.allclose(translated - x, model.decode(content, other) - model.decode(content, mu), atol=1e-6)
+    assert torch.allclose(model.translate_from(x, content, mu, mu), x, atol=1e-6)
+    assert torch.equal(model.fa_reference(x, "reconstruction"), x)
+    assert torch.allclose(model.reconstruct(x), model.decode(content, mu))  # the decoder's, not the translation's
+    one_source = model.translate_from(x[:1].expand(4, *x.shape[1:]), content[:1].expand(4, *content.shape[1:]),
+                                      torch.randn(4, mu.shape[1]), mu[:1])  # one row serves every translation
+    assert one_source.shape == (4, 1, *shape)
+    torch.manual_seed(5)
+    out = model.train()(x, torch.tensor([1, 2, 0]), torch.randn_like(mu))
+    image_model = ICAM(shape, 2, width=4)
+    image_model.load_state_dict(model.state_dict())  # the same networks: only the composition differs
+    torch.manual_seed(5)
+    plain = image_model.train()(x, torch.tensor([1, 2, 0]), torch.randn_like(mu))
+    assert torch.allclose(out.translated, x + plain.translated - plain.reconstructed, atol=1e-5)
+    with pytest.raises(ValueError, match="translation must be one of"):
+        ICAM(shape, width=4, translation="additive")
+
+
+@pytest.mark.parametrize("shape", [(32, 48), (16, 32, 16)])
+def test_more_attribute_channels_and_the_attribute_at_every_scale(shape):
+    """attribute_channels=C: a C-channel attribute map (C × S/16 numbers) that the classifier
+    reads and the generator decodes; attribute_injection=every-scale adds a modulation of the
+    generator's features at S/2 and S which starts as the identity (the same image as without it)."""
+    plain = ICAM(shape, width=4, attribute_channels=3)
+    x = torch.rand(2, 1, *shape) * 2 - 1
+    mu, _ = plain.encode_attribute(x)
+    assert mu.shape == (2, 3 * torch.Size(plain.latent_shape).numel()) and plain.latent_size == mu.shape[1]
+    assert plain.predict(x).probabilities.shape == (2, 2)
+    torch.manual_seed(0)
+    modulated = ICAM(shape, width=4, attribute_channels=3, attribute_injection="every-scale")
+    modulated.load_state_dict(plain.state_dict(), strict=False)
+    assert len(modulated.generator.modulations) == 2
+    content = plain.encode_content(x)
+    plain.eval(), modulated.eval()
+    assert torch.allclose(plain.decode(content, mu), modulated.decode(content, mu), atol=1e-6)
+    with pytest.raises(ValueError, match="attribute_injection must be one of"):
+        ICAM(shape, width=4, attribute_injection="film")
+
+
+def test_the_channel_norm_generator_keeps_a_local_change_local():
+    """generator_norm=channel normalises each voxel over its channels: a change of the content code
+    in one corner moves only the voxels within the generator's reach of it, where the paper's
+    instance and layer norms (statistics over the whole image) move nearly all of them."""
+    changed = {}
+    for norm in ("instance", "channel"):
+        torch.manual_seed(0)
+        model = ICAM((64, 64), 2, width=4, generator_norm=norm).eval()
+        content, attribute = torch.randn(1, 16, 16, 16), torch.randn(1, model.latent_size)
+        moved = content.clone()
+        moved[..., :2, :2] += 1
+        difference = (model.decode(moved, attribute) - model.decode(content, attribute)).abs()[0, 0]
+        changed[norm] = float((difference > 1e-5).float().mean())
+        assert difference[-16:, -16:].max() < 1e-5 or norm == "instance"  # the far corner stays as it was
+    assert changed["instance"] > 0.9 and changed["channel"] < 0.5, changed
+    with pytest.raises(ValueError, match="generator norm must be one of"):
+        ICAM((32, 32), width=4, generator_norm="batch")

@@ -19,7 +19,12 @@ def test_a_tiny_model_learns_to_classify_squares(run_dir):
     # The shared run (conftest): bright boxes (effect 300, 6 background sd) keep it within a
     # test's budget; the paper's effect of 100 needs a few hundred steps (the benchmark's job).
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    assert summary["validation"]["accuracy"] >= 0.95 and summary["validation"]["ncc"] > 0.1
+    validation = summary["validation"]
+    assert validation["accuracy"] >= 0.95 and validation["ncc"] > 0.1
+    # what the map is made of, per direction, and how much class the content code carries
+    for name in ("ncc", "translation_ncc", "floor_ncc"):  # class 0 squares have no change to score (no _plus)
+        assert -1 <= validation[f"{name}_minus"] <= 1 and f"{name}_plus" not in validation
+    assert validation["floor_l1"] > 0 and 0 <= validation["content_class_accuracy"] <= 1
     losses = [r["generator/total"] for r in read_metrics(run_dir) if r["split"] == "train"]
     assert losses[-1] < losses[0]
 
@@ -297,3 +302,25 @@ def test_the_moving_average_is_what_validation_and_explanations_use(tmp_path):
     explainer = load_run(tmp_path, "last", "cpu")
     for a, b in zip(explainer.model.parameters(), average.parameters()):
         assert torch.equal(a.detach(), b.detach())
+
+
+def test_the_content_probe_reads_the_class_only_where_the_content_carries_it():
+    """content_class_accuracy: a probe fitted on training content codes scores near 1 when the code
+    carries the class, near chance when it does not (the goal of disentanglement)."""
+    from icam.data import InMemoryCohort
+    from icam.validation import content_class_accuracy
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, leaks: bool):
+            super().__init__()
+            self.leaks = leaks
+
+        def encode_content(self, x):
+            code = torch.randn(len(x), 4, 8, 8, generator=torch.Generator().manual_seed(int(x.sum() * 1000) % 2**31))
+            return code + (x.mean((1, 2, 3)).view(-1, 1, 1, 1) * 3 if self.leaks else 0)
+
+    labels = torch.arange(120) % 2
+    images = (labels.float().view(-1, 1, 1, 1) * 2 - 1) + 0.01 * torch.randn(120, 1, 16, 16)
+    train_set, test_set = InMemoryCohort(images[:80], labels[:80]), InMemoryCohort(images[80:], labels[80:])
+    assert content_class_accuracy(Encoder(True), train_set, test_set) > 0.95
+    assert content_class_accuracy(Encoder(False), train_set, test_set) < 0.75

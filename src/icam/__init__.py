@@ -1,8 +1,8 @@
 """icam: explain predictions on medical images with ICAM / ICAM-reg (Bass et al., 2020, 2023)."""
 
 from .config import Config, load_config
-from .explain import Explainer, Explanation, load_run
+from .explain import Explainer, Explanation, Refinement, load_run
 from .model import ICAM
 
 __version__ = "0.1.0"
-__all__ = ["ICAM", "Config", "Explainer", "Explanation", "load_config", "load_run", "__version__"]
+__all__ = ["ICAM", "Config", "Explainer", "Explanation", "Refinement", "load_config", "load_run", "__version__"]

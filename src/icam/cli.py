@@ -277,6 +277,14 @@ def explain_command(
                                                                            "[-1, 1])"),
     reconstruction: bool = typer.Option(False, "--reconstruction", help="also the maps to the scan's own class "
                                                                        "(the model's noise floor)"),
+    refine_steps: int = typer.Option(0, "--refine-steps", help="test-time content refinement: at most this many Adam "
+                                                              "steps fitting each scan's content code before it is "
+                                                              "translated (0: none)"),
+    refine_seconds: float = typer.Option(10.0, "--refine-seconds", help="the refinement's time limit per scan"),
+    sampling: Optional[str] = typer.Option(None, help="how attributes are drawn: prior (every element, the paper) "
+                                                      "or counterfactual (only what the classifier and regressor "
+                                                      "read; the rest stays the scan's own); default: the run's "
+                                                      "model.attribute_sampling"),
     pair: Optional[tuple[Path, Path]] = typer.Option(None, "--pair", help="two images: each with the other's attribute"),
     interpolate: Optional[tuple[Path, Path]] = typer.Option(None, "--interpolate", help="two images: walk from the "
                                                                                       "first's attribute to the second's"),
@@ -302,16 +310,19 @@ def explain_command(
     def run():
         from rich.progress import Progress
 
-        from .explain import Explainer, load_run
+        from .explain import Explainer, Refinement, load_run
         from .inference import attribute_cohort, check_figures, explain_cohort, explain_interpolation, explain_pair
         from .outputs import claim_outputs, producer_of
 
         check_figures(figures)  # before the output folder is claimed
+        refinement = Refinement(refine_steps, refine_seconds) if refine_steps else None
         explainer = load_run(run_dir, which, device, posthoc)  # any method's run
         if isinstance(explainer, Explainer):
             explainer.precision = precision
-        elif precision != "32-true":
-            raise ValueError("--precision sets how ICAM decodes its translations; baselines explain in 32-true")
+        elif precision != "32-true" or refinement is not None or sampling is not None:
+            raise ValueError("--precision, --refine-steps and --sampling set how ICAM makes its translations; a "
+                             "baseline run has no attributes to draw, no translations to decode and no content code "
+                             "to refine (leave them out)")
         claim_outputs(out, producer_of(run_dir, which, explainer), overwrite)
         if not isinstance(explainer, Explainer):  # a baseline: its maps (or predictions) only
             if pair or interpolate:
@@ -336,10 +347,15 @@ def explain_command(
                 summary = explain_cohort(explainer, dataset, out, target_class=target, from_label=from_label,
                                          n_samples=n_samples, min_probability=min_probability, seed=seed,
                                          reconstruction=reconstruction, limit=limit, reference=reference,
-                                         native_intensity=native_intensity, figures=figures,
+                                         native_intensity=native_intensity, figures=figures, refinement=refinement,
+                                         sampling=sampling,
                                          progress=lambda done, total: bar.update(task, completed=done))
-            facts = [f"{summary['explained']} scans explained ({summary['seconds_per_scan']:.2f} s each, "
-                     f"acceptance {summary['mean_acceptance_rate']:.2f})"]
+            refined = summary["refinement"]
+            each = (f"{summary['seconds_per_scan']:.2f} s each" if refined is None else
+                    f"{summary['seconds_per_scan']:.2f} s each, {refined['seconds_per_scan']:.2f} of them refining: "
+                    f"{summary['seconds_per_scan'] - refined['seconds_per_scan']:.2f} s without; decoder error "
+                    f"{refined['reconstruction_l1_before']:.4f} -> {refined['reconstruction_l1_after']:.4f}")
+            facts = [f"{summary['explained']} scans explained ({each}, acceptance {summary['mean_acceptance_rate']:.2f})"]
             facts += [f"{k} {summary[k]:.3f}" for k in ("accuracy", "mae") if k in summary]
             typer.echo("; ".join(facts))
         elif not pair and not interpolate:

@@ -68,12 +68,27 @@ class BenchmarkSettings(Section):
     n_samples: int = 50
     reference: Literal["input", "reconstruction", "own-class"] = Field(
         "input", description="what ICAM's translations are compared with in its maps (the paper: the input)")
+    sampling: Literal["prior", "counterfactual"] | None = Field(
+        None, description="how ICAM's attributes are drawn for its maps and Table I: prior (the paper) or "
+                          "counterfactual (only what the prediction heads read; the rest is the scan's own); none: "
+                          "each run's model.attribute_sampling")
+    refine_steps: int = Field(0, ge=0, description="test-time content refinement of ICAM's maps: Adam steps per scan "
+                                                  "(0: none)")
     min_probability: float = Field(0.9, gt=0, lt=1, description="rejection-sampling threshold of ICAM's samples, "
                                                                  "maps and Table I (the authors' code: 0.9)")
     translations_per_image: int = Field(10, ge=1, description="Table I: translations of each test image judged")
     test_limit: int | None = Field(None, description="explain at most this many test images per method")
     posthoc: list[str] = list(POSTHOC_LABELS)
     figure_subjects: int = 4
+
+    @property
+    def image_shape(self) -> list[int]:
+        """``shape``, else the synthetic cohort's quick-preset shape (a table needs ``shape``)."""
+        if self.shape is not None:
+            return list(self.shape)
+        if self.csv is not None:
+            raise ValueError("a benchmark on your table needs the model's input shape: --set shape=[128,128]")
+        return [64, 80] if self.cohort == "brain-deep" else [64, 64]
 
 
 PRESETS = {
@@ -85,15 +100,6 @@ PRESETS = {
 }
 # The paper's 3D set-up (128×160×128 volumes): the same schedule as `paper`, on 1,000 subjects.
 PRESETS["paper-3d"] = {**PRESETS["paper"], "shape": [128, 160, 128], "subjects": 1000, "baseline_batch": 4}
-
-    @property
-    def image_shape(self) -> list[int]:
-        """``shape``, else the synthetic cohort's quick-preset shape (a table needs ``shape``)."""
-        if self.shape is not None:
-            return list(self.shape)
-        if self.csv is not None:
-            raise ValueError("a benchmark on your table needs the model's input shape: --set shape=[128,128]")
-        return [64, 80] if self.cohort == "brain-deep" else [64, 64]
 
 
 def settings_for(preset: str, overrides: list[str]) -> BenchmarkSettings:
@@ -221,7 +227,7 @@ class BenchmarkRun:
 
     def explain_icam(self, name: str, folder: str | None = None, figures: str = "none") -> Path:
         """Mean FA maps of the test split, each scan translated from its label to the next class."""
-        from .explain import load_run
+        from .explain import Refinement, load_run
         from .inference import explain_cohort, load_inputs
 
         s = self.settings
@@ -232,7 +238,8 @@ class BenchmarkRun:
             with self._bar(METHOD_LABELS.get(name, name), len(test)) as bar:
                 explain_cohort(model, test, out, from_label=True, n_samples=s.n_samples,
                                min_probability=s.min_probability, seed=s.seed, limit=s.test_limit,
-                               figures=figures, reference=s.reference,
+                               figures=figures, reference=s.reference, sampling=s.sampling,
+                               refinement=Refinement(s.refine_steps) if s.refine_steps else None,
                                progress=lambda *_: bar.advance())
         return out
 
@@ -267,6 +274,29 @@ class BenchmarkRun:
             return prediction_metrics(folder / "predictions.csv")
         return evaluate_outputs(folder, self.csv_path, "test")
 
+    def diagnostics(self, run: str) -> dict:
+        """What a map of this ICAM run is made of, on the test split: per direction, the NCC of the
+        translation's own change (against the translation to the scan's own attribute) and of the
+        decoder's error |G(z_c, mu) − x| (the floor an image translation's map stands on), the
+        decoder's L1 error; and content leakage, a probe's accuracy reading the class from z_c
+        (``validation.content_class_accuracy``; chance is the goal). The benchmark's samples and seed."""
+        from .explain import load_run
+        from .inference import load_inputs
+        from .validation import content_class_accuracy, summarise, validation_statistics
+
+        s = self.settings
+        with self._timed("diagnostics", f"map diagnostics of {Path(run).name}"):
+            model = load_run(run, "best", self.device)
+            test = load_inputs(model, self.csv_path, "test")
+            stats = validation_statistics(model.model, test, batch_size=32, fa_samples=s.n_samples,
+                                          min_probability=s.min_probability, seed=s.seed,
+                                          sampling=s.sampling or model.sampling,
+                                          regressing=model.regressing, device=model.device)
+            metrics = summarise(stats, model.regressing)
+            metrics["content_class_accuracy"] = content_class_accuracy(
+                model.model, load_inputs(model, self.csv_path, "train"), test, device=model.device, seed=s.seed)
+        return metrics
+
     @torch.no_grad()
     def translation_success(self, icam_runs: dict[str, str], vagan: str | None = None) -> dict:
         """Paper Table I: the independent classifier (trained on real training images only) on
@@ -295,7 +325,8 @@ class BenchmarkRun:
                     labels = batch["label"].repeat_interleave(s.translations_per_image)
                     target = next_class(labels, k)
                     translated = model.model.translate(x, target.to(model.device), min_probability=s.min_probability,
-                                                       generator=generator)
+                                                       generator=generator, sampling=s.sampling or model.sampling,
+                                                       regressing=model.regressing)
                     judged = judge.predict(translated.contiguous()).predicted_class.cpu() == target
                     hits[key] += list(zip(labels.tolist(), judged.tolist()))
             for batch in DataLoader(dataset, batch_size=32):
@@ -313,10 +344,12 @@ class BenchmarkRun:
         return table
 
 
-def headline(evaluations: dict, predictions: dict, translation: dict) -> dict:
+def headline(evaluations: dict, predictions: dict, translation: dict, diagnostics: dict) -> dict:
     """The figures a reader checks first, flat: ICAM-reg against the dedicated networks (the ResNet's
-    accuracy, the CNN regressor's MAE), ICAM-reg's NCC both ways, and Table I (class 0 is "young",
-    class 1 "old" in brain-synth): the judge on real images and on ICAM-reg's translations."""
+    accuracy, the CNN regressor's MAE), ICAM-reg's NCC both ways and its AUROC, and Table I (class 0
+    is "young", class 1 "old" in brain-synth): the judge on real images and on ICAM-reg's
+    translations; then what its maps are made of (``BenchmarkRun.diagnostics``): the translation's
+    own change, the decoder's error, and how much class the content code carries."""
     icam_reg = evaluations["icam-reg"]
 
     def value(metrics: dict | None, key: str):
@@ -337,7 +370,14 @@ def headline(evaluations: dict, predictions: dict, translation: dict) -> dict:
         "table1_real_old": table1("real class 1"),
         "table1_young_to_old": table1("icam-reg class 0"),
         "table1_old_to_young": table1("icam-reg class 1"),
+        "auroc": value(icam_reg["maps"]["all"]["auroc"], "mean"),
+        **{key: value(diagnostics, key) for key in DIAGNOSTICS},
     }
+
+
+# what headline takes from BenchmarkRun.diagnostics
+DIAGNOSTICS = ("translation_ncc_minus", "translation_ncc_plus", "floor_ncc_minus", "floor_ncc_plus", "floor_l1",
+               "content_class_accuracy")
 
 
 def run_benchmark(settings: BenchmarkSettings, out: str | Path, log=print, device: str = "cpu") -> dict:
@@ -357,9 +397,11 @@ def run_benchmark(settings: BenchmarkSettings, out: str | Path, log=print, devic
     predictions = {method: bench.score(bench.explain_baseline(method)) for method in ("resnet", "cnn-regressor")}
     translation = bench.translation_success({"icam": bench.runs["icam"], "icam-reg": bench.runs["icam-reg"]},
                                             bench.runs["vagan"])
-    tables = _write_tables(out, evaluations, predictions, translation)
+    diagnostics = bench.diagnostics(bench.runs["icam-reg"])
+    tables = _write_tables(out, evaluations, predictions, translation, diagnostics)
     _comparison_figure(out, maps_dirs, csv_path, settings.figure_subjects)
-    result = {"settings": settings.model_dump(), "headline": headline(evaluations, predictions, translation),
+    result = {"settings": settings.model_dump(),
+              "headline": headline(evaluations, predictions, translation, diagnostics),
               "runs": bench.runs, "tables": tables, "seconds": bench.seconds}
     (out / "benchmark.json").write_text(json.dumps(result, indent=2, default=str))
     return result
@@ -381,7 +423,7 @@ def _write_table(out: Path, name: str, header: list[str], rows: list[list], note
     return text
 
 
-def _write_tables(out: Path, evaluations: dict, predictions: dict, translation: dict) -> dict:
+def _write_tables(out: Path, evaluations: dict, predictions: dict, translation: dict, diagnostics: dict) -> dict:
     out = out / "results"
     out.mkdir(exist_ok=True)
     resnet_accuracy = predictions.get("resnet", {}).get("classification", {}).get("accuracy")
@@ -424,6 +466,22 @@ def _write_tables(out: Path, evaluations: dict, predictions: dict, translation: 
                                     f"{m['r2']:.3f}"])
     tables["regression"] = _write_table(out, "regression", ["method", "MAE ± sd", "RMSE", "Pearson", "Spearman", "R²"],
                                         regression_rows, "Test split, target in its own units.")
+    def score(key: str) -> str:
+        return "–" if diagnostics.get(key) is None else f"{diagnostics[key]:.3f}"
+    icam_reg_maps = evaluations["icam-reg"]["maps"]
+    parts = [["ICAM-reg map (as explained)", _fmt(icam_reg_maps[Direction.MINUS]["ncc"]),
+              _fmt(icam_reg_maps[Direction.PLUS]["ncc"])],
+             ["its translation's own change (against the translation to its own attribute)",
+              score("translation_ncc_minus"), score("translation_ncc_plus")],
+             [f"the decoder's error |G(z_c, mu) − x| (mean {score('floor_l1')} in the brain)",
+              score("floor_ncc_minus"), score("floor_ncc_plus")]]
+    tables["map_parts"] = _write_table(
+        out, "map_parts", ["map", "NCC(−)", "NCC(+)"], parts,
+        "What ICAM-reg's maps are made of, on the test split. A map that scores no better than the decoder's error "
+        "shows where the decoder fails to reproduce the scan, not the class change; a residual translation "
+        "(model.translation=residual) leaves that error out of the map. Content leakage: a probe fitted on the "
+        f"training images' content codes reads the class of the test scans with accuracy "
+        f"{score('content_class_accuracy')} (chance is the goal).")
     summary = json.loads((out.parent / "maps" / "icam-reg" / "summary.json").read_text())
     correlation_rows = [[group.replace("_", " "), target.replace("_", " "),
                          f"{c['pearson_r']:.3f} (p {c['pearson_p']:.2g})",

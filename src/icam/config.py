@@ -149,7 +149,16 @@ class CsvData(Section):
     _shape = field_validator("shape")(_check_shape)
 
 
+# model.preset=paper: the paper's and the authors' network and explanations, where icam's defaults differ
+PAPER_MODEL = {"translation": "image", "generator_norm": "instance", "attribute_channels": 1,
+               "attribute_injection": "input", "attribute_sampling": "prior"}
+
+
 class ModelConfig(Section):
+    preset: Literal["icam", "paper"] = Field(
+        "icam", description="icam: icam's defaults; paper: the paper's model where they differ (an image translation, "
+                            "instance norms, a one-channel attribute joining at S/4, prior sampling); keys given "
+                            "beside it still win")
     width: int = Field(16, ge=4, description="base channel width (the paper's 16: ~3 M parameters in 2D)")
     num_classes: int | None = Field(None, ge=2, description="inferred from the data when null")
     init: Literal["kaiming", "normal"] = Field(
@@ -163,9 +172,43 @@ class ModelConfig(Section):
     content_discriminator_norm: bool = Field(
         True, description="InstanceNorm in the content discriminator's layers (the authors' code asks for it "
                           "but never applies it)")
+    discriminator_spectral_norm: bool = Field(
+        False, description="spectral normalisation of every convolution of the two domain discriminators (the paper "
+                           "has none)")
+    content_discriminator_reads: Literal["pooled", "whole"] = Field(
+        "pooled", description="what the content discriminator classifies: its features averaged over space (the "
+                              "paper's: what z_c holds anywhere) or the whole feature map (also where)")
+    attribute_channels: int = Field(1, ge=1, description="channels of the attribute map (the paper's 1: 16 numbers "
+                                                         "at 64², 64 at 128²); more lets it say more of where a scan "
+                                                         "differs")
+    attribute_injection: Literal["input", "every-scale"] = Field(
+        "input", description="input: the attribute map joins the content code at S/4 (the paper); every-scale: it also "
+                             "modulates the generator's features at S/2 and S (SPADE-style), so it can change fine "
+                             "structure directly")
+    attribute_sampling: Literal["prior", "counterfactual"] = Field(
+        "prior", description="how the attributes of this model's maps (validation, icam explain, Table I) are drawn: "
+                             "prior (every element from N(0, I), the paper) or counterfactual (only what the "
+                             "classifier and regressor read; the rest stays the scan's own attribute mean, so the "
+                             "translation changes what the prediction needs and keeps the rest of the scan)")
+    generator_norm: Literal["instance", "channel"] = Field(
+        "instance", description="the generator's normalisation: instance (the paper's InstanceNorm/LayerNorm, "
+                                "statistics over the whole image, so a change in one place shifts every voxel) or "
+                                "channel (over the channels at each voxel: a local change stays local)")
+    translation: Literal["image", "residual", "gated"] = Field(
+        "image", description="image: the generator's output is the translated scan (the paper), so maps also hold "
+                             "the decoder's failure to reproduce the scan; residual: the scan plus the decoded change "
+                             "G(z_c, z_a) − G(z_c, z_a(scan)), so maps hold only what the attribute changes; "
+                             "gated: that change where a gate the generator also outputs opens")
     upsampling: Literal["transposed", "transposed-avgpool"] = Field(
         "transposed", description="the generator's ×2 steps: a transposed conv, or (the authors') one with output "
                                   "padding then a 2×2 average pool of stride 1, which smooths checkerboard artefacts")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, values):
+        if isinstance(values, dict) and values.get("preset") == "paper":
+            return {**PAPER_MODEL, **values}
+        return values
 
 
 class LossWeights(Section):
@@ -224,6 +267,10 @@ class ValidationConfig(Section):
     fa_reference: Literal["input", "reconstruction"] = Field(
         "input", description="what validation translations are compared with: the input (the paper) or its "
                              "reconstruction from its own latents")
+    content_probe_images: int = Field(
+        500, ge=0, description="content leakage: a logistic-regression probe fitted on the content codes of this many "
+                               "training images reads the class of the validation images (content_class_accuracy; "
+                               "chance is the goal); 0: off")
 
 
 class RuntimeConfig(Section):

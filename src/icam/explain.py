@@ -14,6 +14,7 @@ the same maps.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,34 @@ from .config import Config, build_config
 from .data.table import class_names
 from .model import ICAM, Prediction, fa_map
 from .run import warn_if_slow_bf16
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """Test-time content refinement (GAN inversion): before translating, Adam steps on each scan's
+    content code z_c until G(z_c, mu) reproduces the scan, at most ``steps`` of them and about
+    ``seconds`` per scan. It lowers the decoder's error, which an image translation's map
+    carries; a residual translation carries none, but it then decodes its change from a content
+    code that fits the scan."""
+
+    steps: int = 50
+    seconds: float = 10.0
+    lr: float = 0.01
+
+    def __post_init__(self):
+        if self.steps < 1 or self.seconds <= 0 or self.lr <= 0:
+            raise ValueError(f"refinement needs steps ≥ 1, seconds > 0 and lr > 0, got {self}")
+
+
+@dataclass
+class RefinementRecord:
+    """What a refinement did to one batch: steps taken, seconds, the decoder's mean absolute
+    error in the scans before and after."""
+
+    steps: int
+    seconds: float
+    l1_before: float
+    l1_after: float
 
 
 @dataclass
@@ -39,6 +68,16 @@ class Explanation:
     fallback: bool  # True if some samples had to take a candidate that did not pass
     reference: str = "input"  # what translations are compared with: input, reconstruction or own-class
     samples: torch.Tensor | None = None  # (B, N, 1, *spatial) FA maps, when asked for
+    translation: str = "image"  # the model's kind of translation (ICAM.translation)
+    refinement: RefinementRecord | None = None  # test-time content refinement, when asked for
+    sampling: str = "prior"  # how the attributes were drawn (model.SAMPLINGS)
+
+    @property
+    def recipe(self) -> str:
+        """What made the map, in a few words ("residual vs input, counterfactual, refined 50"): the
+        NIfTI descrip says it."""
+        refined = f", refined {self.refinement.steps}" if self.refinement else ""
+        return f"{self.translation} vs {self.reference}, {self.sampling}{refined}"
 
 
 @dataclass
@@ -122,6 +161,11 @@ class Explainer:
         return explainer
 
     @property
+    def sampling(self) -> str:
+        """How this run draws the attributes of its maps unless told otherwise (``model.attribute_sampling``)."""
+        return self.config.model.attribute_sampling if self.config is not None else "prior"
+
+    @property
     def regressing(self) -> bool:
         return bool(self.checkpoint_info.get("regressing", False))
 
@@ -165,11 +209,6 @@ class Explainer:
     def predict(self, x: torch.Tensor) -> Prediction:
         return self.model.predict(self.as_input(x))
 
-    def attribute(self, x: torch.Tensor, target: int | torch.Tensor | None = None, **options) -> torch.Tensor:
-        """The mean FA map of each scan towards ``target`` (default: the most probable other
-        class): the verb every method's model has (see :func:`load_run`); ``options`` go to explain."""
-        return self.explain(x, target=target, **options).mean
-
     def default_target(self, prediction: Prediction) -> torch.Tensor:
         """The most probable class other than the predicted one (for two classes: the other class)."""
         others = prediction.probabilities.clone()
@@ -179,13 +218,21 @@ class Explainer:
     @torch.no_grad()
     def explain(self, x: torch.Tensor, target: int | torch.Tensor | None = None, n_samples: int = 100,
                 min_probability: float | None = 0.9, seed: int = 0, keep_samples: bool = False,
-                reference: str = "input", own_class: int | torch.Tensor | None = None) -> Explanation:
+                reference: str = "input", own_class: int | torch.Tensor | None = None,
+                refinement: Refinement | None = None, sampling: str | None = None) -> Explanation:
         """Mean and variance FA maps of each scan in ``x`` towards ``target`` (default: the most
         probable class other than the predicted one; pass the scan's own class for the
         reconstruction maps that show the model's noise floor). ``reference``: translations minus
-        the input (the paper), minus its reconstruction (``ICAM.fa_reference``), or minus the mean
+        the input (the paper), minus the input translated to its own attribute mean
+        (``ICAM.fa_reference``; for a residual translation, the input itself), or minus the mean
         of its translations to its own class (``own-class``: ``own_class``, default the predicted
-        one; the same number of samples), which cancels what any sampled translation changes."""
+        one; the same number of samples), which cancels what any sampled translation changes.
+        ``refinement``: fit each scan's content code first (:class:`Refinement`). ``sampling``:
+        ``prior`` (the paper) draws every element of each attribute from N(0, I);
+        ``counterfactual`` draws only what the classifier and regressor read of it and keeps the
+        rest of the scan's own attribute mean (``ICAM.sample_attribute``'s ``keep``); None: the
+        run's own (``model.attribute_sampling``)."""
+        sampling = sampling or self.sampling
         if n_samples < 2:
             raise ValueError("n_samples must be at least 2 (a variance needs two samples)")
         x = self.as_input(x)
@@ -197,13 +244,21 @@ class Explainer:
         else:
             classes = torch.as_tensor(target, device=self.device).long().expand(b).clone()
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        sample = self.model.sample_attribute(classes.repeat_interleave(n_samples), min_probability=min_probability,
-                                             generator=generator)
+        sample = self.model.sample_attribute(
+            classes.repeat_interleave(n_samples), min_probability=min_probability, generator=generator,
+            **self.model.sampling_arguments(sampling, prediction.attribute_mean.repeat_interleave(n_samples, 0),
+                                            self.regressing))
         attributes = sample.attribute.view(b, n_samples, -1)
-        content = self.model.encode_content(x)
+        content, mu = self.model.encode_content(x), prediction.attribute_mean.to(x.dtype)
+        record = None
+        if refinement is not None:
+            content, record = refine_content(self.model, x, content, mu, refinement)
         if reference == "own-class":
             own = prediction.predicted_class if own_class is None else own_class
-            compared_with = self.explain(x, own, n_samples, min_probability, seed).translated.to(x.dtype)
+            compared_with = self.explain(x, own, n_samples, min_probability, seed, refinement=refinement,
+                                         sampling=sampling).translated.to(x.dtype)
+        elif reference == "reconstruction":  # from the (refined) content code the translations use
+            compared_with = self.model.translate_from(x, content, mu, mu)
         else:
             compared_with = self.model.fa_reference(x, reference, content)
         chunk = _chunk_for(self.model.image_shape, self.device)
@@ -215,7 +270,8 @@ class Explainer:
             for start in range(0, n_samples, chunk):
                 z = attributes[i, start:start + chunk]
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16-mixed"):
-                    translated = self.model.decode(content[i:i + 1].expand(len(z), *content.shape[1:]), z)
+                    translated = self.model.translate_from(*(t[i:i + 1].expand(len(z), *t.shape[1:])
+                                                             for t in (x, content)), z, mu[i:i + 1])
                 translated = translated.double()
                 total[i] += translated.sum(0)
                 squares[i] += translated.pow(2).sum(0)
@@ -228,7 +284,8 @@ class Explainer:
         return Explanation(mean=fa_map(mean_translated, compared_with).float(), var=variance.float(),
                            translated=mean_translated.float(), target_class=classes, prediction=prediction,
                            n_samples=n_samples, acceptance_rate=sample.acceptance_rate, fallback=sample.fallback,
-                           reference=reference, samples=torch.stack(kept) if keep_samples else None)
+                           reference=reference, samples=torch.stack(kept) if keep_samples else None,
+                           translation=self.model.translation, refinement=record, sampling=sampling)
 
     def attribute(self, inputs: torch.Tensor, target: int | torch.Tensor | None = None,
                   n_samples: int = 100, **kwargs) -> torch.Tensor:
@@ -241,8 +298,8 @@ class Explainer:
         """Translate a with b's attribute mean, and b with a's."""
         a, b = self.as_input(a), self.as_input(b)
         mu_a, mu_b = self.model.encode_attribute(a)[0], self.model.encode_attribute(b)[0]
-        a_as_b = self.model.decode(self.model.encode_content(a), mu_b)
-        b_as_a = self.model.decode(self.model.encode_content(b), mu_a)
+        a_as_b = self.model.translate_from(a, self.model.encode_content(a), mu_b, mu_a)
+        b_as_a = self.model.translate_from(b, self.model.encode_content(b), mu_a, mu_b)
         return Pair(a_as_b, b_as_a, fa_map(a_as_b, a), fa_map(b_as_a, b))
 
     @torch.no_grad()
@@ -255,11 +312,41 @@ class Explainer:
         weights = torch.linspace(0, 1, steps, device=self.device)
         path = mu_a + weights[:, None] * (mu_b - mu_a)
         content = self.model.encode_content(a)
-        images = torch.cat([self.model.decode(content.expand(len(z), *content.shape[1:]), z)
+        images = torch.cat([self.model.translate_from(a.expand(len(z), *a.shape[1:]),
+                                                      content.expand(len(z), *content.shape[1:]), z, mu_a)
                             for z in path.split(_chunk_for(self.model.image_shape, self.device))])
         probabilities = torch.softmax(self.model.classifier(path).float(), 1)
         return Interpolation(weights, images, fa_map(images, images[:1]), probabilities,
                              self.model.regress(path).float())
+
+
+def refine_content(model: ICAM, x: torch.Tensor, content: torch.Tensor, attribute: torch.Tensor,
+                   refinement: Refinement) -> tuple[torch.Tensor, RefinementRecord]:
+    """GAN inversion of the content code: Adam on z_c (the networks stay as they are) to lower each
+    scan's mean |G(z_c, mu) − x| (the decoder's error, whatever the kind of translation), for ``refinement.steps`` steps or until its time (seconds per
+    scan × scans) is spent. Each scan's own loss drives its own code (a sum over scans of their
+    means), so a batch refines as its scans would alone."""
+    started = time.perf_counter()
+    budget = refinement.seconds * len(x)
+    attribute = attribute.detach().to(content.dtype)
+
+    def errors(code: torch.Tensor) -> torch.Tensor:
+        return (model.decode(code, attribute) - x).abs().flatten(1).mean(1)
+
+    with torch.no_grad():
+        before = float(errors(content).mean())
+    code = content.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([code], lr=refinement.lr)
+    steps = 0
+    with torch.enable_grad():
+        while steps < refinement.steps and time.perf_counter() - started < budget:
+            code.grad, = torch.autograd.grad(errors(code).sum(), code)
+            optimizer.step()
+            steps += 1
+    code = code.detach()
+    with torch.no_grad():
+        after = float(errors(code).mean())
+    return code, RefinementRecord(steps, round(time.perf_counter() - started, 4), before, after)
 
 
 def _warn_if_out_of_range(x: torch.Tensor, limit: float = 1.5, share: float = 0.01) -> None:

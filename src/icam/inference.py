@@ -29,7 +29,7 @@ from .model import next_class
 from .outputs import write_csv, write_map
 
 if TYPE_CHECKING:  # the explainer calls into this module (preprocess): only its types are needed here
-    from .explain import Explainer, Explanation
+    from .explain import Explainer, Explanation, Refinement
 
 
 TSNE_MINIMUM = 30  # explained scans a t-SNE of attribute means needs
@@ -272,10 +272,13 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
                    from_label: bool = False, n_samples: int = 100, min_probability: float | None = 0.9,
                    seed: int = 0, reconstruction: bool = False, figures: str = "all", limit: int | None = None,
                    outliers: int = 5, reference: str = "input", native_intensity: bool = False,
-                   progress=None) -> dict:
+                   refinement: Refinement | None = None, sampling: str | None = None, progress=None) -> dict:
     """Maps, figures (``figures``: all, outliers or none), predictions and the cohort analyses for
     every item of ``dataset``. ``native_intensity``: the translations in the inputs' own intensity
-    units instead of the model's [−1, 1].
+    units instead of the model's [−1, 1]. ``sampling``: how the attributes are drawn
+    (``model.SAMPLINGS``; None: the run's own). ``refinement``: fit each scan's content code first
+    (``explain.Refinement``); the summary gives its seconds per scan and the decoder's error
+    before and after.
     ``from_label``: translate each scan from its table label to the next class (the other one
     for K = 2), as scoring against ground-truth maps needs, instead of from the prediction.
 
@@ -287,9 +290,11 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
         folder.mkdir(parents=True, exist_ok=True)
     records = predict_rows(explainer, dataset)
     chosen, drawn = _chosen_inputs(records, limit, outliers, figures)
-    options = {"n_samples": n_samples, "min_probability": min_probability, "seed": seed, "reference": reference}
+    sampling = sampling or explainer.sampling
+    options = {"n_samples": n_samples, "min_probability": min_probability, "seed": seed, "reference": reference,
+               "refinement": refinement, "sampling": sampling}
     # what the cohort summary needs of each scan (not its maps: a cohort of volumes would fill the memory)
-    attributes, acceptance, started = [], [], time.perf_counter()
+    attributes, acceptance, refined, started = [], [], [], time.perf_counter()
     for done, i in enumerate(chosen, 1):
         item = dataset[i]
         explanation, source_class = _explain_scan(explainer, item, target_class, from_label, options)
@@ -297,6 +302,8 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
         target_name = _target_name(explainer, explanation)
         write_scan_maps(explanation, dataset, i, out / "maps" / output_id(dataset, i),
                         f"{source_class}->{target_name}, {n_samples} samples", native_intensity)
+        if explanation.refinement is not None:
+            refined.append(explanation.refinement)
         _write_mask(item, dataset, i, out)
         records[i].update({"target_class": target_name, "mean_abs_fa": float(np.abs(mean)[mask > 0].mean()),
                            "acceptance_rate": round(explanation.acceptance_rate, 4),
@@ -318,13 +325,28 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
     summary = {
         "run": _run_facts(explainer), "classes": explainer.class_names, "inputs": len(dataset),
         "explained": len(chosen), "n_samples": n_samples, "min_probability": min_probability, "seed": seed,
-        "reference": reference, "precision": explainer.precision,
+        "reference": reference, "translation": explainer.model.translation, "sampling": sampling,
+        "precision": explainer.precision,
+        "refinement": _refinement_summary(refinement, refined),
         "target_class": "the next class after the label" if from_label else target_class if target_class is not None
         else "the most probable other class",
         "seconds_per_scan": round((time.perf_counter() - started) / max(1, len(chosen)), 3),
         **_cohort_summary(records, chosen, attributes, acceptance, explainer, out, outliers, seed)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _refinement_summary(refinement: Refinement | None, records: list) -> dict | None:
+    """What test-time refinement asked for and did, over the explained scans: its share of the
+    seconds per scan (the rest is what explaining costs without it), steps taken, and the
+    decoder's mean absolute error before and after."""
+    if refinement is None:
+        return None
+    mean = (lambda values: round(float(np.mean(values)), 4)) if records else (lambda values: None)
+    return {"asked": {"steps": refinement.steps, "seconds_per_scan": refinement.seconds, "lr": refinement.lr},
+            "seconds_per_scan": mean([r.seconds for r in records]), "steps": mean([r.steps for r in records]),
+            "reconstruction_l1_before": mean([r.l1_before for r in records]),
+            "reconstruction_l1_after": mean([r.l1_after for r in records])}
 
 
 def _chosen_inputs(records: list[dict], limit: int | None, outliers: int, figures: str) -> tuple[list[int], set[int]]:
@@ -360,11 +382,13 @@ def _target_name(explainer: Explainer, explanation: Explanation) -> str:
 def write_scan_maps(explanation: Explanation, dataset: NiftiCohort, i: int, stem: Path, direction: str,
                     native_intensity: bool = False) -> None:
     """Item ``i``'s mean and variance FA maps and mean translation (``<stem>_fa_mean.nii.gz``, …)
-    on its input's own grid; ``direction`` ("AD->CN, 100 samples") goes into each description."""
+    on its input's own grid; the description says what made them (``Explanation.recipe``:
+    "residual vs input, refined 50"; NIfTI keeps 80 characters, so it comes first) and
+    ``direction`` ("AD->CN, 100 samples")."""
     write_map(explanation.mean[0, 0].cpu().numpy(), dataset, i, Path(f"{stem}_fa_mean.nii.gz"),
-              f"icam mean FA map {direction}")
+              f"icam FA mean, {explanation.recipe}: {direction}")
     write_map(explanation.var[0, 0].cpu().numpy(), dataset, i, Path(f"{stem}_fa_var.nii.gz"),
-              f"icam FA variance {direction}", "range")
+              f"icam FA variance, {explanation.recipe}: {direction}", "range")
     translated = explanation.translated[0, 0].cpu().numpy()
     write_map(dataset.denormalise(translated, i) if native_intensity else translated, dataset, i,
               Path(f"{stem}_translated.nii.gz"),

@@ -4,6 +4,14 @@ An image x is split into a content latent z_c (class-irrelevant anatomy) and an 
 latent z_a ~ N(mu, exp(logvar)) (class-relevant). The classifier fC1 and the regressor fC2
 read the attribute mean. Translating x to class k keeps z_c(x) and swaps in an attribute of
 class k; the feature-attribution map is ``translate(x, k) - x`` (``fa_map``).
+
+Two kinds of translation (``translation``, :meth:`ICAM.translate_from`): ``image``, the paper's,
+where the generator's output G(z_c, z_a) is the translated scan, so every map also holds whatever
+the decoder fails to reproduce of the scan; and ``residual``, where the translation is the scan
+plus the change the attribute makes to the decoding, x + G(z_c, z_a) − G(z_c, z_a(x)): the
+translation to the scan's own attribute is the scan itself, the map is the decoded change and
+nothing of the decoder's error, and the discriminators judge translations that keep every
+detail of the scan.
 """
 
 from __future__ import annotations
@@ -88,12 +96,16 @@ def translation_partners(labels: torch.Tensor, num_classes: int) -> torch.Tensor
 # what a translation is compared with; own-class (the mean translation to the scan's own class)
 # needs sampling, so the Explainer makes it
 FA_REFERENCES = ("input", "reconstruction", "own-class")
+TRANSLATIONS = ("image", "residual", "gated")
+# How the attributes of a map are drawn: every element from the prior (the paper), or only what the
+# prediction heads read, the rest kept from the scan's own attribute mean (a counterfactual draw).
+SAMPLINGS = ("prior", "counterfactual")
 
 
 def fa_map(translated: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """The feature-attribution map: a translation minus what it is compared with. The paper
-    compares with the input itself; comparing with the input's reconstruction G(z_c, mu)
-    (``ICAM.fa_reference``) cancels the decoder's own error, which both images share."""
+    compares with the input itself; comparing with the input translated to its own attribute
+    mean (``ICAM.fa_reference``) cancels the decoder's own error, which both images share."""
     return translated - reference
 
 
@@ -106,7 +118,8 @@ class ICAM(nn.Module):
 
     def __init__(self, image_shape: tuple[int, ...] | list[int], num_classes: int = 2,
                  in_channels: int = 1, width: int = 16, init: str = "kaiming", upsampling: str = "transposed",
-                 attribute_stride: int = 16, content_noise: float = 1.0):
+                 attribute_stride: int = 16, content_noise: float = 1.0, translation: str = "image",
+                 attribute_channels: int = 1, attribute_injection: str = "input", generator_norm: str = "instance"):
         super().__init__()
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) not in (2, 3):
@@ -116,22 +129,32 @@ class ICAM(nn.Module):
                              f"got {image_shape}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if translation not in TRANSLATIONS:
+            raise ValueError(f"translation must be one of {TRANSLATIONS}, got {translation!r}")
         self.hparams = dict(image_shape=list(image_shape), num_classes=num_classes,
                             in_channels=in_channels, width=width, upsampling=upsampling,
-                            attribute_stride=attribute_stride,
-                            content_noise=content_noise)  # what rebuilds it around a state dict
+                            attribute_stride=attribute_stride, content_noise=content_noise,
+                            translation=translation, attribute_channels=attribute_channels,
+                            attribute_injection=attribute_injection,
+                            generator_norm=generator_norm)  # what rebuilds it around a state dict
+        self.translation = translation
         self.image_shape = image_shape
         self.spatial_dims = len(image_shape)
         self.num_classes = num_classes
-        self.latent_shape = tuple(s // attribute_stride for s in image_shape)
-        self.latent_size = math.prod(self.latent_shape)
+        self.latent_shape = tuple(s // attribute_stride for s in image_shape)  # the attribute map's sides
+        self.attribute_channels = attribute_channels
+        self.latent_size = attribute_channels * math.prod(self.latent_shape)
 
         self.content_encoder = ContentEncoder(self.spatial_dims, in_channels, width, noise=content_noise)
-        self.attribute_encoder = AttributeEncoder(self.spatial_dims, in_channels, width, attribute_stride)
+        self.attribute_encoder = AttributeEncoder(self.spatial_dims, in_channels, width, attribute_stride,
+                                                  attribute_channels)
         self.classifier = nn.Linear(self.latent_size, num_classes)  # fC1
         self.regressor = nn.Linear(self.latent_size, 1)  # fC2 (ICAM-reg), on standardised targets
         self.generator = Generator(self.spatial_dims, self.content_encoder.out_channels, in_channels, width,
-                                   upsampling=upsampling)
+                                   upsampling=upsampling, attribute_channels=attribute_channels,
+                                   attribute_injection=attribute_injection, norm=generator_norm,
+                                   gate=translation == "gated")
+        self.in_channels = in_channels
         # The regressor learns standardised targets; these map its output back to original units.
         self.register_buffer("target_mean", torch.tensor(0.0))
         self.register_buffer("target_std", torch.tensor(1.0))
@@ -157,8 +180,33 @@ class ICAM(nn.Module):
         """(mu, logvar) of the attribute latent, each (B, nz)."""
         return self.attribute_encoder(x)
 
+    def generate(self, content: torch.Tensor, attribute: torch.Tensor) -> torch.Tensor:
+        """G's whole output: the image channels, then (``gated``) where a change applies."""
+        return self.generator(content, attribute.view(-1, self.attribute_channels, *self.latent_shape))
+
     def decode(self, content: torch.Tensor, attribute: torch.Tensor) -> torch.Tensor:
-        return self.generator(content, attribute.view(-1, 1, *self.latent_shape))
+        return self.generate(content, attribute)[:, :self.in_channels]
+
+    def compose(self, x: torch.Tensor, target: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """A translation from G's outputs for the target attribute and for x's own: the target's
+        image (``image``), x plus the change between the two decodings (``residual``), or that
+        change where the target's gate opens (``gated``)."""
+        if self.translation == "image":
+            return target[:, :self.in_channels]
+        change = target[:, :self.in_channels] - own[:, :self.in_channels]
+        return x + (change if self.translation == "residual" else target[:, self.in_channels:] * change)
+
+    def translate_from(self, x: torch.Tensor, content: torch.Tensor, attribute: torch.Tensor,
+                       source_attribute: torch.Tensor) -> torch.Tensor:
+        """x, whose content code is ``content`` and own attribute ``source_attribute`` (one row for
+        every x, or one for all), moved to ``attribute``: G(z_c, z_a) (``image``), or
+        x + G(z_c, z_a) − G(z_c, z_a(x)) (``residual``; G decodes both in one call; ``gated``: the
+        change where G's gate for z_a opens)."""
+        if self.translation == "image":
+            return self.decode(content, attribute)
+        rows = len(source_attribute)
+        decoded = self.generate(torch.cat([content, content[:rows]]), torch.cat([attribute, source_attribute]))
+        return self.compose(x, decoded[:len(attribute)], decoded[len(attribute):])
 
     def standardise_target(self, target: torch.Tensor) -> torch.Tensor:
         return (target - self.target_mean) / self.target_std
@@ -174,24 +222,52 @@ class ICAM(nn.Module):
 
     # -- translation -------------------------------------------------------------------------
 
+    def reconstruct(self, x: torch.Tensor, content: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's rebuilding G(z_c, mu) of x. Where it differs from x is the decoder's error:
+        the floor under every map an image translation makes (a residual one leaves it out)."""
+        content = self.encode_content(x) if content is None else content
+        return self.decode(content, self.encode_attribute(x)[0].to(content.dtype))
+
     def fa_reference(self, x: torch.Tensor, reference: str = "input",
                      content: torch.Tensor | None = None) -> torch.Tensor:
-        """What a translation of x is compared with (``fa_map``): x (``input``, the paper), or
-        x decoded from its own content and attribute mean (``reconstruction``)."""
-        if reference == "input":
+        """What a translation of x is compared with (``fa_map``): x (``input``, the paper), or x
+        translated to its own attribute mean (``reconstruction``: G(z_c, mu) for an image
+        translation; x itself for a residual one, where the two references agree)."""
+        if reference == "input" or (reference == "reconstruction" and self.translation != "image"):
             return x
         if reference == "reconstruction":
-            content = self.encode_content(x) if content is None else content
-            return self.decode(content, self.encode_attribute(x)[0].to(content.dtype))
+            return self.reconstruct(x, content)
         if reference == "own-class":
             raise ValueError("the own-class reference is a mean over sampled translations: Explainer.explain makes it")
         raise ValueError(f"reference must be one of {FA_REFERENCES}, got {reference!r}")
 
     @torch.no_grad()
+    def prediction_subspace(self, regressing: bool) -> torch.Tensor:
+        """An orthonormal basis (r, nz) of what the prediction heads read of an attribute vector:
+        the differences of the classifier's class weights (K − 1 directions; softmax sees nothing
+        else) and, for a model that regresses, the regressor's weights."""
+        weights = self.classifier.weight.detach().float()
+        directions = [weights[1:] - weights[:1]]
+        if regressing:
+            directions.append(self.regressor.weight.detach().float())
+        q, r = torch.linalg.qr(torch.cat(directions).T)
+        return q[:, r.diagonal().abs() > 1e-6 * r.diagonal().abs().max()].T  # without dependent directions
+
+    def sampling_arguments(self, sampling: str, attribute_mean: torch.Tensor, regressing: bool) -> dict:
+        """``sample_attribute``'s ``keep`` and ``subspace`` for one draw per row of
+        ``attribute_mean`` (each scan's own, repeated as often as it is sampled): nothing for
+        ``prior`` (the paper), the scan's attribute and the heads' subspace for ``counterfactual``."""
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        if sampling == "prior":
+            return {}
+        return {"keep": attribute_mean, "subspace": self.prediction_subspace(regressing)}
+
     def sample_attribute(self, target_class: int | torch.Tensor, n: int = 1,
                          min_probability: float | None = None, candidates_per_row: int = 32,
                          max_candidates: int | None = 100_000,
-                         generator: torch.Generator | None = None) -> AttributeSample:
+                         generator: torch.Generator | None = None, keep: torch.Tensor | None = None,
+                         subspace: torch.Tensor | None = None) -> AttributeSample:
         """Draw attribute vectors from N(0, I) that the classifier assigns to ``target_class``.
 
         ``target_class`` is one class (then ``n`` rows) or a tensor of classes (one row each).
@@ -201,6 +277,11 @@ class ICAM(nn.Module):
         filled or ``max_candidates`` are spent; rows still empty take their most probable
         candidate and are marked in ``accepted``. ``max_candidates=None`` runs one round
         with no host synchronisation (the training loop's setting).
+
+        ``keep`` (rows, nz) with ``subspace`` (``prediction_subspace``): a counterfactual draw,
+        each row's own attribute with only its part in the subspace drawn from the prior, so
+        what the prediction heads do not read (where this scan's effects lie, its intensity)
+        stays the scan's own.
         """
         device = self.classifier.weight.device
         classes = (torch.full((n,), int(target_class), device=device) if isinstance(target_class, int)
@@ -212,9 +293,12 @@ class ICAM(nn.Module):
         accepted = torch.zeros(len(classes), dtype=torch.bool, device=device)
         hits, drawn = torch.zeros((), device=device), 0
         rows = torch.arange(len(classes), device=device)
+        if keep is not None:
+            keep = keep.to(device).float().expand(len(classes), -1)
+            keep = keep - (keep @ subspace.T) @ subspace  # what the draw leaves as it is
         while len(rows):
             z, ok, row_hits = self._rejection_round(classes[rows], candidates_per_row, min_probability,
-                                                    generator)
+                                                    generator, None if keep is None else (keep[rows], subspace))
             attribute[rows], accepted[rows] = z, ok
             hits, drawn = hits + row_hits, drawn + len(rows) * candidates_per_row
             if max_candidates is None or drawn >= max_candidates:
@@ -223,9 +307,12 @@ class ICAM(nn.Module):
         return AttributeSample(attribute, accepted, hits, drawn)
 
     def _rejection_round(self, classes: torch.Tensor, candidates: int, min_probability: float | None,
-                         generator: torch.Generator | None):
+                         generator: torch.Generator | None, kept: tuple[torch.Tensor, torch.Tensor] | None = None):
         z = torch.randn(len(classes), candidates, self.latent_size, device=classes.device,
                         generator=generator)
+        if kept is not None:  # the rest of each row's own attribute plus the drawn part the heads read
+            rest, subspace = kept
+            z = rest[:, None] + (z @ subspace.T) @ subspace
         probabilities = F.softmax(self.classifier(z).float(), dim=-1)  # (rows, candidates, K)
         target_probability = probabilities.gather(
             -1, classes.view(-1, 1, 1).expand(-1, candidates, 1)).squeeze(-1)
@@ -241,16 +328,19 @@ class ICAM(nn.Module):
     @torch.no_grad()
     def translate(self, x: torch.Tensor, target_class: int | torch.Tensor | None = None,
                   attribute: torch.Tensor | None = None, min_probability: float | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """x moved to ``target_class`` (a rejection-sampled attribute per image) or to ``attribute``."""
+                  generator: torch.Generator | None = None, sampling: str = "prior",
+                  regressing: bool = False) -> torch.Tensor:
+        """x moved to ``target_class`` (an attribute per image, drawn as ``sampling`` says) or to
+        ``attribute``."""
         if (target_class is None) == (attribute is None):
             raise ValueError("give exactly one of target_class or attribute")
+        mu = self.encode_attribute(x)[0]
         if attribute is None:
             classes = (torch.full((len(x),), target_class, device=x.device)
                        if isinstance(target_class, int) else target_class)
-            attribute = self.sample_attribute(classes, min_probability=min_probability,
-                                              generator=generator).attribute
-        return self.decode(self.encode_content(x), attribute.to(x.dtype))
+            attribute = self.sample_attribute(classes, min_probability=min_probability, generator=generator,
+                                              **self.sampling_arguments(sampling, mu, regressing)).attribute
+        return self.translate_from(x, self.encode_content(x), attribute.to(x.dtype), mu)
 
     # -- training ----------------------------------------------------------------------------
 
@@ -262,7 +352,10 @@ class ICAM(nn.Module):
         with ``random_attribute[i]`` (sampled for the partner's class); it is also rebuilt from
         its own latents, and from the translations (cross-cycle: the translation that kept its
         content, and the one that took its attribute). One generator call serves all three
-        first-pass decodings.
+        first-pass decodings. A ``residual`` translation adds x_i − G(z_c, z_a(x_i)) to the other
+        two (the reconstruction losses still hold G(z_c, z_a(x_i)) to x_i: they are what teaches
+        the decoder what the attribute renders), and the cycle goes back from the translation the
+        same way, with the translation's own attribute as the source.
         """
         n = images.shape[0]
         inverse = torch.empty_like(partner)
@@ -271,13 +364,16 @@ class ICAM(nn.Module):
         content = self.encode_content(images)
         mu, logvar = self.encode_attribute(images)
         attribute = reparameterise(mu, logvar)
-        decoded = self.decode(torch.cat([content] * 3),
-                              torch.cat([attribute[partner], attribute, random_attribute.to(attribute.dtype)]))
-        translated, reconstructed, randomly_translated = decoded.split(n)
+        decoded = self.generate(torch.cat([content] * 3),
+                                torch.cat([attribute[partner], attribute, random_attribute.to(attribute.dtype)]))
+        translated, own, randomly_translated = decoded.split(n)  # the decoding of x_i's own attribute is shared
+        translated, randomly_translated = (self.compose(images, t, own) for t in (translated, randomly_translated))
+        reconstructed = own[:, :self.in_channels]
 
         cycle_mu, cycle_logvar = self.encode_attribute(torch.cat([translated, randomly_translated]))
         cycle_attribute = reparameterise(cycle_mu[:n], cycle_logvar[:n])
-        cycle_reconstructed = self.decode(self.encode_content(translated), cycle_attribute[inverse])
+        cycle_reconstructed = self.translate_from(translated, self.encode_content(translated),
+                                                  cycle_attribute[inverse], cycle_attribute)
         return TrainingOutputs(
             content=content, mu=mu, logvar=logvar,
             class_logits=self.classifier(mu), regression=self.regressor(mu).squeeze(1),

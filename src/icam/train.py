@@ -34,7 +34,7 @@ from .checkpoint import BestCheckpoint, checkpoint_state, load_checkpoint, save_
 from .config import Config
 from .data import ClassBalancedBatchSampler
 from .data.table import class_names, num_classes_of
-from .validation import selection_metric, summarise, validation_statistics
+from .validation import content_class_accuracy, selection_metric, summarise, validation_statistics
 from .model import ICAM, translation_partners
 from .nets import ContentDiscriminator, DomainDiscriminators
 from .nets.blocks import compile_networks, init_weights, set_activation_checkpointing
@@ -147,10 +147,10 @@ class Trainer:
     def _discriminators(self, model: ICAM) -> tuple[DomainDiscriminators, ContentDiscriminator]:
         m = self.config.model
         domain = DomainDiscriminators(model.spatial_dims, model.image_shape, model.num_classes,
-                                      self.train_set.in_channels, m.width)
+                                      self.train_set.in_channels, m.width, spectral_norm=m.discriminator_spectral_norm)
         content = ContentDiscriminator(model.spatial_dims, model.content_shape,
                                        model.content_encoder.out_channels, model.num_classes,
-                                       norm=m.content_discriminator_norm)
+                                       norm=m.content_discriminator_norm, reads=m.content_discriminator_reads)
         for net in (domain, content):
             init_weights(net, m.init)
         return domain, content
@@ -316,10 +316,15 @@ class Trainer:
                                       fa_samples=v.fa_samples, min_probability=v.min_probability,
                                       seed=self.config.seed, reference=v.fa_reference,
                                       rank=self.fabric.global_rank, world_size=self.fabric.world_size,
-                                      device=self.fabric.device,
-                                      autocast=self.fabric.autocast)
-        return summarise(self.fabric.all_reduce(stats, reduce_op="sum") if self.fabric.world_size > 1 else stats,
-                         self.regressing)
+                                      sampling=self.config.model.attribute_sampling, regressing=self.regressing,
+                                      device=self.fabric.device, autocast=self.fabric.autocast)
+        metrics = summarise(self.fabric.all_reduce(stats, reduce_op="sum") if self.fabric.world_size > 1 else stats,
+                            self.regressing)
+        if self.fabric.is_global_zero and v.content_probe_images:  # logged, never selects: rank 0 alone
+            metrics["content_class_accuracy"] = content_class_accuracy(
+                self.inference_model, self.train_set, self.val_set, device=self.fabric.device,
+                max_train=v.content_probe_images, seed=self.config.seed)
+        return metrics
 
     def state_dict(self) -> dict:
         weights = {name: net.state_dict() for name, net in self.networks().items()}
@@ -480,8 +485,10 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
     if config.model.num_classes not in (None, num_classes):
         raise ValueError(f"model.num_classes is {config.model.num_classes} but the training labels are "
                          f"0..{num_classes - 1}")
-    model = ICAM(train_set.image_shape, num_classes, train_set.in_channels, config.model.width, config.model.init,
-                 config.model.upsampling, config.model.attribute_stride, config.model.content_noise)
+    m = config.model
+    model = ICAM(train_set.image_shape, num_classes, train_set.in_channels, m.width, m.init, m.upsampling,
+                 m.attribute_stride, m.content_noise, m.translation, m.attribute_channels, m.attribute_injection,
+                 m.generator_norm)
     trainer = Trainer(config, fabric, model, train_set, val_set, run_dir, show_progress)
     if resume is not None:
         trainer.load_state_dict(load_checkpoint(run_dir, "last"))

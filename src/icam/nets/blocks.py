@@ -52,6 +52,35 @@ def instance_norm(spatial_dims: int, channels: int) -> nn.Module:
     return layer_type("InstanceNorm", spatial_dims)(channels, affine=False)
 
 
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels at each voxel, with a per-channel affine. Unlike instance or
+    layer norm, whose statistics span the whole image, it couples no two voxels: a change the
+    attribute makes in one place stays there instead of shifting every voxel's features."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        variance = (x - mean).pow(2).mean(1, keepdim=True)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - mean) * torch.rsqrt(variance + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+
+
+GENERATOR_NORMS = ("instance", "channel")
+
+
+def generator_norm(kind: str, spatial_dims: int, channels: int, image_wide: nn.Module) -> nn.Module:
+    """``instance``: the paper's (``image_wide``, statistics over the whole image); ``channel``:
+    ChannelNorm, statistics at each voxel."""
+    if kind not in GENERATOR_NORMS:
+        raise ValueError(f"generator norm must be one of {GENERATOR_NORMS}, got {kind!r}")
+    return image_wide if kind == "instance" else ChannelNorm(channels)
+
+
 class Checkpointable(nn.Module):
     """A network part that can run as one activation-checkpointing segment: only its inputs are
     kept for backward, and its forward runs again there (less memory, about one more forward
@@ -101,28 +130,50 @@ class ConvNormAct(nn.Sequential):
         super().__init__(*layers)
 
 
-class InstanceNormResBlock(nn.Module):
-    """Two 3×3 convs with InstanceNorm and a ReLU between them, plus the input.
+class ResBlock(nn.Module):
+    """Two 3×3 convs with a norm (InstanceNorm; ``norm="channel"``: ChannelNorm) and a ReLU
+    between them, plus the input.
 
     With one input channel the skip connection broadcasts it over all output channels
-    (the generator's attribute stem relies on this, as the authors' network does).
+    (the generator's attribute stem relies on this, as the authors' network does); from any
+    other number of channels to another, the skip is a 1×1 convolution.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int | None = None):
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int | None = None, norm: str = "instance"):
         super().__init__()
         out_channels = out_channels or in_channels
-        if in_channels not in (1, out_channels):
-            raise ValueError("a residual block keeps its width or broadcasts a single channel")
         self.body = nn.Sequential(
             conv(spatial_dims, in_channels, out_channels, 3, padding=1),
-            instance_norm(spatial_dims, out_channels),
+            generator_norm(norm, spatial_dims, out_channels, instance_norm(spatial_dims, out_channels)),
             nn.ReLU(),
             conv(spatial_dims, out_channels, out_channels, 3, padding=1),
-            instance_norm(spatial_dims, out_channels),
+            generator_norm(norm, spatial_dims, out_channels, instance_norm(spatial_dims, out_channels)),
         )
+        self.shortcut = (nn.Identity() if in_channels in (1, out_channels)
+                         else conv(spatial_dims, in_channels, out_channels, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        return self.shortcut(x) + self.body(x)
+
+
+class AttributeModulation(nn.Module):
+    """Feature-wise modulation by the attribute map (SPADE-style): features × (1 + γ) + β, with γ
+    and β convolved from the attribute map brought (bilinear) to the features' size. At every
+    scale of the decoder it lets the attribute change fine structure, not only what the S/4
+    features carry. It starts as the identity (γ = β = 0)."""
+
+    def __init__(self, spatial_dims: int, attribute_channels: int, features: int, hidden: int):
+        super().__init__()
+        self.shared = nn.Sequential(conv(spatial_dims, attribute_channels, hidden, 3, padding=1), nn.ReLU())
+        self.scale_and_shift = conv(spatial_dims, hidden, 2 * features, 3, padding=1)
+        nn.init.zeros_(self.scale_and_shift.weight)
+        nn.init.zeros_(self.scale_and_shift.bias)
+
+    def forward(self, features: torch.Tensor, attribute_map: torch.Tensor) -> torch.Tensor:
+        mode = "bilinear" if features.dim() == 4 else "trilinear"
+        attribute_map = F.interpolate(attribute_map, size=features.shape[2:], mode=mode, align_corners=False)
+        scale, shift = self.scale_and_shift(self.shared(attribute_map)).chunk(2, dim=1)
+        return features * (1 + scale) + shift
 
 
 class DownResBlock(nn.Module):
@@ -153,7 +204,7 @@ UPSAMPLING = ("transposed", "transposed-avgpool")
 
 
 class UpBlock(nn.Module):
-    """×2 up-sampling → LayerNorm over (C, space) → LeakyReLU.
+    """×2 up-sampling → LayerNorm over (C, space) (``norm="channel"``: over C at each voxel) → LeakyReLU.
 
     ``transposed``: a transposed conv (k4, s2, p1). ``transposed-avgpool`` (the authors'
     block): the same conv with output padding (2S + 1) then a 2×2 average pool of stride 1
@@ -161,7 +212,8 @@ class UpBlock(nn.Module):
     GroupNorm with one group is exactly a per-sample LayerNorm with a per-channel affine.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, mode: str = "transposed"):
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, mode: str = "transposed",
+                 norm: str = "instance"):
         super().__init__()
         if mode not in UPSAMPLING:
             raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {mode!r}")
@@ -170,7 +222,8 @@ class UpBlock(nn.Module):
                                                             output_padding=int(smooth), bias=False)]
         if smooth:
             layers.append(layer_type("AvgPool", spatial_dims)(2, stride=1))
-        self.block = nn.Sequential(*layers, nn.GroupNorm(1, out_channels), nn.LeakyReLU(0.01))
+        self.block = nn.Sequential(*layers, generator_norm(norm, spatial_dims, out_channels, nn.GroupNorm(1, out_channels)),
+                                   nn.LeakyReLU(0.01))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
@@ -209,7 +262,7 @@ class GaussianNoise(nn.Module):
 
 
 # the blocks every network repeats: regional compilation compiles each kind once
-REPEATED_BLOCKS = (ConvNormAct, InstanceNormResBlock, DownResBlock, UpBlock)
+REPEATED_BLOCKS = (ConvNormAct, ResBlock, DownResBlock, UpBlock)
 
 INITS = ("kaiming", "normal")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -24,7 +26,8 @@ class DomainDiscriminator(nn.Module):
     """
 
     def __init__(self, spatial_dims: int, image_shape: tuple[int, ...], num_classes: int,
-                 in_channels: int = 1, width: int = 16, layers: int = 6, norm: bool = False):
+                 in_channels: int = 1, width: int = 16, layers: int = 6, norm: bool = False,
+                 spectral_norm: bool = False):
         super().__init__()
         blocks, channels = [], in_channels
         # InstanceNorm needs more than one element per channel, so stop at side 2 with it.
@@ -35,6 +38,10 @@ class DomainDiscriminator(nn.Module):
         self.features = Blocks(*blocks)
         self.adversarial_head = conv(spatial_dims, channels, 1, 1, bias=False)
         self.class_head = conv(spatial_dims, channels, num_classes, 1, bias=False)
+        if spectral_norm:  # every convolution 1-Lipschitz: a smoother judge, harder to fool with texture
+            for module in list(self.modules()):
+                if isinstance(module, nn.modules.conv._ConvNd):
+                    nn.utils.parametrizations.spectral_norm(module)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.features(image)
@@ -43,30 +50,48 @@ class DomainDiscriminator(nn.Module):
 
 
 class ContentDiscriminator(nn.Module):
-    """z_c → class logits. The content encoder is trained to make these uninformative."""
+    """z_c → class logits. The content encoder is trained to make these uninformative.
+
+    ``reads="pooled"`` (the paper's) averages its features over space before the classifier, so
+    it sees what z_c holds anywhere, not where; ``"whole"`` classifies the whole feature map
+    (a linear layer over every position), as a probe on the flattened code does."""
 
     def __init__(self, spatial_dims: int, content_shape: tuple[int, ...], channels: int,
-                 num_classes: int, layers: int = 3, norm: bool = True):
+                 num_classes: int, layers: int = 3, norm: bool = True, reads: str = "pooled"):
         super().__init__()
+        if reads not in CONTENT_DISCRIMINATOR_READS:
+            raise ValueError(f"the content discriminator reads one of {CONTENT_DISCRIMINATOR_READS}, got {reads!r}")
         # Stop halving at side 2: InstanceNorm needs more than one element per channel.
+        halvings = _halvings(content_shape, smallest=4, most=layers)
         blocks = [ConvNormAct(spatial_dims, channels, channels, 3, stride=2, padding=1, norm=norm)
-                  for _ in range(_halvings(content_shape, smallest=4, most=layers))]
+                  for _ in range(halvings)]
         blocks.append(ConvNormAct(spatial_dims, channels, channels, 3, padding=1))
         self.features = Blocks(*blocks)
-        self.classifier = nn.Linear(channels, num_classes)
+        side = content_shape
+        for _ in range(halvings):
+            side = tuple((s + 1) // 2 for s in side)
+        self.reads = reads
+        self.classifier = nn.Linear(channels * (math.prod(side) if reads == "whole" else 1), num_classes)
 
     def forward(self, content: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(content).flatten(2).mean(2))
+        features = self.features(content)
+        return self.classifier(features.flatten(1) if self.reads == "whole" else features.flatten(2).mean(2))
+
+
+CONTENT_DISCRIMINATOR_READS = ("pooled", "whole")
 
 
 class DomainDiscriminators(nn.Module):
     """The two image discriminators of the paper's code: one judges translations made with
     encoded attributes, the other translations made with randomly sampled attributes."""
 
-    def __init__(self, spatial_dims: int, image_shape, num_classes: int, in_channels: int, width: int):
+    def __init__(self, spatial_dims: int, image_shape, num_classes: int, in_channels: int, width: int,
+                 spectral_norm: bool = False):
         super().__init__()
-        self.encoded = DomainDiscriminator(spatial_dims, image_shape, num_classes, in_channels, width)
-        self.random = DomainDiscriminator(spatial_dims, image_shape, num_classes, in_channels, width)
+        self.encoded = DomainDiscriminator(spatial_dims, image_shape, num_classes, in_channels, width,
+                                           spectral_norm=spectral_norm)
+        self.random = DomainDiscriminator(spatial_dims, image_shape, num_classes, in_channels, width,
+                                          spectral_norm=spectral_norm)
 
     def forward(self, real: torch.Tensor, translated: torch.Tensor, randomly_translated: torch.Tensor):
         """(adversarial, class) logits on [real; fake] for each discriminator, in one call each."""

@@ -3,7 +3,8 @@
 Shapes for an input of side S (every side must divide by 16), base width w:
 - content: w → 2w → 4w channels, S → S/2 → S/4; four residual blocks; z_c is 4w × S/4.
 - attribute: w → 2w → 3w channels, S/2 → S/4 → S/8; two heads give mu and logvar, each
-  1 × S/16 (8×8 for 128², 8×10×8 for 128×160×128), returned flattened (S/8 with stride 8).
+  1 × S/16 (8×8 for 128², 8×10×8 for 128×160×128; more channels if asked), returned
+  flattened (S/8 with stride 8).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import Blocks, ConvNormAct, DownResBlock, GaussianNoise, InstanceNormResBlock, conv
+from .blocks import Blocks, ConvNormAct, DownResBlock, GaussianNoise, ResBlock, conv
 
 
 class ContentEncoder(nn.Module):
@@ -24,7 +25,7 @@ class ContentEncoder(nn.Module):
             ConvNormAct(spatial_dims, width, 2 * width, 3, stride=2, padding=1, norm=True, negative_slope=0),
             ConvNormAct(spatial_dims, 2 * width, 4 * width, 3, stride=2, padding=1, norm=True,
                         negative_slope=0),
-            *[InstanceNormResBlock(spatial_dims, 4 * width) for _ in range(res_blocks)],
+            *[ResBlock(spatial_dims, 4 * width) for _ in range(res_blocks)],
             # Noise on z_c during training keeps G from reading fine detail off the content
             # code alone, so the attribute has to carry what differs between classes.
             GaussianNoise(noise),
@@ -36,9 +37,11 @@ class ContentEncoder(nn.Module):
 
 class AttributeEncoder(nn.Module):
     """``stride`` 16 (the paper) or 8: the heads then keep the trunk's resolution, for an
-    attribute latent of twice the side (an 8×8 latent at 64², as the paper's at 128²)."""
+    attribute latent of twice the side (an 8×8 latent at 64², as the paper's at 128²).
+    ``channels``: of the attribute map (the paper's 1)."""
 
-    def __init__(self, spatial_dims: int, in_channels: int = 1, width: int = 16, stride: int = 16):
+    def __init__(self, spatial_dims: int, in_channels: int = 1, width: int = 16, stride: int = 16,
+                 channels: int = 1):
         super().__init__()
         if stride not in (8, 16):
             raise ValueError(f"the attribute latent's stride must be 8 or 16, got {stride}")
@@ -47,8 +50,8 @@ class AttributeEncoder(nn.Module):
             DownResBlock(spatial_dims, width, 2 * width),
             DownResBlock(spatial_dims, 2 * width, 3 * width),
         )
-        self.mu_head = DownResBlock(spatial_dims, 3 * width, 1, downsample=stride == 16)
-        self.logvar_head = DownResBlock(spatial_dims, 3 * width, 1, downsample=stride == 16)
+        self.mu_head = DownResBlock(spatial_dims, 3 * width, channels, downsample=stride == 16)
+        self.logvar_head = DownResBlock(spatial_dims, 3 * width, channels, downsample=stride == 16)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.trunk(x)

@@ -6,26 +6,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import Checkpointable, InstanceNormResBlock, UpBlock, conv
+from .blocks import AttributeModulation, Checkpointable, ResBlock, UpBlock, conv
+
+ATTRIBUTE_INJECTIONS = ("input", "every-scale")
 
 
 class Generator(Checkpointable):
-    """z_a (1 × S/16) is up-sampled ×4 (nearest) to z_c's size, lifted to ``width`` channels by a
-    residual block, concatenated with z_c (4w channels), refined by three residual blocks at 5w,
-    and up-sampled twice (5w → 5w/2 → 5w/4) to a tanh image.
+    """z_a (``attribute_channels`` × S/16) is up-sampled ×4 (nearest) to z_c's size, lifted to
+    ``width`` channels by a residual block, concatenated with z_c (4w channels), refined by three
+    residual blocks at 5w, and up-sampled twice (5w → 5w/2 → 5w/4) to a tanh image.
+    ``attribute_injection="every-scale"`` also modulates the output of each up-sampling block by
+    the attribute map (``AttributeModulation``), so the attribute reaches S/2 and S directly.
+    ``norm``: ``instance`` (the paper's InstanceNorm and LayerNorm, statistics over the image) or
+    ``channel`` (``ChannelNorm``, statistics at each voxel, so a local change stays local).
     """
 
     def __init__(self, spatial_dims: int, content_channels: int, out_channels: int = 1,
-                 width: int = 16, res_blocks: int = 3, upsampling: str = "transposed"):
+                 width: int = 16, res_blocks: int = 3, upsampling: str = "transposed",
+                 attribute_channels: int = 1, attribute_injection: str = "input", norm: str = "instance",
+                 gate: bool = False):
         super().__init__()
+        if attribute_injection not in ATTRIBUTE_INJECTIONS:
+            raise ValueError(f"attribute_injection must be one of {ATTRIBUTE_INJECTIONS}, got {attribute_injection!r}")
         mixed = content_channels + width
-        self.attribute_stem = InstanceNormResBlock(spatial_dims, 1, width)
-        self.body = nn.Sequential(*[InstanceNormResBlock(spatial_dims, mixed) for _ in range(res_blocks)])
-        self.upsample = nn.Sequential(
-            UpBlock(spatial_dims, mixed, mixed // 2, upsampling),
-            UpBlock(spatial_dims, mixed // 2, mixed // 4, upsampling),
-        )
+        self.attribute_stem = ResBlock(spatial_dims, attribute_channels, width, norm)
+        self.body = nn.Sequential(*[ResBlock(spatial_dims, mixed, norm=norm) for _ in range(res_blocks)])
+        self.upsample = nn.ModuleList([
+            UpBlock(spatial_dims, mixed, mixed // 2, upsampling, norm),
+            UpBlock(spatial_dims, mixed // 2, mixed // 4, upsampling, norm),
+        ])
+        self.modulations = nn.ModuleList(
+            [AttributeModulation(spatial_dims, attribute_channels, channels, width) for channels in (mixed // 2,
+                                                                                                      mixed // 4)]
+            if attribute_injection == "every-scale" else [])
         self.to_image = nn.Sequential(conv(spatial_dims, mixed // 4, out_channels, 1), nn.Tanh())
+        # a gated generator also says where its output applies (a sigmoid map, after the image channels)
+        self.to_gate = nn.Sequential(conv(spatial_dims, mixed // 4, 1, 1), nn.Sigmoid()) if gate else None
 
     def forward(self, content: torch.Tensor, attribute_map: torch.Tensor) -> torch.Tensor:
         if self.checkpointing and torch.is_grad_enabled() and len(content) > 1:
@@ -38,6 +54,11 @@ class Generator(Checkpointable):
         return self.segment(self._decode, content, attribute_map)
 
     def _decode(self, content: torch.Tensor, attribute_map: torch.Tensor) -> torch.Tensor:
-        attribute_map = F.interpolate(attribute_map, size=content.shape[2:], mode="nearest")
-        mixed = torch.cat([self.attribute_stem(attribute_map), content], dim=1)
-        return self.to_image(self.upsample(self.body(mixed)))
+        lifted = F.interpolate(attribute_map, size=content.shape[2:], mode="nearest")
+        features = self.body(torch.cat([self.attribute_stem(lifted), content], dim=1))
+        for i, up in enumerate(self.upsample):
+            features = up(features)
+            if self.modulations:
+                features = self.modulations[i](features, attribute_map)
+        image = self.to_image(features)
+        return image if self.to_gate is None else torch.cat([image, self.to_gate(features)], 1)

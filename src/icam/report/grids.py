@@ -17,7 +17,7 @@ def translation_grid(model: ICAM, dataset, seed: int = 0, per_class: int = 2,
                      device: torch.device | str = "cpu") -> torch.Tensor:
     """A (1, H·rows, W·4) grid in [0, 1]: per row an input, its translation to the next class,
     the FA map (grey = no change, white = brighter, black = darker; scaled to the grid's
-    largest change) and its reconstruction from its own latents."""
+    largest change) and its translation to its own attribute mean (its reconstruction)."""
     picks = [int(i) for k in range(model.num_classes)
              for i in torch.nonzero(dataset.labels == k).flatten()[:per_class]]
     images = torch.stack([dataset[i]["image"] for i in picks]).to(device)
@@ -26,8 +26,7 @@ def translation_grid(model: ICAM, dataset, seed: int = 0, per_class: int = 2,
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     translated = model.translate(images, next_class(labels, model.num_classes), generator=generator).float()
-    content = model.encode_content(images)
-    reconstructed = model.fa_reference(images, "reconstruction", content).float()
+    reconstructed = model.reconstruct(images).float()  # translated to its own attribute mean
     model.train(was_training)
     fa = fa_map(translated, images)
     columns = [(images + 1) / 2, (translated + 1) / 2, 0.5 + fa / (2 * fa.abs().max().clamp(min=1e-6)),

@@ -188,8 +188,13 @@ def curves_section(report: Report, run_dir: Path) -> None:
         report.add("Training", [figure])
 
 
-VALIDATION_PANELS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
-                     ("ncc", "NCC against ground-truth maps"), ("mae", "MAE (target units)"))
+# (metric, panel title, other series drawn in the same panel: (metric, legend)) of the validation curves
+VALIDATION_PANELS = (
+    ("accuracy", "accuracy", ()), ("balanced_accuracy", "balanced accuracy", ()),
+    ("ncc", "NCC against ground-truth maps", (("translation_ncc", "the translation's own change"),
+                                              ("floor_ncc", "the decoder's error (floor)"))),
+    ("content_class_accuracy", "content leakage (class read from z_c)", ()),
+    ("mae", "MAE (target units)", ()))
 
 
 def _curves_figure(chain: list[Path]) -> Figure | None:
@@ -206,7 +211,8 @@ def _curves_figure(chain: list[Path]) -> Figure | None:
         offset += train[-1]["step"]
     if not stages:
         return None
-    validated = [key for key, _ in VALIDATION_PANELS if any(v and key in v[0] for _, _, _, v, _ in stages)]
+    validated = [key for key, _, _ in VALIDATION_PANELS if any(v and key in v[0] for _, _, _, v, _ in stages)]
+    panel = {key: (title, others) for key, title, others in VALIDATION_PANELS}
     plt = pyplot()
     panels = 2 + len(validated)
     columns = min(panels, 3)
@@ -228,8 +234,11 @@ def _curves_figure(chain: list[Path]) -> Figure | None:
             if key in train[0] and weights.get(key.split("/")[1], 1) != 0:  # a term switched off is not shown
                 axes[1].plot(steps, [r[key] for r in train], label=label, color=f"C{k}")
         for ax, key in zip(axes[2:], validated):
-            if val and key in val[0]:
-                ax.plot([start + r["step"] for r in val], [r[key] for r in val], marker="o", color="C0")
+            series = [(key, "the map" if panel[key][1] else None), *panel[key][1]]
+            for k, (name, label) in enumerate(series):
+                if val and name in val[0]:
+                    ax.plot([start + r["step"] for r in val], [r[name] for r in val], marker="o", color=f"C{k}",
+                            label=label)
         if start:  # where this stage began
             for ax in axes[:panels]:
                 ax.axvline(start, color="grey", linestyle="--", linewidth=1)
@@ -245,14 +254,21 @@ def _curves_figure(chain: list[Path]) -> Figure | None:
         unique = dict(zip(labels, handles))
         ax.legend(unique.values(), unique.keys(), fontsize=10)
     for ax, key in zip(axes[2:], validated):
-        label = dict(VALIDATION_PANELS)[key]
+        label = panel[key][0]
         ax.set(title=f"validation: {label}", xlabel="step", ylabel=label.split(" (")[0].split(" against")[0])
+        if panel[key][1]:
+            handles, labels = ax.get_legend_handles_labels()
+            ax.legend(dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys(), fontsize=9)
     names = " then ".join(run.name for run, *_ in stages)
     return Figure(_png(fig), f", {offset} steps in all"
                    + (" (the dashed line: where the next stage starts, from the previous one's weights)"
                       if len(stages) > 1 else "") + ". Top left: the adversarial losses and the total objective of "
                    "the encoders and generator (log scale). Next: the classification, regression, FA-map and "
-                   "latent-regression terms before weighting. Then each validation metric on its own axis.",
+                   "latent-regression terms before weighting. Then each validation metric on its own axis; the NCC panel "
+                   "also shows what the map is made of: the translation's own change (against the translation to "
+                   "the scan's own attribute) and the decoder's error |G(z_c, mu) − x|, which an image translation's "
+                   "map carries; content leakage is a probe's accuracy reading the class from the content code "
+                   "(chance is the goal).",
                    "training curves", lead=names)
 
 
@@ -366,6 +382,10 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
         rows.append([name, fmt(minus), fmt(plus)] + [fmt(maps["all"][m]) for m in ("auroc", "ap", "dice_topk",
                                                                                       "pointing")])
     body = []
+    made = [f"{name}: {recipe}" for name, folder in methods.items()
+            if (recipe := map_recipe(read_json(folder / "summary.json")))]
+    if made:
+        body.append(Note("How the maps were made. " + "; ".join(made) + "."))
     if rows:
         body.append(Table(["method", "NCC(−)", "NCC(+)", "AUROC", "AP", "Dice top-k", "pointing (share)"], rows,
                           "Each test subject's map against its own ground-truth change inside its brain mask: the "
@@ -378,6 +398,7 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
         body += _differences(methods)
     if benchmark is not None:
         titles = {"table2_maps": "Benchmark: maps against ground truth (paper Table II)",
+                  "map_parts": "Benchmark: what ICAM-reg's maps are made of",
                   "table1_translation": "Benchmark: translation success (paper Table I)",
                   "regression": "Benchmark: regression", "correlations": "Benchmark: FA magnitude and the target"}
         for stem, title in titles.items():
@@ -387,6 +408,25 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
     if body:
         report.add("Scores against ground truth", body)
     return facts
+
+
+def map_recipe(summary: dict) -> str | None:
+    """What made an ICAM folder's maps, from its summary.json: the kind of translation, the
+    reference, the samples, any test-time refinement (None for a baseline's folder)."""
+    if "translation" not in summary and "reference" not in summary:
+        return None
+    translation = summary.get("translation", "image")
+    text = (f"{translation} translation (" + ("the scan plus the decoded change" if translation == "residual" else
+                                                "the generator's output is the translated scan") + f"), "
+            f"mean of {summary.get('n_samples', '?')} samples drawn from the "
+            + ("prior (every element of the attribute)" if summary.get("sampling", "prior") == "prior" else
+               "prior only where the prediction heads read the attribute, the rest the scan's own (counterfactual)")
+            + f", minus the {summary.get('reference', 'input')}")
+    refined = summary.get("refinement")
+    if refined:
+        text += (f", content code refined (up to {refined['asked']['steps']} steps, {refined['seconds_per_scan']} s per "
+                 f"scan; decoder error {refined['reconstruction_l1_before']} → {refined['reconstruction_l1_after']})")
+    return text
 
 
 def _differences(methods: dict[str, Path]) -> list:
