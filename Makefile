@@ -1,6 +1,6 @@
 # make setup: create .venv (when missing or out of date) from pyproject.toml + constraints.txt
 # make demo:  icam demo: synthetic brains → ICAM-reg → maps vs Grad-CAM/guided backprop → demo/report.html
-# make test:  the test suite
+# make test:  lint (ruff), types (mypy), then the test suite
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -18,6 +18,8 @@ demo: setup
 	$(BIN)/icam demo --out demo
 
 test: setup
+	$(BIN)/ruff check
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -111,7 +111,8 @@ def main():
         started = time.perf_counter()
         table = write_cohort(folder, shape, args.n)
         write_s = time.perf_counter() - started
-        config = CsvData(csv=str(table), shape=list(shape), cache_dir=str(folder / "cache"), preprocess_workers=max(args.workers))
+        config = CsvData(csv=str(table), shape=list(shape), cache_dir=str(folder / "cache"),
+                          preprocess_workers=max(args.workers))
         started = time.perf_counter()
         cached = load_csv_cohorts(config, seed=0)["train"]  # decodes every file once into the cache
         fill_s = time.perf_counter() - started
@@ -123,7 +124,8 @@ def main():
                 "nii_gz_volumes_per_s": round(volumes_per_second(decoding, args.batch, workers, device,
                                                                  args.passes), 2)}
         line = {"benchmark": "data_loading", "shape": list(shape), "volumes": args.n, "batch": args.batch,
-                "device": str(device), "file_mb": round(os.path.getsize(folder / "images" / "sub-0000.nii.gz") / 1e6, 2),
+                "device": str(device),
+                "file_mb": round(os.path.getsize(folder / "images" / "sub-0000.nii.gz") / 1e6, 2),
                 "cache_entry_mb": round(np.prod(shape) * 4 / 1e6, 2), "write_seconds": round(write_s, 1),
                 "cache_fill_seconds": round(fill_s, 1), "cache_fill_workers": max(args.workers), "rates": rates,
                 "cpu_count": os.cpu_count(), "page_cache": "warm (the files were just written or read)",

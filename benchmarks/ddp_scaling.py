@@ -50,7 +50,8 @@ def main():
                          f"model.width={args.width}", f"train.images_per_class={args.images_per_class}",
                          f"train.log_every={args.log_every}", "train.validate_every=100000",
                          "train.image_every=100000", "train.checkpoint_every=100000", *args.overrides]
-            command = [sys.executable, "-m", "icam", "train", "-q", "--accelerator", args.accelerator, "--devices", str(n),
+            command = [sys.executable, "-m", "icam", "train", "-q", "--accelerator", args.accelerator,
+                       "--devices", str(n),
                        "--precision", args.precision, "--steps", str(args.steps), "--out", out,
                        "--name", f"devices-{n}"] + [a for o in overrides for a in ("--set", o)]
             subprocess.run(command, check=True)

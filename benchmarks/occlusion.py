@@ -17,8 +17,7 @@ import time
 
 import torch
 
-from icam.baselines.attribution import (occlusion_per_pass, occlusion_positions, occlusion_window,
-                                        paper_occlusion_window)
+from icam.baselines.attribution import occlusion_per_pass, occlusion_positions, occlusion_window, paper_occlusion_window
 from icam.baselines.networks import ResNetClassifier
 from icam.run import cpu_model
 

@@ -100,7 +100,8 @@ def icam_metrics(bench: BenchmarkRun, run: str, maps: Path) -> dict:
         **{key: diagnostics.get(key) for key in DIAGNOSTICS},
         "accuracy": classification.get("accuracy"), "balanced_accuracy": classification.get("balanced_accuracy"),
         "mae": regression.get("mae"), "ncc_minus": evaluation["maps"][Direction.MINUS]["ncc"]["mean"],
-        "ncc_plus": evaluation["maps"][Direction.PLUS]["ncc"]["mean"], "auroc": evaluation["maps"]["all"]["auroc"]["mean"],
+        "ncc_plus": evaluation["maps"][Direction.PLUS]["ncc"]["mean"],
+        "auroc": evaluation["maps"]["all"]["auroc"]["mean"],
         "table1_young_to_old": translation["icam-reg class 0"][0],
         "table1_old_to_young": translation["icam-reg class 1"][0],
         "acceptance_rate": json.loads((maps / "summary.json").read_text()).get("mean_acceptance_rate"),
@@ -139,7 +140,7 @@ def population_points(bench: BenchmarkRun, run: str) -> dict:
     population = {k: np.mean([np.abs(t["gt_map"][0].numpy()) for t in train_items if int(t["label"]) == k], axis=0)
                   for k in (0, 1)}
     test = load_inputs(model, bench.csv_path, "test")
-    scores = {f"population_{d}": [] for d in ("ncc_minus", "ncc_plus")}
+    scores: dict[str, list[float]] = {f"population_{d}": [] for d in ("ncc_minus", "ncc_plus")}
     for i in range(len(test)):
         item = test[i]
         label = int(item["label"])

@@ -71,7 +71,7 @@ def measure(shape, mode, images_per_class, width, warmup, iterations, accelerato
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = []
-    for i in range(warmup + iterations):
+    for _ in range(warmup + iterations):
         b = next(batches)
         sync()
         t = time.perf_counter()

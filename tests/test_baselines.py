@@ -9,11 +9,11 @@ from typer.testing import CliRunner
 
 import icam
 from icam.baselines.attribution import BaselineModel, occlusion_window
-from icam.methods import POSTHOC
 from icam.baselines.networks import ResNetClassifier, UNetMapGenerator, WGANCritic
 from icam.checkpoint import CheckpointError
 from icam.cli import app
 from icam.config import load_config
+from icam.methods import POSTHOC
 from icam.run import read_metrics
 from icam.train import train
 

@@ -59,8 +59,8 @@ def test_quality_bench_trains_variants_and_reuses_the_model_for_map_only_ones(tm
     # the map-only variant explained the default model: same predictions, its own maps
     assert line["means"]["reference-reconstruction"]["accuracy"] == line["means"]["default"]["accuracy"]
     runs = sorted(p.name for p in (tmp_path / "seed0" / "runs").iterdir())
-    assert runs == ["cnn-classifier", "cnn-regressor", "default-icam", "default-icam-reg", "no-ema-icam", "no-ema-icam-reg",
-                    "resnet"]
+    assert runs == ["cnn-classifier", "cnn-regressor", "default-icam", "default-icam-reg", "no-ema-icam",
+                    "no-ema-icam-reg", "resnet"]
     assert "| no-ema |" in (tmp_path / "quality.md").read_text()
 
 

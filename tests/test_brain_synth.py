@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from icam.data.atlas import atlas_on_grid
-from icam.data.brain_synth import (DESIGNS, LESION_EXTENT, Renderer, SubjectDraws, draw_subject,
-                                   render_subjects, subject_targets)
+from icam.data.brain_synth import (
+    DESIGNS,
+    LESION_EXTENT,
+    Renderer,
+    SubjectDraws,
+    draw_subject,
+    render_subjects,
+    subject_targets,
+)
 from icam.data.synth_export import write_brain_synth
 
 SHAPE = (64, 64)
@@ -59,8 +66,11 @@ def _support(renderer, draws, effect):
     if effect == "cortex":
         regions = renderer._sample(renderer.atlas.regions[draws.slice].float(), position, "nearest").long()[:, 0]
         return torch.gather(draws.region_weights, 1, regions.flatten(1)).view(regions.shape) > 0
-    centres, radii, signs = ((draws.diffuse_centre[:, None], draws.diffuse_radius_mm[:, None], torch.ones(len(position), 1))
-                             if effect == "diffuse" else (draws.lesion_centres, draws.lesion_radius_mm, draws.lesion_sign))
+    if effect == "diffuse":
+        centres, radii, signs = (draws.diffuse_centre[:, None], draws.diffuse_radius_mm[:, None],
+                                 torch.ones(len(position), 1))
+    else:
+        centres, radii, signs = draws.lesion_centres, draws.lesion_radius_mm, draws.lesion_sign
     offset = (position.unsqueeze(1) - centres.view(len(position), -1, 1, 1, 2)) * renderer.mm_per_unit
     reach = (offset.pow(2).sum(-1) < (LESION_EXTENT * radii.view(len(position), -1, 1, 1)) ** 2)
     return (reach & (signs != 0).view(len(position), -1, 1, 1)).any(1)
@@ -75,7 +85,7 @@ EFFECT_WEIGHTS = ("ventricle_weight", "cortex_weight", "lesion_weight", "deep_gm
 def test_each_effect_changes_only_where_it_acts(renderer, coronal_renderer, design, effect):
     renderer = renderer if design == "brain-synth" else coronal_renderer
     others = [name for name in EFFECT_WEIGHTS if name != f"{effect}_weight"]
-    draws = draws_for(renderer, range(12), **{name: None for name in others})
+    draws = draws_for(renderer, range(12), **dict.fromkeys(others))
     draws = dataclasses.replace(draws, **{f"{effect}_weight": torch.full_like(draws.ventricle_weight, 0.8)})
     _, _, gt, _ = renderer.render_pair(draws)
     changed = gt[:, 0] != 0
@@ -85,7 +95,7 @@ def test_each_effect_changes_only_where_it_acts(renderer, coronal_renderer, desi
 
 def test_no_effect_means_no_change(renderer, coronal_renderer):
     for each in (renderer, coronal_renderer):
-        draws = draws_for(each, range(4), **{name: None for name in EFFECT_WEIGHTS})
+        draws = draws_for(each, range(4), **dict.fromkeys(EFFECT_WEIGHTS))
         _, _, gt, _ = each.render_pair(draws)
         assert torch.count_nonzero(gt) == 0
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import torch
-
 from typer.testing import CliRunner
 
 from icam.checkpoint import load_checkpoint

@@ -78,7 +78,7 @@ def test_print_defaults_for_your_own_cohort_is_a_valid_csv_config(tmp_path):
 
 def test_a_data_section_of_another_kind_is_one_line(tmp_path):
     (tmp_path / "squares.yaml").write_text(runner.invoke(app, ["config", "--print-defaults"]).stdout)
-    with pytest.raises(ConfigError, match="data.image_size, .* belong to another data.kind, not csv.*--kind csv"):
+    with pytest.raises(ConfigError, match=r"data.image_size, .* belong to another data.kind, not csv.*--kind csv"):
         load_config(tmp_path / "squares.yaml", ["data.kind=csv", "data.csv=a.csv", "data.shape=[64,64]"])
 
 
@@ -101,5 +101,5 @@ def test_the_papers_model_is_one_setting_and_keys_beside_it_win():
     assert (paper.translation, paper.generator_norm, paper.attribute_channels, paper.attribute_injection,
             paper.attribute_sampling) == ("image", "instance", 1, "input", "prior")
     assert load_config(None, ["model.preset=paper", "model.translation=residual"]).model.translation == "residual"
-    with pytest.raises(ConfigError, match="'model.preset'.*'icam' or 'paper'"):
+    with pytest.raises(ConfigError, match=r"'model.preset'.*'icam' or 'paper'"):
         load_config(None, ["model.preset=authors"])

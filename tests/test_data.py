@@ -2,8 +2,8 @@
 
 import torch
 
-from icam.data import build_cohorts, make_squares
 from icam.config import SquaresData
+from icam.data import build_cohorts, make_squares
 
 
 def test_squares_are_balanced_scaled_and_have_ground_truth():

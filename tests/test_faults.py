@@ -241,10 +241,9 @@ def test_a_killed_checkpoint_write_leaves_no_temporary_file(tmp_path):
 def test_a_run_folder_is_locked_while_training(tmp_path):
     from icam.run import run_lock
 
-    with run_lock(tmp_path):
-        with pytest.raises(FileExistsError, match="another icam process is training"):
-            with run_lock(tmp_path):
-                pass
+    with run_lock(tmp_path), pytest.raises(FileExistsError, match="another icam process is training"), \
+            run_lock(tmp_path):
+        pass
     with run_lock(tmp_path):  # released
         pass
 

@@ -116,8 +116,8 @@ def test_splits_never_share_a_subject_and_are_stratified():
         by_subject.setdefault(s, set()).add(k)
     assert all(len(v) == 1 for v in by_subject.values())
     for k in ("val", "test"):
-        assert sum(1 for s, l in zip(splits, labels) if s == k and l == 0) == 20
-        assert sum(1 for s, l in zip(splits, labels) if s == k and l == 1) == 20
+        assert sum(1 for s, label in zip(splits, labels) if s == k and label == 0) == 20
+        assert sum(1 for s, label in zip(splits, labels) if s == k and label == 1) == 20
     assert splits == assign_splits(subjects, labels, [float(i // 2) for i in range(400)], seed=1)
 
 
@@ -161,7 +161,8 @@ def test_skip_bad_leaves_rows_out_and_lists_them(bad_cohort, tmp_path):
     config = load_config(None, TINY_TRAINING + ["data.kind=csv", f"data.csv={bad_cohort}", "data.shape=[16,16,16]",
                                        "data.skip_bad=true", "train.steps=1", f"out_dir={tmp_path / 'runs'}"])
     summary = train(config, show_progress=False)
-    excluded = list(csv.DictReader(open(f"{summary['run_dir']}/excluded.csv")))
+    with open(f"{summary['run_dir']}/excluded.csv") as table:
+        excluded = list(csv.DictReader(table))
     assert {int(r["row"]) for r in excluded} == {8, 9, 10, 11, 12, 13, 14, 4}  # 14 also repeats row 7's image
     assert all(r["reason"] for r in excluded)
 
@@ -213,8 +214,8 @@ def test_data_check_fills_the_training_cache(synth2d, tmp_path):
 
 
 def test_icam_trains_on_the_synthetic_cohort_through_the_csv_path(synth2d, tmp_path):
-    config = load_config(None, TINY_TRAINING + ["data.kind=csv", f"data.csv={synth2d / 'cohort.csv'}", "data.shape=[64,64]",
-                                       f"out_dir={tmp_path / 'runs'}", "train.steps=3"])
+    config = load_config(None, TINY_TRAINING + ["data.kind=csv", f"data.csv={synth2d / 'cohort.csv'}",
+                                                "data.shape=[64,64]", f"out_dir={tmp_path / 'runs'}", "train.steps=3"])
     summary = train(config, show_progress=False)
     assert summary["regressing"] and summary["selection"]["metric"] == "mae"
     assert {"mae", "ncc", "accuracy"} <= set(summary["validation"])

@@ -28,7 +28,7 @@ def head(shape, affine, ventricle: float, rng, scale: float = 1.0) -> np.ndarray
     that is brighter in the corners, as coil sensitivity makes it."""
     index = np.indices(shape).reshape(3, -1).astype(float)
     world = affine[:3, :3] @ index + affine[:3, 3:4]
-    r = np.sqrt((((world / (HEAD_MM[:, None] * scale)) ** 2).sum(0))).reshape(shape)
+    r = np.sqrt(((world / (HEAD_MM[:, None] * scale)) ** 2).sum(0)).reshape(shape)
     volume = np.where(r < 1, 100.0, 0.0) - np.where(r < ventricle, 70.0, 0.0)
     corner = np.sqrt(((np.indices(shape) / (np.array(shape) - 1)[:, None, None, None] - 0.5) ** 2).sum(0))
     return volume + np.abs(rng.normal(0, 4 + 20 * corner, shape))
@@ -266,7 +266,7 @@ def test_a_split_needs_a_split_column_or_the_runs_splits(adni, run3d, tmp_path):
     model = load_run(run3d)
     assert len(load_inputs(model, adni["csv"], "test")) == 2  # the run's splits.csv
     model.run_dir = None  # a checkpoint file copied out of its run folder
-    with pytest.raises(ValueError, match="no split column, and the run has no splits.csv"):
+    with pytest.raises(ValueError, match=r"no split column, and the run has no splits\.csv"):
         load_inputs(model, adni["csv"], "test")
 
 

@@ -60,7 +60,8 @@ def test_every_string_from_the_folders_is_escaped_in_the_page():
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs Debian's chromium)")
 def test_report_renders_in_chromium_without_errors(report, tmp_path):
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}",
              "--enable-logging=stderr", "--v=0", "--window-size=1280,4000", "--hide-scrollbars"]
     dom = subprocess.run(flags + ["--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -195,7 +196,7 @@ def test_every_slice_is_lettered_on_the_side_the_subject_is():
         left, right, bottom, top = ORIENTATION[view]
         assert letters[left][0] < 0.5 < letters[right][0] and letters[bottom][1] < 0.5 < letters[top][1]
         shown = ax.images[0].get_array()  # rows: the vertical axis (origin lower), columns: horizontal
-        row, column = np.unravel_index(np.argmax(shown), shown.shape)
+        _, column = np.unravel_index(np.argmax(shown), shown.shape)
         if view in ("axial", "coronal"):  # the marker is in the subject's left: drawn on the L side
             assert column < shown.shape[1] / 2 and left == "L"
         if view == "axial":  # and anterior marker at the top

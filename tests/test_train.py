@@ -83,7 +83,8 @@ def test_resume_continues_exactly(tiny_config):
     for net in ("model", "model_ema", "domain_discriminators", "content_discriminator"):
         for name, tensor in a[net].items():
             assert torch.equal(tensor, b[net][name]), f"{net}.{name}"
-    assert a["optimizers"]["generator"]["state"][0]["exp_avg"].equal(b["optimizers"]["generator"]["state"][0]["exp_avg"])
+    moments = [run["optimizers"]["generator"]["state"][0]["exp_avg"] for run in (a, b)]
+    assert moments[0].equal(moments[1])
     assert resumed["validation"] == full["validation"]
     assert json.loads((Path(half["run_dir"]) / "provenance.json").read_text())["resumed"][0]["at_step"] == 3
 

@@ -5,4 +5,4 @@ from .explain import Explainer, Explanation, Refinement, load_run
 from .model import ICAM
 
 __version__ = "0.1.0"
-__all__ = ["ICAM", "Config", "Explainer", "Explanation", "Refinement", "load_config", "load_run", "__version__"]
+__all__ = ["ICAM", "Config", "Explainer", "Explanation", "Refinement", "__version__", "load_config", "load_run"]

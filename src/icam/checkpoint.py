@@ -121,7 +121,7 @@ def load_checkpoint(path: str | Path, which: str = "last") -> dict:
     path = resolve_checkpoint(path, which)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same explanation
+    except Exception as e:
         raise CheckpointError(f"{path} is not a readable icam checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an icam checkpoint (expected format {FORMAT!r})")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -32,7 +30,7 @@ EXIT_STOPPED = 3  # a training run stopped before its last step (SIGTERM, --stop
 EXIT_ENVIRONMENT = 4  # the machine: permissions, a full or read-only disk, no GPU backend
 
 
-def _environment_errors() -> tuple[type, ...]:
+def _environment_errors() -> tuple[type[Exception], ...]:
     """Errors of the machine rather than of the input: the OS's, and an accelerator it lacks."""
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
@@ -79,21 +77,21 @@ def friendly_errors(command):
 
 @app.command("train")
 def train_command(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (defaults for missing keys)"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config (defaults for missing keys)"),
     set_: list[str] = typer.Option([], "--set", help="override a key, e.g. --set loss.fa_map_l1=5 (repeatable)"),
-    steps: Optional[int] = typer.Option(None, help="training iterations (train.steps)"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="folder for run folders (out_dir)"),
-    name: Optional[str] = typer.Option(None, help="run folder name (default: a timestamp)"),
-    seed: Optional[int] = typer.Option(None, help="random seed"),
-    accelerator: Optional[str] = typer.Option(None, help="cpu | gpu | auto"),
-    devices: Optional[str] = typer.Option(None, help="devices per node (processes), or auto"),
-    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="nodes (with torchrun or SLURM)"),
-    precision: Optional[str] = typer.Option(None, help="32-true | bf16-mixed | 16-mixed"),
-    resume: Optional[Path] = typer.Option(None, help="continue this run folder from its last checkpoint"),
-    init_from: Optional[Path] = typer.Option(
+    steps: int | None = typer.Option(None, help="training iterations (train.steps)"),
+    out_dir: Path | None = typer.Option(None, "--out", help="folder for run folders (out_dir)"),
+    name: str | None = typer.Option(None, help="run folder name (default: a timestamp)"),
+    seed: int | None = typer.Option(None, help="random seed"),
+    accelerator: str | None = typer.Option(None, help="cpu | gpu | auto"),
+    devices: str | None = typer.Option(None, help="devices per node (processes), or auto"),
+    num_nodes: int | None = typer.Option(None, "--num-nodes", help="nodes (with torchrun or SLURM)"),
+    precision: str | None = typer.Option(None, help="32-true | bf16-mixed | 16-mixed"),
+    resume: Path | None = typer.Option(None, help="continue this run folder from its last checkpoint"),
+    init_from: Path | None = typer.Option(
         None, "--init-from", help="start from these weights (a run folder's best checkpoint, or a .pt file), "
                                   "e.g. to fine-tune a classification run with the regression loss"),
-    stop_at: Optional[int] = typer.Option(
+    stop_at: int | None = typer.Option(
         None, "--stop-at", help="checkpoint and stop after this step (continue later with --resume)"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="leave out rows with bad input (listed in the run "
                                                              "folder's excluded.csv) instead of stopping"),
@@ -155,7 +153,7 @@ def synth_command(
     dims: int = typer.Option(2, "--dims", help="2 (axial slices) or 3 (volumes)"),
     n: int = typer.Option(200, "--n", help="number of subjects"),
     seed: int = typer.Option(0, help="random seed: the same seed gives the same cohort"),
-    size: Optional[str] = typer.Option(
+    size: str | None = typer.Option(
         None, "--size", help="image shape, e.g. 64x80x64 (default 128x128 in 2D, 64x80x64 in 3D)"),
     slices: int = typer.Option(1, "--slices", help="2D: slices per subject (4 mm apart, split by subject)"),
     cohort: str = typer.Option("brain-synth", "--cohort", help="brain-synth: axial slices, age, ventricles + cortex "
@@ -211,7 +209,7 @@ def synth_command(
     friendly_errors(run)(debug=debug)
 
 
-def _inputs(explainer, csv_path: Optional[Path], image: Optional[Path], split: Optional[str]):
+def _inputs(explainer, csv_path: Path | None, image: Path | None, split: str | None):
     from .inference import load_images, load_inputs
 
     if (csv_path is None) == (image is None):
@@ -220,18 +218,19 @@ def _inputs(explainer, csv_path: Optional[Path], image: Optional[Path], split: O
         if split is not None:
             raise ValueError("--split selects rows of a --csv table; drop it with --image")
         return load_images(explainer, [image])
+    assert csv_path is not None  # one of the two, checked above
     return load_inputs(explainer, csv_path, split)
 
 
 @app.command("predict")
 def predict_command(
     run_dir: Path = typer.Argument(..., help="a run folder (or a checkpoint file)"),
-    csv_path: Optional[Path] = typer.Option(None, "--csv", help="a cohort table (labels optional)"),
-    image: Optional[Path] = typer.Option(None, "--image", help="one NIfTI image"),
+    csv_path: Path | None = typer.Option(None, "--csv", help="a cohort table (labels optional)"),
+    image: Path | None = typer.Option(None, "--image", help="one NIfTI image"),
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="the predictions table to write"),
-    split: Optional[str] = typer.Option(None, help="only the table's rows of this split (train/val/test)"),
+    split: str | None = typer.Option(None, help="only the table's rows of this split (train/val/test)"),
     which: str = typer.Option("best", help="best or last checkpoint of the run"),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
+    device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
     debug: bool = DEBUG,
 ):
     """Predict class probabilities (and the regressed target) for images; write a CSV.
@@ -256,11 +255,11 @@ def predict_command(
 def explain_command(
     run_dir: Path = typer.Argument(..., help="a run folder (or a checkpoint file)"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for maps, figures and tables"),
-    csv_path: Optional[Path] = typer.Option(None, "--csv", help="a cohort table (labels optional)"),
-    image: Optional[Path] = typer.Option(None, "--image", help="one NIfTI image"),
-    split: Optional[str] = typer.Option(None, help="only the table's rows of this split (e.g. test)"),
-    limit: Optional[int] = typer.Option(None, help="explain at most this many images (all are predicted)"),
-    target_class: Optional[str] = typer.Option(None, "--target-class", help="translate to this class, by name (AD) "
+    csv_path: Path | None = typer.Option(None, "--csv", help="a cohort table (labels optional)"),
+    image: Path | None = typer.Option(None, "--image", help="one NIfTI image"),
+    split: str | None = typer.Option(None, help="only the table's rows of this split (e.g. test)"),
+    limit: int | None = typer.Option(None, help="explain at most this many images (all are predicted)"),
+    target_class: str | None = typer.Option(None, "--target-class", help="translate to this class, by name (AD) "
                                                                            "or number (default: the most probable "
                                                                            "other class)"),
     from_label: bool = typer.Option(False, "--from-label", help="translate each scan from its table label to the "
@@ -281,24 +280,24 @@ def explain_command(
                                                               "steps fitting each scan's content code before it is "
                                                               "translated (0: none)"),
     refine_seconds: float = typer.Option(10.0, "--refine-seconds", help="the refinement's time limit per scan"),
-    sampling: Optional[str] = typer.Option(None, help="how attributes are drawn: prior (every element, the paper) "
+    sampling: str | None = typer.Option(None, help="how attributes are drawn: prior (every element, the paper) "
                                                       "or counterfactual (only what the classifier and regressor "
                                                       "read; the rest stays the scan's own); default: the run's "
                                                       "model.attribute_sampling"),
-    pair: Optional[tuple[Path, Path]] = typer.Option(None, "--pair", help="two images: each with the other's attribute"),
-    interpolate: Optional[tuple[Path, Path]] = typer.Option(None, "--interpolate", help="two images: walk from the "
-                                                                                      "first's attribute to the second's"),
+    pair: tuple[Path, Path] | None = typer.Option(None, "--pair", help="two images: each with the other's attribute"),
+    interpolate: tuple[Path, Path] | None = typer.Option(
+        None, "--interpolate", help="two images: walk from the first's attribute to the second's"),
     steps: int = typer.Option(10, help="steps of --interpolate"),
     figures: str = typer.Option("all", help="PNG overlays of each explained scan: all, outliers (the worst-"
                                             "predicted, regression runs) or none (a large cohort's maps sooner)"),
     which: str = typer.Option("best", help="best or last checkpoint of the run"),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
+    device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
     precision: str = typer.Option("32-true", help="decoding of the translations: 32-true, or bf16-mixed (faster on "
                                                   "a GPU or a CPU with bf16 instructions; maps differ by bf16 "
                                                   "rounding)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the outputs another model wrote into --out "
                                                               "(they are cleared first)"),
-    posthoc: Optional[str] = typer.Option(None, help="for a ResNet baseline run: gradcam, guided_gradcam, "
+    posthoc: str | None = typer.Option(None, help="for a ResNet baseline run: gradcam, guided_gradcam, "
                                                      "guided_backprop, integrated_gradients or occlusion"),
     debug: bool = DEBUG,
 ):
@@ -355,7 +354,8 @@ def explain_command(
                     f"{summary['seconds_per_scan']:.2f} s each, {refined['seconds_per_scan']:.2f} of them refining: "
                     f"{summary['seconds_per_scan'] - refined['seconds_per_scan']:.2f} s without; decoder error "
                     f"{refined['reconstruction_l1_before']:.4f} -> {refined['reconstruction_l1_after']:.4f}")
-            facts = [f"{summary['explained']} scans explained ({each}, acceptance {summary['mean_acceptance_rate']:.2f})"]
+            facts = [f"{summary['explained']} scans explained ({each}, "
+                     f"acceptance {summary['mean_acceptance_rate']:.2f})"]
             facts += [f"{k} {summary[k]:.3f}" for k in ("accuracy", "mae") if k in summary]
             typer.echo("; ".join(facts))
         elif not pair and not interpolate:
@@ -368,7 +368,7 @@ def explain_command(
     friendly_errors(run)(debug=debug)
 
 
-def _class_index(names: list[str], value: Optional[str]) -> Optional[int]:
+def _class_index(names: list[str], value: str | None) -> int | None:
     """--target-class by the run's class name, or by number."""
     if value is None:
         return None
@@ -383,9 +383,9 @@ def _class_index(names: list[str], value: Optional[str]) -> Optional[int]:
 def evaluate_command(
     outputs: Path = typer.Argument(..., help="a folder written by `icam explain` (maps/, predictions.csv)"),
     csv_path: Path = typer.Option(..., "--csv", help="the cohort table with gt_map (and mask) columns"),
-    split: Optional[str] = typer.Option(None, help="only the table's rows of this split"),
+    split: str | None = typer.Option(None, help="only the table's rows of this split"),
     suffix: str = typer.Option("fa_mean", help="which maps to score: maps/<id>_<suffix>.nii.gz"),
-    run_dir: Optional[Path] = typer.Option(None, "--run", help="the run whose column names, classes and splits.csv "
+    run_dir: Path | None = typer.Option(None, "--run", help="the run whose column names, classes and splits.csv "
                                                            "read the table (default: the one the outputs name)"),
     debug: bool = DEBUG,
 ):
@@ -395,15 +395,16 @@ def evaluate_command(
     of |FA| for changed voxels, Dice of the top-k voxels, the pointing game; mean ± sd overall,
     for class 0 → 1 (NCC+) and 1 → 0 (NCC−). Writes evaluation.json and per_subject_maps.csv.
 
-    Example: icam explain runs/r --csv cohort.csv --split test --from-label --out ex && icam evaluate ex --csv cohort.csv
+    Example: icam explain runs/r --csv cohort.csv --split test --from-label --out ex &&
+    icam evaluate ex --csv cohort.csv
     """
     def run():
         from .evaluate import evaluate_outputs
 
         result = evaluate_outputs(outputs, csv_path, split, suffix, run_dir)
 
-        from .metrics import Direction
         from .intervals import describe
+        from .metrics import Direction
 
         def fmt(m):  # the mean [95% interval], n
             return describe(m["mean"], m.get("ci"), m["n"])
@@ -488,10 +489,10 @@ def demo_command(
 @app.command("report")
 def report_command(
     folder: Path = typer.Argument(..., help="a run folder, a demo folder or a benchmark folder"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="the HTML file (default: FOLDER/report.html)"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="the HTML file (default: FOLDER/report.html)"),
     explained: list[Path] = typer.Option([], "--explained", help="`icam explain` output folder(s) to include; "
                                                                  "the first is the ICAM one"),
-    csv_path: Optional[Path] = typer.Option(None, "--csv", help="the cohort table (for the map gallery)"),
+    csv_path: Path | None = typer.Option(None, "--csv", help="the cohort table (for the map gallery)"),
     debug: bool = DEBUG,
 ):
     """Write a single self-contained HTML report (figures embedded, opens offline).
@@ -510,10 +511,11 @@ def report_command(
     friendly_errors(run)(debug=debug)
 
 
-def _report_parts(folder: Path, explained: list[Path], csv_path: Optional[Path]):
+def _report_parts(folder: Path, explained: list[Path], csv_path: Path | None):
     """What a folder holds: a run folder itself, or a demo/benchmark folder with runs and maps."""
     from .methods import METHOD_LABELS as names
 
+    run_dir: Path | None
     if (folder / "config.yaml").is_file():
         run_dir = folder
     else:
@@ -540,7 +542,7 @@ app.add_typer(data_app, name="data")
 @data_app.command("check")
 def data_check_command(
     csv_path: Path = typer.Argument(..., metavar="CSV", help="the cohort table"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="a config whose data section names columns, "
+    config: Path | None = typer.Option(None, "--config", "-c", help="a config whose data section names columns, "
                                                                           "class thresholds, split fractions"),
     set_: list[str] = typer.Option([], "--set", help="override a key, e.g. --set data.columns.label=diagnosis"),
     workers: int = typer.Option(0, help="processes that decode images"),
@@ -594,7 +596,7 @@ def data_check_command(
     friendly_errors(run)(debug=debug)
 
 
-def _has_shape(config: Optional[Path], sets: list[str]) -> bool:
+def _has_shape(config: Path | None, sets: list[str]) -> bool:
     """Whether the user gave data.shape (the check itself does not need one)."""
     import yaml
 
@@ -606,7 +608,7 @@ def _has_shape(config: Optional[Path], sets: list[str]) -> bool:
 
 @app.command("config")
 def config_command(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config to check and resolve"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config to check and resolve"),
     set_: list[str] = typer.Option([], "--set", help="override a key (repeatable)"),
     print_defaults: bool = typer.Option(False, "--print-defaults", help="print the default config, each key with "
                                                                         "its description"),
@@ -633,4 +635,4 @@ def main() -> None:  # pragma: no cover - `python -m icam.cli`
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -27,10 +27,9 @@ import torch
 from pydantic import Field
 
 from .config import Config, Section
-from .metrics import Direction
 from .intervals import mean_sd
 from .methods import METHOD_LABELS, POSTHOC_LABELS
-
+from .metrics import Direction
 
 
 class BenchmarkSettings(Section):
@@ -78,7 +77,7 @@ class BenchmarkSettings(Section):
                                                                  "maps and Table I (the authors' code: 0.9)")
     translations_per_image: int = Field(10, ge=1, description="Table I: translations of each test image judged")
     test_limit: int | None = Field(None, description="explain at most this many test images per method")
-    posthoc: list[str] = list(POSTHOC_LABELS)
+    posthoc: list[str] = Field(default_factory=lambda: list(POSTHOC_LABELS))
     figure_subjects: int = 4
 
     @property
@@ -185,7 +184,8 @@ class BenchmarkRun:
 
         with self._timed(f"train {config.name}", f"training {config.name}"):
             summary = train(config, show_progress=self.progress, **kwargs)
-        self.runs[config.name] = summary["run_dir"]
+        assert summary is not None  # one process: the main one
+        self.runs[str(config.name)] = summary["run_dir"]
         return summary["run_dir"]
 
     def train_icam(self, prefix: str = "") -> tuple[str, str]:
@@ -212,7 +212,7 @@ class BenchmarkRun:
         s = self.settings
         steps, lr = {"resnet": (s.resnet_steps, s.resnet_lr), "vagan": (s.vagan_steps, None)}.get(
             method, (s.cnn_steps, s.cnn_lr))
-        baseline = {"width": s.width, "batch_size": s.baseline_batch, "steps": steps,
+        baseline: dict[str, float | None] = {"width": s.width, "batch_size": s.baseline_batch, "steps": steps,
                     "validate_every": s.baseline_validate_every, "patience": s.baseline_patience}
         if lr is not None:
             baseline["lr"] = lr
@@ -316,7 +316,7 @@ class BenchmarkRun:
             models = {key: load_run(run, "best", self.device) for key, run in icam_runs.items()}
             vagan_model = BaselineModel.from_checkpoint(vagan, "best", self.device) if vagan else None
             dataset = load_inputs(judge, self.csv_path, "test")
-            hits = {key: [] for key in ("real", *models, *(["vagan"] if vagan else []))}
+            hits: dict[str, list] = {key: [] for key in ("real", *models, *(["vagan"] if vagan else []))}
             k = judge.num_classes
             for key, model in models.items():
                 generator = torch.Generator(device=model.device).manual_seed(s.seed)
@@ -499,7 +499,7 @@ def _write_tables(out: Path, evaluations: dict, predictions: dict, translation: 
 def _comparison_figure(out: Path, maps_dirs: dict, csv_path: Path, subjects: int) -> Path | None:
     """The same test subjects side by side: input, ground truth and each method's map (the
     report's gallery, as a PNG beside the tables)."""
-    from .report.figures import DPI, pyplot, gallery_figure
+    from .report.figures import DPI, gallery_figure, pyplot
 
     fig = gallery_figure(csv_path, {METHOD_LABELS[k]: folder for k, folder in maps_dirs.items()}, subjects)
     if fig is None:

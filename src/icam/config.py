@@ -7,8 +7,9 @@ key raises :class:`ConfigError`, naming the key and the valid ones.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -109,7 +110,7 @@ class CsvData(Section):
     kind: Literal["csv"] = "csv"
     csv: str = Field(..., description="path of the cohort table")
     columns: CsvColumns = CsvColumns()
-    classes: list[Union[int, float, str]] | None = Field(
+    classes: list[int | float | str] | None = Field(
         None, description="the label values that are classes, in class order, e.g. [CN, AD]: rows with another "
                           "label (MCI) are left out and listed in excluded.csv; outputs use these names. null: "
                           "labels are class numbers 0, 1, 2, …")
@@ -186,10 +187,11 @@ class ModelConfig(Section):
                              "modulates the generator's features at S/2 and S (SPADE-style), so it can change fine "
                              "structure directly")
     attribute_sampling: Literal["prior", "counterfactual"] = Field(
-        "prior", description="how the attributes of this model's maps (validation, icam explain, Table I) are drawn: "
-                             "prior (every element from N(0, I), the paper) or counterfactual (only what the "
-                             "classifier and regressor read; the rest stays the scan's own attribute mean, so the "
-                             "translation changes what the prediction needs and keeps the rest of the scan)")
+        "prior", description="how the attributes of this model's maps (validation, icam explain, Table I) "
+                                      "are drawn: prior (every element from N(0, I), the paper) or counterfactual "
+                                      "(only what the classifier and regressor read; the rest stays the scan's own "
+                                      "attribute mean, so the translation changes what the prediction needs and "
+                                      "keeps the rest of the scan)")
     generator_norm: Literal["instance", "channel"] = Field(
         "instance", description="the generator's normalisation: instance (the paper's InstanceNorm/LayerNorm, "
                                 "statistics over the whole image, so a change in one place shifts every voxel) or "
@@ -323,7 +325,7 @@ class Config(Section):
     seed: int = 0
     out_dir: str = Field("runs", description="run folders are created inside")
     name: str | None = Field(None, description="run folder name; a timestamp when null")
-    data: Annotated[Union[SquaresData, BrainSynthData, CsvData], Field(discriminator="kind")] = SquaresData()
+    data: Annotated[SquaresData | BrainSynthData | CsvData, Field(discriminator="kind")] = SquaresData()
     model: ModelConfig = ModelConfig()
     loss: LossWeights = LossWeights()
     train: TrainConfig = TrainConfig()
@@ -400,8 +402,11 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
-def settings_from(model: type[BaseModel], overrides: list[str], base: dict | None = None,
-                  what: str = "settings") -> BaseModel:
+Settings = TypeVar("Settings", bound=BaseModel)
+
+
+def settings_from(model: type[Settings], overrides: list[str], base: dict | None = None,
+                  what: str = "settings") -> Settings:
     """A settings model (a command's own, not the run config) from ``base`` and ``key=value``
     overrides; a bad key or value is a ConfigError whose message names it."""
     tree = {**(base or {}), **parse_overrides(overrides)}
@@ -422,8 +427,8 @@ def merge_trees(base: dict, update: dict) -> dict:
 
 def _other_kind_keys(data: dict, source: str) -> None:
     """One line when a data section mixes kinds (a squares dump with data.kind=csv set)."""
-    kinds = {"squares": SquaresData, "brain-synth": BrainSynthData, "csv": CsvData}
-    own = kinds.get(data.get("kind"))
+    kinds: dict[str, type[Section]] = {"squares": SquaresData, "brain-synth": BrainSynthData, "csv": CsvData}
+    own = kinds.get(str(data.get("kind")))
     if own is None:
         return
     foreign = [k for k in data if k not in own.model_fields and any(k in m.model_fields for m in kinds.values())]
@@ -443,7 +448,7 @@ def build_config(tree: dict, source: str = "config") -> Config:
         raise _explain(e, source) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), values: dict[str, Any] | None = None
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), values: dict[str, Any] | None = None
                 ) -> Config:
     """The config of a YAML file (or the defaults), then ``values`` (dotted keys with typed
     values: a command's own flags, paths as they are), then ``key=value`` overrides, whose

@@ -40,10 +40,10 @@ def demo_settings(overrides: list[str]) -> DemoSettings:
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, progress: bool = True) -> dict:
     from .comparison import BenchmarkRun, BenchmarkSettings
-    from .methods import METHOD_LABELS
-    from .metrics import Direction
     from .explain import load_run
     from .inference import explain_interpolation, load_inputs
+    from .methods import METHOD_LABELS
+    from .metrics import Direction
     from .report.html import build_report
 
     settings = settings or DemoSettings()
@@ -74,7 +74,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, p
     explained = {"ICAM-reg": bench.explain_icam("icam-reg", figures="outliers")}
     model = load_run(icam_reg, "best", "cpu")
     test = load_inputs(model, csv_path, "test")
-    first_of_class = {}
+    first_of_class: dict[int, str] = {}
     for i in range(len(test)):
         first_of_class.setdefault(int(test[i]["label"]), test.source(i).file)
     if 0 in first_of_class and 1 in first_of_class:  # a walk from a young scan to an old one

@@ -55,7 +55,8 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
     outputs, csv_path = Path(outputs), Path(csv_path)
     table = read_run_table(run_dir or explained_run(outputs), csv_path)
     rows = table.rows if split is None else require_split(table, split, csv_path)
-    per_subject, missing, stamps = [], [], {}
+    per_subject, missing = [], []
+    stamps: dict[str, list[str]] = {}
     for r in rows:
         path = outputs / "maps" / f"{r.id}_{map_suffix}.nii.gz"
         if r.gt_map is None:

@@ -24,7 +24,7 @@ import torch
 from .checkpoint import CheckpointError, fingerprint, load_checkpoint, run_folder
 from .config import Config, build_config
 from .data.table import class_names
-from .model import ICAM, Prediction, fa_map
+from .model import ICAM, AttributePrediction, fa_map
 from .run import warn_if_slow_bf16
 
 
@@ -62,7 +62,7 @@ class Explanation:
     var: torch.Tensor  # (B, 1, *spatial): unbiased variance of the FA map over the samples
     translated: torch.Tensor  # (B, 1, *spatial): mean translated image
     target_class: torch.Tensor  # (B,)
-    prediction: Prediction
+    prediction: AttributePrediction
     n_samples: int
     acceptance_rate: float  # share of candidate attributes that passed the classifier
     fallback: bool  # True if some samples had to take a candidate that did not pass
@@ -120,9 +120,10 @@ class Explainer:
         self.memory_format = None
         if channels_last:
             self.memory_format = torch.channels_last if model.spatial_dims == 2 else torch.channels_last_3d
-            self.model.to(memory_format=self.memory_format)
+            self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # torch's stubs lack it
         self.config = config
-        self.checkpoint_info = {k: checkpoint[k] for k in ("step", "best", "regressing") if checkpoint and k in checkpoint}
+        self.checkpoint_info = {k: checkpoint[k] for k in ("step", "best", "regressing")
+                                if checkpoint and k in checkpoint}
         self.run_dir: Path | None = None  # the run folder it was loaded from (its splits.csv, data.json)
         self.fingerprint = ""  # its checkpoint's SHA-256, stamped on the maps it writes
         self.class_names = class_names(config.data if config is not None else None, model.num_classes)
@@ -151,7 +152,8 @@ class Explainer:
                                   "which opens any method's run")
         for key in ("model", "model_hparams", "config"):
             if key not in state:
-                raise CheckpointError(f"{path} holds no ICAM model ('{key}' is missing): is it a baseline's checkpoint?")
+                raise CheckpointError(f"{path} holds no ICAM model ('{key}' is missing): "
+                                      "is it a baseline's checkpoint?")
         model = ICAM(**state["model_hparams"])
         model.load_state_dict(state.get("model_ema", state["model"]))  # the moving average, when the run kept one
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -206,10 +208,10 @@ class Explainer:
         return explanation
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> Prediction:
+    def predict(self, x: torch.Tensor) -> AttributePrediction:
         return self.model.predict(self.as_input(x))
 
-    def default_target(self, prediction: Prediction) -> torch.Tensor:
+    def default_target(self, prediction: AttributePrediction) -> torch.Tensor:
         """The most probable class other than the predicted one (for two classes: the other class)."""
         others = prediction.probabilities.clone()
         others[torch.arange(len(others)), prediction.predicted_class] = -1
@@ -270,8 +272,8 @@ class Explainer:
             for start in range(0, n_samples, chunk):
                 z = attributes[i, start:start + chunk]
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16-mixed"):
-                    translated = self.model.translate_from(*(t[i:i + 1].expand(len(z), *t.shape[1:])
-                                                             for t in (x, content)), z, mu[i:i + 1])
+                    scan, code = (t[i:i + 1].expand(len(z), *t.shape[1:]) for t in (x, content))
+                    translated = self.model.translate_from(scan, code, z, mu[i:i + 1])
                 translated = translated.double()
                 total[i] += translated.sum(0)
                 squares[i] += translated.pow(2).sum(0)
@@ -323,9 +325,10 @@ class Explainer:
 def refine_content(model: ICAM, x: torch.Tensor, content: torch.Tensor, attribute: torch.Tensor,
                    refinement: Refinement) -> tuple[torch.Tensor, RefinementRecord]:
     """GAN inversion of the content code: Adam on z_c (the networks stay as they are) to lower each
-    scan's mean |G(z_c, mu) − x| (the decoder's error, whatever the kind of translation), for ``refinement.steps`` steps or until its time (seconds per
-    scan × scans) is spent. Each scan's own loss drives its own code (a sum over scans of their
-    means), so a batch refines as its scans would alone."""
+    scan's mean |G(z_c, mu) − x| (the decoder's error, whatever the kind of translation), for
+    ``refinement.steps`` steps or until its time (seconds per scan × scans) is spent. Each scan's
+    own loss drives its own code (a sum over scans of their means), so a batch refines as its
+    scans would alone."""
     started = time.perf_counter()
     budget = refinement.seconds * len(x)
     attribute = attribute.detach().to(content.dtype)

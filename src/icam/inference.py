@@ -17,12 +17,13 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .config import CsvData
 from .data.brain_synth import DESIGNS
+from .data.cohort import Item
 from .data.nifti import NiftiCohort, PreprocessingCache, Spatial, fill_cache
 from .data.table import UNKNOWN_LABEL, DataError, probability_columns, read_table, require_split
 from .model import next_class
@@ -88,9 +89,10 @@ def load_inputs(model, csv_path: Path, split: str | None = None) -> NiftiCohort:
     problems += file_problems
     if problems:
         raise DataError(problems, f"{csv_path}: ")
-    range_ = data.intensity_range and tuple(data.intensity_range)
-    if data.intensity == "cohort" and range_ is None and run_dir is not None and (run_dir / "data.json").is_file():
-        range_ = tuple(json.loads((run_dir / "data.json").read_text()).get("intensity_range") or ()) or None
+    saved = data.intensity_range
+    if data.intensity == "cohort" and saved is None and run_dir is not None and (run_dir / "data.json").is_file():
+        saved = json.loads((run_dir / "data.json").read_text()).get("intensity_range") or None
+    range_ = (float(saved[0]), float(saved[1])) if saved else None
     if data.intensity == "cohort" and range_ is None:
         raise ValueError("this run scales intensities with a cohort-wide range, which is in its run folder's "
                          "data.json (intensity_range): load the model from its run folder")
@@ -131,12 +133,12 @@ def output_id(dataset: NiftiCohort, i: int) -> str:
     return stem
 
 
-def _brain_mask(item: dict) -> np.ndarray:
+def _brain_mask(item: Item) -> np.ndarray:
     """The item's brain mask (the table's or the foreground mask), else every voxel."""
     return item["mask"][0].numpy() if "mask" in item else np.ones(item["image"].shape[1:], dtype=np.float32)
 
 
-def _write_mask(item: dict, dataset: NiftiCohort, i: int, out: Path) -> None:
+def _write_mask(item: Item, dataset: NiftiCohort, i: int, out: Path) -> None:
     """The brain mask the maps were masked and scored with, on the input's grid (once per scan)."""
     if "mask" in item:
         write_map(item["mask"][0].numpy(), dataset, i, out / "maps" / f"{output_id(dataset, i)}_mask.nii.gz",
@@ -362,7 +364,7 @@ def _chosen_inputs(records: list[dict], limit: int | None, outliers: int, figure
     return chosen, drawn
 
 
-def _explain_scan(explainer: Explainer, item: dict, target_class: int | None, from_label: bool,
+def _explain_scan(explainer: Explainer, item: Item, target_class: int | None, from_label: bool,
                   options: dict) -> tuple[Explanation, str]:
     """One scan's explanation and the name of the class it is translated from: its label's (with
     ``from_label``, towards the next class) or its predicted one (towards ``target_class``, or
@@ -395,7 +397,7 @@ def write_scan_maps(explanation: Explanation, dataset: NiftiCohort, i: int, stem
               f"icam mean translation {direction}" + (", input units" if native_intensity else ""), "range")
 
 
-def _write_reconstruction_map(explainer: Explainer, explanation: Explanation, item: dict, dataset: NiftiCohort,
+def _write_reconstruction_map(explainer: Explainer, explanation: Explanation, item: Item, dataset: NiftiCohort,
                               i: int, out: Path, options: dict) -> float:
     """The model's noise floor: the map of the scan translated to its own predicted class,
     written beside its other maps; returns its mean |FA| in the brain."""
@@ -406,7 +408,7 @@ def _write_reconstruction_map(explainer: Explainer, explanation: Explanation, it
     return float(np.abs(own_mean)[_brain_mask(item) > 0].mean())
 
 
-def _figure_title(explainer: Explainer, explanation: Explanation, item: dict, record: dict, ident: str) -> str:
+def _figure_title(explainer: Explainer, explanation: Explanation, item: Item, record: dict, ident: str) -> str:
     """What the explanation figure says of its scan: the prediction, what is known, the translation."""
     names, p = explainer.class_names, explanation.prediction
     known = ([record["label"]] if record["label"] != "" else []) + \
@@ -456,7 +458,7 @@ def _cohort_analyses(records: list[dict], explained: list[dict], regressing: boo
     and, as in the paper, over the scans of the highest class translated down."""
     from scipy import stats
 
-    result = {}
+    result: dict[str, Any] = {}
     labelled = [r for r in records if r["label"] in names and "predicted_class" in r]
     if labelled:
         result["accuracy"] = round(float(np.mean([r["label"] == r["predicted_class"] for r in labelled])), 4)
@@ -471,16 +473,16 @@ def _cohort_analyses(records: list[dict], explained: list[dict], regressing: boo
               "upper_class_translated_down": [
                   r for r in explained if r.get("target_class", top) != top
                   and (r["label"] if r["label"] in names else r["predicted_class"]) == top]}
-    correlations = {}
+    correlations: dict[str, dict] = {}
     for group, members in groups.items():
         magnitude = np.array([r["mean_abs_fa"] for r in members])
         for name, values in (("predicted_target", [r["predicted_target"] for r in members]),
                              ("true_target", [r["target"] if r["target"] != "" else np.nan for r in members])):
-            values = np.asarray(values, dtype=float)
-            ok = np.isfinite(values)
-            if ok.sum() >= 3 and np.ptp(values[ok]) > 0 and np.ptp(magnitude[ok]) > 0:
-                pearson = stats.pearsonr(magnitude[ok], values[ok])
-                spearman = stats.spearmanr(magnitude[ok], values[ok])
+            against = np.asarray(values, dtype=float)
+            ok = np.isfinite(against)
+            if ok.sum() >= 3 and np.ptp(against[ok]) > 0 and np.ptp(magnitude[ok]) > 0:
+                pearson = stats.pearsonr(magnitude[ok], against[ok])
+                spearman = stats.spearmanr(magnitude[ok], against[ok])
                 correlations.setdefault(group, {"scans": FA_CORRELATION_GROUPS[group]})[name] = {
                     "pearson_r": round(float(pearson[0]), 4), "pearson_p": float(pearson[1]),
                     "spearman_rho": round(float(spearman[0]), 4), "spearman_p": float(spearman[1]),

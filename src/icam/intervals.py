@@ -33,7 +33,7 @@ def paired_difference(a, b, seed: int = 0) -> dict:
     """Mean of a − b over paired subjects, with its bootstrap interval and n."""
     difference = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     return {"mean": float(difference.mean()) if len(difference) else None,
-            "ci": bootstrap_interval(difference, seed=seed), "n": int(len(difference))}
+            "ci": bootstrap_interval(difference, seed=seed), "n": len(difference)}
 
 
 def wilson_interval(successes: int, n: int) -> tuple[float, float] | None:

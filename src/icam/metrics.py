@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ def map_metrics(fa: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None,
 
     inside = (mask > 0) if mask is not None else np.ones(fa.shape, dtype=bool)
     a, b = np.abs(fa[inside]).astype(np.float64), np.abs(gt[inside]).astype(np.float64)
-    undefined = {"ncc": None, "auroc": None, "ap": None, "dice_topk": None, "pointing": None}
+    undefined: dict[str, float | None] = {"ncc": None, "auroc": None, "ap": None, "dice_topk": None, "pointing": None}
     if b.max(initial=0) <= 0:
         return undefined
     changed = b >= change_threshold * b.max()
@@ -86,18 +87,18 @@ def summarise_maps(per_subject: list[dict]) -> dict:
     the counts: a bootstrap interval over subjects; Wilson's for the pointing game (a proportion)."""
     from .intervals import bootstrap_interval, wilson_interval
 
-    out = {}
+    out: dict[str, Any] = {}
     for name in ("ncc", "auroc", "ap", "dice_topk", "pointing"):
         values = np.array([m[name] for m in per_subject if m.get(name) is not None], dtype=float)
         ci = wilson_interval(int(values.sum()), len(values)) if name == "pointing" else bootstrap_interval(values)
         out[name] = ({"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                      "ci": ci, "n": int(len(values))} if len(values) else {"mean": None, "sd": None, "ci": None,
+                      "ci": ci, "n": len(values)} if len(values) else {"mean": None, "sd": None, "ci": None,
                                                                             "n": 0})
     out["undefined"] = sum(1 for m in per_subject if m.get("ncc") is None)
     return out
 
 
-def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
     """Accuracy, balanced accuracy, macro F1 and ROC AUC (one-vs-rest for K > 2)."""
     from sklearn.metrics import f1_score, roc_auc_score
 
@@ -108,17 +109,17 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
     from .intervals import wilson_interval
 
     result = {"accuracy": float((predicted == labels).mean()), "balanced_accuracy": balanced_accuracy(confusion),
-              "f1": float(f1_score(labels, predicted, average="macro", labels=list(range(k)))), "n": int(len(labels)),
+              "f1": float(f1_score(labels, predicted, average="macro", labels=list(range(k)))), "n": len(labels),
               "accuracy_ci": wilson_interval(int((predicted == labels).sum()), len(labels)),
               "chance": float(np.bincount(labels, minlength=k).max() / len(labels)),  # always the commonest class
-              "predicted_classes": int(len(np.unique(predicted)))}
+              "predicted_classes": len(np.unique(predicted))}
     if len(np.unique(labels)) == k:
         result["roc_auc"] = float(roc_auc_score(labels, probabilities[:, 1]) if k == 2 else
                                   roc_auc_score(labels, probabilities, multi_class="ovr"))
     return result
 
 
-def regression_metrics(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+def regression_metrics(true: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
     """MAE ± sd, RMSE, Pearson r, Spearman ρ and R², in the target's units."""
     from scipy import stats
 
@@ -128,7 +129,7 @@ def regression_metrics(true: np.ndarray, predicted: np.ndarray) -> dict[str, flo
 
     result = {"mae": float(np.abs(error).mean()), "mae_sd": float(np.abs(error).std(ddof=1)) if len(error) > 1 else 0.0,
               "mae_ci": bootstrap_interval(np.abs(error)), "rmse": float(np.sqrt((error ** 2).mean())),
-              "n": int(len(true)),
+              "n": len(true),
               # predicting these scans' mean target for every scan: a model must beat it
               "mae_of_the_mean": float(np.abs(true - true.mean()).mean()),
               "predicted_sd": float(predicted.std()), "true_sd": float(true.std())}

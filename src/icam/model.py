@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,16 @@ class Prediction:
     predicted_class: torch.Tensor | None  # (B,)
     target: torch.Tensor | None  # (B,) regressed value in the target's original units
     attribute_mean: torch.Tensor | None = None  # (B, nz)
+
+
+@dataclass
+class AttributePrediction(Prediction):
+    """ICAM's prediction: it makes every output, all read from the attribute."""
+
+    probabilities: torch.Tensor
+    predicted_class: torch.Tensor
+    target: torch.Tensor
+    attribute_mean: torch.Tensor
 
 
 @dataclass
@@ -76,6 +87,10 @@ class TrainingOutputs:
     random_attribute_estimate: torch.Tensor  # mu of Ea(randomly_translated), to regress the random attribute
 
 
+@overload
+def next_class(labels: int, num_classes: int) -> int: ...
+@overload
+def next_class(labels: torch.Tensor, num_classes: int) -> torch.Tensor: ...
 def next_class(labels: torch.Tensor | int, num_classes: int) -> torch.Tensor | int:
     """The class an image is translated to when no other is asked for: the next one, (label + 1)
     mod K, which is the other class when K = 2. Training pairs, validation maps, the TensorBoard
@@ -115,6 +130,9 @@ def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 class ICAM(nn.Module):
     """ICAM / ICAM-reg for 2D or 3D images (``image_shape`` of 2 or 3 sides, each divisible by 16)."""
+
+    target_mean: torch.Tensor  # buffers: the regression target's standardisation
+    target_std: torch.Tensor
 
     def __init__(self, image_shape: tuple[int, ...] | list[int], num_classes: int = 2,
                  in_channels: int = 1, width: int = 16, init: str = "kaiming", upsampling: str = "transposed",
@@ -215,10 +233,10 @@ class ICAM(nn.Module):
         """The regressed target, in original units, for attribute vectors (B, nz)."""
         return self.regressor(attribute).squeeze(1) * self.target_std + self.target_mean
 
-    def predict(self, x: torch.Tensor) -> Prediction:
+    def predict(self, x: torch.Tensor) -> AttributePrediction:
         mu, _ = self.encode_attribute(x)
         probabilities = F.softmax(self.classifier(mu).float(), dim=1)
-        return Prediction(probabilities, probabilities.argmax(1), self.regress(mu).float(), mu)
+        return AttributePrediction(probabilities, probabilities.argmax(1), self.regress(mu).float(), mu)
 
     # -- translation -------------------------------------------------------------------------
 
@@ -293,12 +311,15 @@ class ICAM(nn.Module):
         accepted = torch.zeros(len(classes), dtype=torch.bool, device=device)
         hits, drawn = torch.zeros((), device=device), 0
         rows = torch.arange(len(classes), device=device)
+        kept = None
         if keep is not None:
+            if subspace is None:
+                raise ValueError("keep needs the subspace the draw replaces")
             keep = keep.to(device).float().expand(len(classes), -1)
-            keep = keep - (keep @ subspace.T) @ subspace  # what the draw leaves as it is
+            kept = (keep - (keep @ subspace.T) @ subspace, subspace)  # what the draw leaves as it is
         while len(rows):
             z, ok, row_hits = self._rejection_round(classes[rows], candidates_per_row, min_probability,
-                                                    generator, None if keep is None else (keep[rows], subspace))
+                                                    generator, None if kept is None else (kept[0][rows], kept[1]))
             attribute[rows], accepted[rows] = z, ok
             hits, drawn = hits + row_hits, drawn + len(rows) * candidates_per_row
             if max_candidates is None or drawn >= max_candidates:
@@ -336,6 +357,7 @@ class ICAM(nn.Module):
             raise ValueError("give exactly one of target_class or attribute")
         mu = self.encode_attribute(x)[0]
         if attribute is None:
+            assert target_class is not None  # exactly one was given
             classes = (torch.full((len(x),), target_class, device=x.device)
                        if isinstance(target_class, int) else target_class)
             attribute = self.sample_attribute(classes, min_probability=min_probability, generator=generator,

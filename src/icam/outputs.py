@@ -18,7 +18,6 @@ import numpy as np
 from .data.nifti import NiftiCohort
 from .data.resample import resample_to_grid
 
-
 MANIFEST = "icam-outputs.json"
 MAP_STAMP = 16  # hex digits of the checkpoint's SHA-256 in each map's aux_file
 # what `icam explain` writes into its folder: cleared before it writes again

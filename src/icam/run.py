@@ -76,10 +76,8 @@ def git_state(directory: Path) -> dict:
 def package_versions() -> dict:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -124,7 +122,7 @@ def write_data_files(run_dir: Path, cohorts) -> None:
     write_csv("excluded.csv", [{"row": p.row, "file": p.file or "", "reason": p.message} for p in cohorts.excluded])
     def facts(dataset) -> dict:
         known = dataset.targets[~dataset.targets.isnan()]
-        target = {"known": int(len(known)), "min": float(known.min()), "mean": float(known.mean()),
+        target = {"known": len(known), "min": float(known.min()), "mean": float(known.mean()),
                   "max": float(known.max())} if len(known) else None
         return {"images": len(dataset), "class_counts": [int(c) for c in dataset.labels.bincount()], "target": target}
 
@@ -274,8 +272,8 @@ def start_run(config: Config, fabric: Fabric, resume: str | Path | None = None,
     if resume is not None:
         run_dir = Path(resume)
     else:
-        run_dir = Path(fabric.broadcast(str(create_run_dir(config.out_dir, config.name))
-                                        if fabric.is_global_zero else None))
+        created = str(create_run_dir(config.out_dir, config.name)) if fabric.is_global_zero else ""
+        run_dir = Path(fabric.broadcast(created))  # rank 0's folder on every rank
         if fabric.is_global_zero:
             write_run_files(run_dir, config, extra_provenance)
             write_data_files(run_dir, cohorts)

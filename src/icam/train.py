@@ -21,6 +21,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import torch
 from lightning_fabric import Fabric
@@ -34,14 +35,13 @@ from .checkpoint import BestCheckpoint, checkpoint_state, load_checkpoint, save_
 from .config import Config
 from .data import ClassBalancedBatchSampler
 from .data.table import class_names, num_classes_of
-from .validation import content_class_accuracy, selection_metric, summarise, validation_statistics
 from .model import ICAM, translation_partners
 from .nets import ContentDiscriminator, DomainDiscriminators
 from .nets.blocks import compile_networks, init_weights, set_activation_checkpointing
-from .report.grids import translation_grid
 from .progress import StepProgress
-from .run import (MetricsLog, build_fabric, check_writable, finished_summary, record_resume, run_lock,
-                  start_run)
+from .report.grids import translation_grid
+from .run import MetricsLog, build_fabric, check_writable, finished_summary, record_resume, run_lock, start_run
+from .validation import content_class_accuracy, selection_metric, summarise, validation_statistics
 
 
 @contextmanager
@@ -83,10 +83,8 @@ class StopRequested:
     def __enter__(self):
         self._previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
         for s in self._previous:
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
         return self
 
     def _handle(self, signum, frame):
@@ -96,10 +94,8 @@ class StopRequested:
 
     def __exit__(self, *exc):
         for s, handler in self._previous.items():
-            try:
+            with contextlib.suppress(ValueError):
                 signal.signal(s, handler)
-            except ValueError:
-                pass
 
 
 class Trainer:
@@ -164,13 +160,13 @@ class Trainer:
         model.target_mean.fill_(float(targets.mean()))
         model.target_std.fill_(float(targets.std()) if len(targets) > 1 and targets.std() > 0 else 1.0)
 
-    def _prepare_for_runtime(self, model: ICAM, domain: nn.Module, content: nn.Module):
+    def _prepare_for_runtime(self, model: ICAM, domain: DomainDiscriminators, content: ContentDiscriminator):
         """runtime.channels_last, activation_checkpointing and compile; returns the memory format."""
         rt, memory_format = self.config.runtime, None
         if rt.channels_last:
             memory_format = torch.channels_last if model.spatial_dims == 2 else torch.channels_last_3d
             for net in (model, domain, content):
-                net.to(memory_format=memory_format)
+                net.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's stubs lack it
         if rt.activation_checkpointing:
             for net in (model, domain, content):
                 set_activation_checkpointing(net, True)
@@ -272,11 +268,12 @@ class Trainer:
     def update_ema(self) -> None:
         # a shorter memory early on (TensorFlow's num_updates rule), so the average does not keep
         # the random initial weights for the first ~1/(1 − decay) steps
+        assert self.ema is not None and self.config.train.ema_decay is not None  # kept only with a decay
         decay = min(self.config.train.ema_decay, (1 + self.step) / (10 + self.step))
         for average, current in zip(self.ema.parameters(), self.raw_model.parameters()):
             average.lerp_(current, 1 - decay)
-        for average, current in zip(self.ema.buffers(), self.raw_model.buffers()):
-            average.copy_(current)
+        for kept, buffer in zip(self.ema.buffers(), self.raw_model.buffers()):
+            kept.copy_(buffer)
 
     def train_step(self, batches: list[dict]) -> dict[str, torch.Tensor]:
         """One iteration: Dc twice, then D, then encoders + generator (three batches).
@@ -289,7 +286,8 @@ class Trainer:
         with torch.no_grad(), self.fabric.autocast():
             contents = self.raw_model.encode_content(torch.cat([first["image"], second["image"]])).chunk(2)
         content_losses = [self.update_content_discriminator(c, b["label"]) for c, b in zip(contents, (first, second))]
-        logged = {"discriminator/content": sum(content_losses) / 2, **self.update_discriminators_and_generator(third)}
+        logged = {"discriminator/content": torch.stack(content_losses).mean(),
+                  **self.update_discriminators_and_generator(third)}
         for scheduler in self.schedulers.values():
             scheduler.step()
         self.step += 1
@@ -318,8 +316,9 @@ class Trainer:
                                       rank=self.fabric.global_rank, world_size=self.fabric.world_size,
                                       sampling=self.config.model.attribute_sampling, regressing=self.regressing,
                                       device=self.fabric.device, autocast=self.fabric.autocast)
-        metrics = summarise(self.fabric.all_reduce(stats, reduce_op="sum") if self.fabric.world_size > 1 else stats,
-                            self.regressing)
+        if self.fabric.world_size > 1:
+            stats = cast(dict[str, torch.Tensor], self.fabric.all_reduce(stats, reduce_op="sum"))
+        metrics = summarise(stats, self.regressing)
         if self.fabric.is_global_zero and v.content_probe_images:  # logged, never selects: rank 0 alone
             metrics["content_class_accuracy"] = content_class_accuracy(
                 self.inference_model, self.train_set, self.val_set, device=self.fabric.device,
@@ -369,9 +368,9 @@ class Trainer:
     def fit(self, stop_at: int | None = None) -> dict:
         """Train to ``train.steps`` (or stop after ``stop_at``); returns the final summary."""
         cfg, fabric = self.config.train, self.fabric
-        zero = fabric.is_global_zero and self.run_dir is not None
-        writer = SummaryWriter(str(self.run_dir / "tensorboard")) if zero else None
-        log = MetricsLog(self.run_dir / "metrics.jsonl") if zero else None
+        run_dir = self.run_dir if fabric.is_global_zero else None  # only the main process writes
+        writer = SummaryWriter(str(run_dir / "tensorboard")) if run_dir is not None else None
+        log = MetricsLog(run_dir / "metrics.jsonl") if run_dir is not None else None
         last_stop = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
         metrics: dict[str, float] = {}
         started, start_step = time.time(), self.step
@@ -389,7 +388,7 @@ class Trainer:
                     progress.describe(f"G {record.get('generator/total', float('nan')):.2f}  "
                                       f"D {record.get('discriminator/domain_adversarial', float('nan')):.2f}  "
                                       f"acc {record.get('train/accuracy', float('nan')):.2f}")
-                    if zero:
+                    if log is not None and writer is not None:
                         log.write({"step": self.step, "split": "train", **record})
                         for k, v in record.items():
                             writer.add_scalar(k, v, self.step)
@@ -399,13 +398,14 @@ class Trainer:
                 if self.val_set is not None and (self.step % cfg.validate_every == 0 or self.step == last_stop):
                     metrics = self.validate()
                     better = self.best_checkpoint.improved(metrics, self.step)
-                    if zero:
+                    if log is not None and writer is not None:
                         log.write({"step": self.step, "split": "val", **metrics})
                         for k, v in metrics.items():
                             writer.add_scalar(f"val/{k}", v, self.step)
                     if better:
                         self.save("best")
-                if zero and (self.step % cfg.image_every == 0 or self.step == last_stop) and self.val_set is not None:
+                if (writer is not None and self.val_set is not None
+                        and (self.step % cfg.image_every == 0 or self.step == last_stop)):
                     writer.add_image("val/translations", translation_grid(self.inference_model, self.val_set,
                                                                           seed=self.config.seed,
                                                                           device=fabric.device), self.step)
@@ -430,8 +430,8 @@ class Trainer:
         }
         if fabric.world_size > 1:
             summary["rank_max_abs_weight_difference"] = self.rank_weight_difference()
-        if zero:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if run_dir is not None:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
     def rank_weight_difference(self) -> float:
@@ -440,7 +440,7 @@ class Trainer:
                           for p in net.parameters()])
         with warnings.catch_warnings():  # Fabric's all_gather uses an API torch now calls deprecated
             warnings.simplefilter("ignore", UserWarning)
-            gathered = self.fabric.all_gather(flat)
+            gathered = cast(torch.Tensor, self.fabric.all_gather(flat))
         return float((gathered - gathered[0]).abs().max())
 
     def _accumulate(self, logged: dict[str, torch.Tensor]) -> None:
@@ -457,7 +457,7 @@ class Trainer:
 
 
 def train(config: Config, *, resume: str | Path | None = None, init_from: str | Path | None = None,
-          stop_at: int | None = None, show_progress: bool = True) -> dict:
+          stop_at: int | None = None, show_progress: bool = True) -> dict | None:
     """Train ICAM (or, with ``method``, a baseline) as ``config`` says; returns the summary (also
     in the run folder's summary.json) on the main process, None on the others.
 

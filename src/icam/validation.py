@@ -9,8 +9,8 @@ all-reduce gives the exact cohort figure.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
-from typing import Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader, Subset
 
 from .metrics import balanced_accuracy, confusion_matrix, ncc
 from .model import ICAM, fa_map, next_class
-
 
 # The maps validation scores against the ground truth, each per source class: the map of the
 # configured reference (the selection metric, "ncc"), the translation's own change (against the
@@ -33,7 +32,7 @@ def validation_statistics(model: ICAM, dataset, *, batch_size: int, fa_samples: 
                           min_probability: float | None, seed: int, reference: str = "input", rank: int = 0,
                           world_size: int = 1, sampling: str = "prior", regressing: bool = False,
                           device: torch.device | str = "cpu",
-                          autocast: Callable[[], ContextManager] = nullcontext) -> dict[str, torch.Tensor]:
+                          autocast: Callable[[], AbstractContextManager] = nullcontext) -> dict[str, torch.Tensor]:
     """Additive statistics of this process's share of ``dataset`` (every world_size-th image).
 
     FA maps, for cohorts with ground truth: each image translated to the next class
@@ -68,7 +67,7 @@ def validation_statistics(model: ICAM, dataset, *, batch_size: int, fa_samples: 
                 attribute = model.sample_attribute(
                     targets, min_probability=min_probability, generator=generator,
                     **model.sampling_arguments(sampling, torch.cat([mu] * fa_samples), regressing)).attribute
-                translated = model.translate_from(*(torch.cat([t] * fa_samples) for t in (images, content)),
+                translated = model.translate_from(torch.cat([images] * fa_samples), torch.cat([content] * fa_samples),
                                                   attribute.to(content.dtype), torch.cat([mu] * fa_samples))
                 translated = translated.float().view(fa_samples, *images.shape).mean(0)
                 own = model.translate_from(images, content, mu, mu).float()  # x translated to its own mu
@@ -157,8 +156,9 @@ def content_class_accuracy(model: ICAM, train_set, test_set, *, device: torch.de
             side = list(content.shape[2:])
             while content.shape[1] * math.prod(side) > CONTENT_PROBE_FEATURES and max(side) > 1:
                 side = [max(1, (s + 1) // 2) for s in side]
-            pool = F.adaptive_avg_pool2d if content.dim() == 4 else F.adaptive_avg_pool3d
-            features.append(pool(content, side).flatten(1).cpu().numpy())
+            pooled = (F.adaptive_avg_pool2d(content, (side[0], side[1])) if content.dim() == 4 else
+                      F.adaptive_avg_pool3d(content, (side[0], side[1], side[2])))
+            features.append(pooled.flatten(1).cpu().numpy())
             labels.append(batch["label"].numpy())
         return np.concatenate(features), np.concatenate(labels)
 

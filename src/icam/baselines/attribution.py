@@ -21,10 +21,9 @@ from ..checkpoint import CheckpointError, fingerprint, load_checkpoint, run_fold
 from ..config import build_config
 from ..data.table import class_names
 from ..methods import POSTHOC
-from ..progress import StepProgress
 from ..model import Prediction
+from ..progress import StepProgress
 from .networks import build_network
-
 
 
 class BaselineModel:
@@ -105,8 +104,11 @@ class BaselineModel:
             with torch.no_grad():
                 return self.network(x)
         self.check_makes_maps()
+        assert self.posthoc is not None  # a ResNet that makes maps has its post-hoc method
         if target is None:
-            target = self.predict(x).predicted_class
+            prediction = self.predict(x)
+            assert prediction is not None  # a classifier predicts
+            target = prediction.predicted_class
         target = torch.as_tensor(target, device=self.device).long().expand(len(x))
         with warnings.catch_warnings():  # captum announces the hooks and gradient flags it sets
             warnings.simplefilter("ignore", UserWarning)
@@ -157,8 +159,14 @@ def occlusion_window(shape: tuple[int, ...], max_positions: int = OCCLUSION_POSI
 
 
 def _posthoc(network, name: str, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    from captum.attr import (GuidedBackprop, GuidedGradCam, IntegratedGradients, LayerAttribution, LayerGradCam,
-                             Occlusion)
+    from captum.attr import (
+        GuidedBackprop,
+        GuidedGradCam,
+        IntegratedGradients,
+        LayerAttribution,
+        LayerGradCam,
+        Occlusion,
+    )
 
     d = x.dim() - 2
     if name == "gradcam":

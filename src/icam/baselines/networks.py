@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from functools import partial
 
@@ -52,7 +53,7 @@ class ResNetClassifier(nn.Module):
         channels = [width, 2 * width, 4 * width, 8 * width, 8 * width]
         self.stem = nn.Sequential(conv(spatial_dims, in_channels, width, 3, padding=1, bias=False),
                                   _batch_norm(spatial_dims, width), nn.ReLU())
-        self.blocks = nn.Sequential(*[ResidualDown(spatial_dims, a, b) for a, b in zip(channels, channels[1:])])
+        self.blocks = nn.Sequential(*[ResidualDown(spatial_dims, a, b) for a, b in itertools.pairwise(channels)])
         self.pool = layer_type("AdaptiveAvgPool", spatial_dims)(1)
         self.fc = nn.Linear(channels[-1], num_classes)
 

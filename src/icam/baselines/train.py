@@ -162,7 +162,8 @@ def _validate_supervised(model, dataset, regress: bool, extra: dict, device) -> 
         return {"mae": float((predicted[known] - target[known]).abs().mean())}
     k = output.shape[1]
     confusion = confusion_matrix(label, output.argmax(1), k)
-    return {"accuracy": float(confusion.diag().sum() / confusion.sum()), "balanced_accuracy": balanced_accuracy(confusion)}
+    return {"accuracy": float(confusion.diag().sum() / confusion.sum()),
+            "balanced_accuracy": balanced_accuracy(confusion)}
 
 
 def _gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -232,15 +233,15 @@ def _train_vagan(config, fabric, train_set, val_set, run_dir, hparams, progress)
 def _validate_vagan(generator, dataset, device) -> dict:
     """NCC of the maps M(x) of the class-1 validation images (the direction VA-GAN learns)."""
     generator.eval()
-    values = []
+    per_batch = []
     for batch in DataLoader(dataset, batch_size=32):
         chosen = batch["label"] == 1
         if not chosen.any():
             continue
         maps = generator(batch["image"][chosen].to(device)).cpu()
         mask = batch["mask"][chosen] if "mask" in batch else None
-        values.append(ncc(maps, batch["gt_map"][chosen], mask))
-    values = torch.cat(values) if values else torch.empty(0)
+        per_batch.append(ncc(maps, batch["gt_map"][chosen], mask))
+    values = torch.cat(per_batch) if per_batch else torch.empty(0)
     values = values[~torch.isnan(values)]
-    return {"ncc": float(values.mean()) if len(values) else float("nan"), "ncc_subjects": int(len(values))}
+    return {"ncc": float(values.mean()) if len(values) else float("nan"), "ncc_subjects": len(values)}
 

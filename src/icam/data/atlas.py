@@ -58,7 +58,8 @@ def _shipped(name: str):
 
     import nibabel as nib
 
-    path = importlib.resources.files("nilearn.datasets") / "data" / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz"
+    templates = importlib.resources.files("nilearn.datasets") / "data"
+    path = templates / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz"
     image = nib.load(str(path))
     return image.get_fdata(dtype=np.float32), image.affine
 
@@ -117,12 +118,12 @@ def _deep_grey_matter(gm: np.ndarray, xyz: np.ndarray, depth: np.ndarray) -> np.
 def _kmeans_labels(points: np.ndarray, k: int, iterations: int = 20) -> np.ndarray:
     """Deterministic k-means on voxel positions (farthest-point start, Lloyd iterations)."""
     sample = points[:: max(1, len(points) // 20000)]
-    centres = [sample[0]]
+    chosen = [sample[0]]
     distance = np.full(len(sample), np.inf)
     for _ in range(k - 1):
-        distance = np.minimum(distance, ((sample - centres[-1]) ** 2).sum(1))
-        centres.append(sample[int(np.argmax(distance))])
-    centres = np.stack(centres)
+        distance = np.minimum(distance, ((sample - chosen[-1]) ** 2).sum(1))
+        chosen.append(sample[int(np.argmax(distance))])
+    centres = np.stack(chosen)
     for _ in range(iterations):
         assign = ((sample[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
         centres = np.stack([sample[assign == j].mean(0) if (assign == j).any() else centres[j] for j in range(k)])

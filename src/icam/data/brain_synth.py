@@ -134,7 +134,7 @@ class SubjectDraws:
     noise: torch.Tensor  # (B, 1, *spatial), unit variance
 
     @staticmethod
-    def stack(rows: list["SubjectDraws"]) -> "SubjectDraws":
+    def stack(rows: list[SubjectDraws]) -> SubjectDraws:
         return SubjectDraws(**{f.name: torch.cat([getattr(r, f.name) for r in rows]) for f in fields(SubjectDraws)})
 
 
@@ -248,7 +248,8 @@ class Renderer:
         bump = gaussian_smooth(structures.clone(), float(sigma_mm / self.spacing.mean()))
         bump = bump / bump.flatten(2).amax(2).clamp(min=1e-6).view(*bump.shape[:2], *[1] * self.d)
         mass = structures.flatten(2).sum(2).clamp(min=1e-6)
-        centres = torch.einsum("scn,nd->scd", structures.flatten(2), self.identity.reshape(-1, self.d)) / mass[..., None]
+        centres = torch.einsum("scn,nd->scd", structures.flatten(2), self.identity.reshape(-1, self.d))
+        centres = centres / mass[..., None]
         return torch.where(bump > 0.02, bump, 0.0), centres
 
     def _sample(self, maps: torch.Tensor, where: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:

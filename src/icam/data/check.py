@@ -11,7 +11,8 @@ from .splits import SPLITS
 from .table import Problem, class_names, class_problems, num_classes_of, read_table
 
 
-def check_cohort(csv_path: str | Path, data_config, seed: int = 0, workers: int = 0, progress=None) -> tuple[dict, list[Problem]]:
+def check_cohort(csv_path: str | Path, data_config, seed: int = 0, workers: int = 0,
+                 progress=None) -> tuple[dict, list[Problem]]:
     """Read the table, decode every image, mask and map, and check them; (summary, problems)."""
     from . import splits_for
     from .nifti import check_files
@@ -38,7 +39,7 @@ def check_cohort(csv_path: str | Path, data_config, seed: int = 0, workers: int 
         "classes": class_names(data_config, num_classes),
         "excluded": [str(p) for p in table.excluded],
         "identity": table.identity,
-        "target": ({"known": int(len(targets)), "mean": round(float(targets.mean()), 3),
+        "target": ({"known": len(targets), "mean": round(float(targets.mean()), 3),
                     "sd": round(float(targets.std()), 3), "min": float(targets.min()), "max": float(targets.max())}
                    if len(targets) else None),
         "splits": {s: sum(k == s for k in splits) for s in SPLITS},

@@ -26,8 +26,10 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +71,7 @@ class Spatial:
         return tuple(size)
 
     @classmethod
-    def of(cls, data_config) -> "Spatial":
+    def of(cls, data_config) -> Spatial:
         return cls(tuple(data_config.shape), data_config.orientation,
                    tuple(data_config.spacing) if data_config.spacing else None, data_config.fit,
                    data_config.slice_axis, data_config.brain_mask, data_config.brain_margin)
@@ -115,7 +117,7 @@ def load_array(path: Path, number: int | None = None) -> tuple[np.ndarray, np.nd
     try:
         image = nib.load(str(path))
         return np.asarray(image.dataobj, dtype=np.float32), image.affine
-    except Exception as e:  # noqa: BLE001 - nibabel, gzip and OS errors all mean "unreadable"
+    except Exception as e:
         raise DataError([Problem(number, f"cannot read the image ({type(e).__name__}: {e})", str(path))]) from None
 
 
@@ -124,7 +126,7 @@ def _reorient(array: np.ndarray, affine: np.ndarray, spatial: Spatial, interpola
     from monai.data import MetaTensor
     from monai.transforms import Compose, Orientation, Spacing
 
-    steps = []
+    steps: list[Orientation | Spacing] = []
     if spatial.orientation:
         # explicit labels: MONAI warns that their default will change
         steps.append(Orientation(axcodes=spatial.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
@@ -416,15 +418,16 @@ class NiftiCohort(Dataset):
     matrix (4×4) and ``row`` its row in the table.
     """
 
-    def __init__(self, rows: list[Row], entries: dict[int, dict[str, str]], data_config,
+    def __init__(self, rows: list[Row], entries: dict[int, dict[str, Any]], data_config,
                  intensity_range: tuple[float, float] | None = None, augment: bool = False):
         self.config = data_config
         self.rows = rows
         self.entries = [entries[r.number] for r in rows]
         self.spatial = Spatial.of(data_config)
         self.intensity_range = intensity_range
+        self.model_fingerprint = ""  # set by the model that explains it: maps written carry it
         self.augment = augment and data_config.augment.enabled
-        self._augmenter = None
+        self._augmenter: Callable | None = None
         # each row's facts (affines, source grid, brain extent)
         self.metas = [entry["meta"] for entry in self.entries]
         self.samples: list[tuple[int, int | None]] = []  # (row index, slice index or None)
@@ -470,7 +473,7 @@ class NiftiCohort(Dataset):
             volume = np.take(volume, index, axis=self.spatial.slice_axis)
         return np.array(volume, dtype=np.float32)
 
-    @functools.lru_cache(maxsize=256)
+    @functools.lru_cache(maxsize=256)  # noqa: B019 (a cohort lives as long as its process)
     def _volume_range(self, path: str) -> tuple[float, float]:
         """The intensity range of a whole volume (so all slices of a scan share one scaling)."""
         volume = np.load(path, mmap_mode="r")
@@ -501,7 +504,12 @@ class NiftiCohort(Dataset):
         mode = self.config.intensity
         if mode == "none":
             return image
-        lo, hi = self.intensity_range if mode == "cohort" else self._volume_range(path)
+        if mode != "cohort":
+            lo, hi = self._volume_range(path)
+        elif self.intensity_range is None:
+            raise ValueError("data.intensity is cohort, but this cohort was given no intensity range")
+        else:
+            lo, hi = self.intensity_range
         scaled = np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1)
         return scaled if mode == "minmax01" else scaled * 2 - 1
 
@@ -525,14 +533,15 @@ class NiftiCohort(Dataset):
 
             a = self.config.augment
             d = len(self.spatial.shape)
-            self._augmenter = Compose([
+            augmenter = Compose([
                 RandAffine(prob=a.probability, rotate_range=[math.radians(a.rotate_degrees)] * (1 if d == 2 else 3),
                            scale_range=[a.scale] * d, translate_range=[a.translate_voxels] * d,
                            padding_mode="border"),
                 RandScaleIntensity(factors=a.intensity, prob=a.probability),
                 RandShiftIntensity(offsets=a.intensity, prob=a.probability),
             ])
-            self._augmenter.set_random_state(seed=int(torch.initial_seed() % 2**32))
+            augmenter.set_random_state(seed=int(torch.initial_seed() % 2**32))
+            self._augmenter = augmenter
         return torch.as_tensor(self._augmenter(image)).float()
 
     def item_affine(self, i: int) -> np.ndarray:

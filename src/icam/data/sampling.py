@@ -10,7 +10,7 @@ stream: no index repeats across ranks within a pass.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler

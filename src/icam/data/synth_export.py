@@ -156,6 +156,7 @@ def write_squares(out: str | Path, n: int = 600, size: int = 64, seed: int = 0,
     for folder in ("images", "gt_maps"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     cohort = make_squares(n, size, continuous_target=True, seed=seed)
+    assert cohort.gt_maps is not None  # squares are made with their change maps
     names = [f"sq-{i:05d}" for i in range(n)]
     splits = assign_splits(names, cohort.labels.tolist(), cohort.targets.tolist(), fractions, seed)
     rows = []

@@ -26,7 +26,7 @@ from .splits import SPLITS
 class DataError(ValueError):
     """Bad input data; the message names each row or file and what was expected."""
 
-    def __init__(self, problems: list["Problem"], context: str = ""):
+    def __init__(self, problems: list[Problem], context: str = ""):
         problems = sorted(problems, key=lambda p: (p.row is not None, p.row or 0))
         self.problems = problems
         shown = "\n  ".join(str(p) for p in problems[:20])
@@ -138,21 +138,22 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
         raise DataError([Problem(1, f"no '{names['label']}' column, and no '{names['target']}' column with "
                                     f"data.class_thresholds to derive the class from", str(path))])
     root = path.parent
-    rows, problems, excluded, not_numbers = [], [], [], {}
+    rows, problems, excluded = [], [], []
+    not_numbers: dict[str, list[int]] = {}
+
+    def file_of(key: str, record: dict, number: int, row_problems: list[Problem]) -> Path | None:
+        value = (record.get(names[key]) or "").strip()
+        if not value:
+            return None
+        file = Path(value) if Path(value).is_absolute() else root / value
+        if not file.is_file():
+            row_problems.append(Problem(number, f"{key} file not found", str(file)))
+        return file
+
     for i, record in enumerate(records):
         number = i + 2
-        row_problems = []
-
-        def file_of(key):
-            value = (record.get(names[key]) or "").strip()
-            if not value:
-                return None
-            file = Path(value) if Path(value).is_absolute() else root / value
-            if not file.is_file():
-                row_problems.append(Problem(number, f"{key} file not found", str(file)))
-            return file
-
-        image = file_of("image")
+        row_problems: list[Problem] = []
+        image = file_of("image", record, number, row_problems)
         if image is None:
             row_problems.append(Problem(number, f"empty '{names['image']}'"))
         target = math.nan
@@ -194,10 +195,11 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
         split = (record.get(names["split"]) or "").strip().lower() or None
         if split is not None and split not in SPLITS:
             row_problems.append(Problem(number, f"split {split!r} is not one of {', '.join(SPLITS)}"))
-        mask, gt_map = file_of("mask"), file_of("gt_map")
+        mask, gt_map = (file_of(key, record, number, row_problems) for key in ("mask", "gt_map"))
         if row_problems:
             problems.extend(row_problems)
             continue
+        assert image is not None and label is not None  # a row without either has a problem above
         subject = (record.get(names["subject"]) or "").strip()
         used = {names[k] for k in names}
         rows.append(Row(number, image, label, target, subject, split, mask, gt_map,

@@ -4,4 +4,5 @@ from .discriminators import ContentDiscriminator, DomainDiscriminator, DomainDis
 from .encoders import AttributeEncoder, ContentEncoder
 from .generator import Generator
 
-__all__ = ["AttributeEncoder", "ContentDiscriminator", "ContentEncoder", "DomainDiscriminator", "DomainDiscriminators", "Generator"]
+__all__ = ["AttributeEncoder", "ContentDiscriminator", "ContentEncoder", "DomainDiscriminator", "DomainDiscriminators",
+           "Generator"]

@@ -6,6 +6,9 @@ Each block takes ``spatial_dims`` (2 or 3) and picks the matching PyTorch layer,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,9 +28,17 @@ class _PaddingInItsOwnDtype:
     extra copies of its input (up to float32, back down to bf16) and a padding pass at twice
     the bytes, in forward and backward. Padding copies values, so the result is the same."""
 
+    # what the torch convolution it is mixed into holds
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    _reversed_padding_repeated_twice: list[int]
+    unpadded: Callable[..., torch.Tensor]
+
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
         if self.padding_mode == "zeros":
-            return super()._conv_forward(input, weight, bias)
+            return super()._conv_forward(input, weight, bias)  # type: ignore[misc]  # the torch convolution's
         with torch.autocast(input.device.type, enabled=False):
             padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
         return self.unpadded(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
@@ -42,10 +53,11 @@ class Conv3d(_PaddingInItsOwnDtype, nn.Conv3d):
 
 
 def conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int,
-         stride: int = 1, padding: int = 0, bias: bool = True, padding_mode: str = "reflect") -> nn.Module:
-    return {2: Conv2d, 3: Conv3d}[spatial_dims](
-        in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-        padding_mode=padding_mode if padding else "zeros", bias=bias)
+         stride: int = 1, padding: int = 0, bias: bool = True,
+         padding_mode: Literal["reflect", "zeros"] = "reflect") -> Conv2d | Conv3d:
+    layer = Conv2d if spatial_dims == 2 else Conv3d
+    return layer(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                 padding_mode=padding_mode if padding else "zeros", bias=bias)
 
 
 def instance_norm(spatial_dims: int, channels: int) -> nn.Module:
@@ -123,7 +135,7 @@ class ConvNormAct(nn.Sequential):
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int,
                  stride: int = 1, padding: int = 0, norm: bool = False, negative_slope: float = 0.01):
-        layers = [conv(spatial_dims, in_channels, out_channels, kernel_size, stride, padding)]
+        layers: list[nn.Module] = [conv(spatial_dims, in_channels, out_channels, kernel_size, stride, padding)]
         if norm:
             layers.append(instance_norm(spatial_dims, out_channels))
         layers.append(nn.LeakyReLU(negative_slope) if negative_slope else nn.ReLU())
@@ -166,8 +178,8 @@ class AttributeModulation(nn.Module):
         super().__init__()
         self.shared = nn.Sequential(conv(spatial_dims, attribute_channels, hidden, 3, padding=1), nn.ReLU())
         self.scale_and_shift = conv(spatial_dims, hidden, 2 * features, 3, padding=1)
-        nn.init.zeros_(self.scale_and_shift.weight)
-        nn.init.zeros_(self.scale_and_shift.bias)
+        for parameter in self.scale_and_shift.parameters():
+            nn.init.zeros_(parameter)
 
     def forward(self, features: torch.Tensor, attribute_map: torch.Tensor) -> torch.Tensor:
         mode = "bilinear" if features.dim() == 4 else "trilinear"
@@ -222,7 +234,8 @@ class UpBlock(nn.Module):
                                                             output_padding=int(smooth), bias=False)]
         if smooth:
             layers.append(layer_type("AvgPool", spatial_dims)(2, stride=1))
-        self.block = nn.Sequential(*layers, generator_norm(norm, spatial_dims, out_channels, nn.GroupNorm(1, out_channels)),
+        self.block = nn.Sequential(*layers,
+                                   generator_norm(norm, spatial_dims, out_channels, nn.GroupNorm(1, out_channels)),
                                    nn.LeakyReLU(0.01))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

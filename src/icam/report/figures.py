@@ -11,6 +11,7 @@ dots per inch with text of 10 pt or more.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -177,7 +178,7 @@ def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray,
                 ax.set_ylabel(cut_label(view, affine, centre), fontsize=10)
         if kind == "fa" and c == max(k for k, (_, _, other) in enumerate(panels) if other == "fa"):
             # one bar for the shared scale, beside the last panel drawn on it
-            scalar = plt.cm.ScalarMappable(cmap=FA_CMAP, norm=plt.Normalize(-limit, limit))
+            scalar = plt.cm.ScalarMappable(cmap=FA_CMAP, norm=plt.Normalize(-shared, shared))
             fig.colorbar(scalar, ax=axes[:, c], shrink=0.8, label="change (input in [-1, 1])"
                          + (", both maps" if gt_map is not None else ""))
         elif kind == "var":
@@ -191,14 +192,14 @@ def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray,
 
 def interpolation_strip(path: str | Path, images: np.ndarray, fa_maps: np.ndarray, mask: np.ndarray | None,
                         probabilities: np.ndarray, targets: np.ndarray | None, title: str,
-                        class_names: list[str] = ("0", "1"), affine: np.ndarray | None = None) -> Path:
+                        class_names: Sequence[str] = ("0", "1"), affine: np.ndarray | None = None) -> Path:
     """Top row: the images along the walk; bottom row: their change from the first step (the
     scan rebuilt with its own attribute), so only what the attribute walk changes shows. 3D:
     the axial plane through the largest final change."""
     plt = pyplot()
     k = len(images)
     volumes, affine = to_ras([*images, *fa_maps, mask], affine)
-    images, fa_maps, mask = volumes[:k], volumes[k:2 * k], volumes[-1]
+    images, fa_maps, mask = np.stack(volumes[:k]), np.stack(volumes[k:2 * k]), volumes[-1]
     centre = peak(fa_maps[-1], mask) if images[0].ndim == 3 else ()
     limit = symmetric_limit(fa_maps[-1], mask)
     fig, axes = plt.subplots(2, k, figsize=(1.9 * k, 4.2), squeeze=False, layout="constrained")

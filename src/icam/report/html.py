@@ -15,6 +15,7 @@ import base64
 import csv
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,11 +24,11 @@ import numpy as np
 import yaml
 
 from ..evaluate import prediction_metrics
-from ..metrics import Direction, confusion_matrix
-from ..run import read_json, read_metrics
 from ..inference import TSNE_MINIMUM
 from ..intervals import describe, paired_difference
-from .figures import DPI, pyplot, gallery_figure
+from ..metrics import Direction, confusion_matrix
+from ..run import read_json, read_metrics
+from .figures import DPI, gallery_figure, pyplot
 from .health import GREEN, health_findings, healthy_line
 
 
@@ -67,6 +68,9 @@ class Details:
     kind: str = "details"
 
 
+Block = Table | Figure | Note | Subheading | Details  # what a report section holds
+
+
 def _png(fig) -> str:
     plt = pyplot()
     buffer = io.BytesIO()
@@ -81,7 +85,7 @@ def _file_png(path: Path) -> str:
 
 def _markdown_table(text: str) -> Table:
     """The pipe tables `icam benchmark` writes (the note under a table becomes its note)."""
-    lines = [line for line in text.strip().splitlines()]
+    lines = text.strip().splitlines()
     table = [line for line in lines if line.startswith("|")]
     note = " ".join(line for line in lines if line and not line.startswith("|"))
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table if not set(line) <= set("|-")]
@@ -91,11 +95,11 @@ def _markdown_table(text: str) -> Table:
 @dataclass
 class Report:
     title: str
-    sections: list[tuple[str, list]] = field(default_factory=list)  # (heading, blocks)
+    sections: list[tuple[str, list[Block]]] = field(default_factory=list)  # (heading, blocks)
     headline: list[str] = field(default_factory=list)
     health: list[tuple[str, str]] = field(default_factory=list)  # (red | amber | green, sentence), shown first
 
-    def add(self, heading: str, blocks: list) -> None:
+    def add(self, heading: str, blocks: list[Block]) -> None:
         self.sections.append((heading, blocks))
 
     def html(self) -> str:
@@ -149,12 +153,12 @@ def data_section(report: Report, run_dir: Path) -> None:
         target = facts.get("target")
         rows.append([split, facts.get("images", ""), ", ".join(f"{c} {n}" for c, n in zip(labels, counts)),
                      f"{target['min']:.1f}–{target['max']:.1f} (mean {target['mean']:.1f})" if target else "–"])
-    body = [Table(["split", "images", "per class", "target range"], rows)]
+    body: list[Block] = [Table(["split", "images", "per class", "target range"], rows)]
     preprocessing = data.get("preprocessing", {})
+    voxels = f"resampled to {config['spacing']} mm" if config.get("spacing") else "native voxel size"
     facts = [["cohort table", data.get("csv", "")], ["scans and subjects", data.get("identity", "")],
-             ["model input", f"{config.get('shape')} voxels, {config.get('fit')}, "
-                             + (f"resampled to {config['spacing']} mm" if config.get("spacing") else "native voxel size")
-                             + f", orientation {config.get('orientation')}" if config else ""],
+             ["model input", f"{config.get('shape')} voxels, {config.get('fit')}, {voxels}, "
+                             f"orientation {config.get('orientation')}" if config else ""],
              ["source shapes", ", ".join(preprocessing.get("source_shapes", []))],
              ["brain masks", ", ".join(f"{k} {v}" for k, v in preprocessing.get("brain_masks", {}).items() if v)]]
     cropped = preprocessing.get("brain_cropped", [])
@@ -264,8 +268,8 @@ def _curves_figure(chain: list[Path]) -> Figure | None:
                    + (" (the dashed line: where the next stage starts, from the previous one's weights)"
                       if len(stages) > 1 else "") + ". Top left: the adversarial losses and the total objective of "
                    "the encoders and generator (log scale). Next: the classification, regression, FA-map and "
-                   "latent-regression terms before weighting. Then each validation metric on its own axis; the NCC panel "
-                   "also shows what the map is made of: the translation's own change (against the translation to "
+                   "latent-regression terms before weighting. Then each validation metric on its own axis; the NCC "
+                   "panel also shows what the map is made of: the translation's own change (against the translation to "
                    "the scan's own attribute) and the decoder's error |G(z_c, mu) − x|, which an image translation's "
                    "map carries; content leakage is a probe's accuracy reading the class from the content code "
                    "(chance is the goal).",
@@ -361,11 +365,11 @@ def images_section(report: Report, heading: str, paths: list[Path], caption: str
     if len(paths) == 1:
         report.add(heading, [Figure(_file_png(paths[0]), caption, paths[0].stem)])
     elif paths:  # one caption for the whole list, above it
-        report.add(heading, [Note(caption)] + [Figure(_file_png(p), "", p.stem) for p in paths])
+        report.add(heading, [Note(caption), *(Figure(_file_png(p), "", p.stem) for p in paths)])
 
 
 def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | None,
-                   class_names: list[str] = ("0", "1")) -> dict:
+                   class_names: Sequence[str] = ("0", "1")) -> dict:
     rows, facts = [], {}
     for name, folder in methods.items():
         path = folder / "evaluation.json"
@@ -381,7 +385,7 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
         facts[name] = (minus["mean"], plus["mean"])
         rows.append([name, fmt(minus), fmt(plus)] + [fmt(maps["all"][m]) for m in ("auroc", "ap", "dice_topk",
                                                                                       "pointing")])
-    body = []
+    body: list[Block] = []
     made = [f"{name}: {recipe}" for name, folder in methods.items()
             if (recipe := map_recipe(read_json(folder / "summary.json")))]
     if made:
@@ -424,8 +428,9 @@ def map_recipe(summary: dict) -> str | None:
             + f", minus the {summary.get('reference', 'input')}")
     refined = summary.get("refinement")
     if refined:
-        text += (f", content code refined (up to {refined['asked']['steps']} steps, {refined['seconds_per_scan']} s per "
-                 f"scan; decoder error {refined['reconstruction_l1_before']} → {refined['reconstruction_l1_after']})")
+        text += (f", content code refined (up to {refined['asked']['steps']} steps, "
+                 f"{refined['seconds_per_scan']} s per scan; decoder error "
+                 f"{refined['reconstruction_l1_before']} → {refined['reconstruction_l1_after']})")
     return text
 
 
@@ -458,7 +463,7 @@ def _differences(methods: dict[str, Path]) -> list:
 
 def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[str, Path] | None = None,
                  csv_path: Path | None = None, benchmark: Path | None = None, title: str = "icam report",
-                 extra_headline: list[str] = ()) -> Path:
+                 extra_headline: Sequence[str] = ()) -> Path:
     """Write the HTML report of whatever is given: a run, explanation folders (the first is the
     ICAM one), the cohort table (for the gallery), a benchmark folder."""
     report = Report(title)
