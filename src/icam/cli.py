@@ -120,7 +120,8 @@ def _train(config, set_, steps, out_dir, name, seed, accelerator, devices, num_n
              "runtime.accelerator": accelerator, "runtime.devices": devices, "runtime.num_nodes": num_nodes,
              "runtime.precision": precision, "data.skip_bad": True if skip_bad else None}
     # the flags' values go in as typed (a path is not YAML); explicit --set entries come last and win
-    cfg = load_config(config, set_, {key: value for key, value in flags.items() if value is not None})
+    cfg = load_config(config, set_, {key: value for key, value in flags.items() if value is not None},
+                      saved=resume is not None)
     summary = train(cfg, resume=resume, init_from=init_from, stop_at=stop_at, show_progress=not quiet)
     if summary is None:  # not the main process
         return

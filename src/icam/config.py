@@ -197,7 +197,7 @@ class ModelConfig(Section):
                                 "statistics over the whole image, so a change in one place shifts every voxel) or "
                                 "channel (over the channels at each voxel: a local change stays local)")
     translation: Literal["image", "residual", "gated"] = Field(
-        "image", description="image: the generator's output is the translated scan (the paper), so maps also hold "
+        "residual", description="image: the generator's output is the translated scan (the paper), so maps also hold "
                              "the decoder's failure to reproduce the scan; residual: the scan plus the decoded change "
                              "G(z_c, z_a) − G(z_c, z_a(scan)), so maps hold only what the attribute changes; "
                              "gated: that change where a gate the generator also outputs opens")
@@ -448,11 +448,22 @@ def build_config(tree: dict, source: str = "config") -> Config:
         raise _explain(e, source) from None
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), values: dict[str, Any] | None = None
-                ) -> Config:
+def as_saved(tree: dict) -> dict:
+    """A run's saved config (its config.yaml, a checkpoint's) as the run was made: one saved
+    before ``model.preset`` existed holds no key that came with it, and its run was the paper's
+    model where icam's defaults have changed since (an image translation, prior sampling)."""
+    model = tree.get("model")
+    if isinstance(model, dict) and "preset" not in model:
+        return {**tree, "model": {**PAPER_MODEL, **model}}
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), values: dict[str, Any] | None = None,
+                saved: bool = False) -> Config:
     """The config of a YAML file (or the defaults), then ``values`` (dotted keys with typed
     values: a command's own flags, paths as they are), then ``key=value`` overrides, whose
-    values are read as YAML and which win."""
+    values are read as YAML and which win. ``saved``: the file is a run's config.yaml
+    (:func:`as_saved`)."""
     tree: dict = {}
     source = "defaults"
     if path is not None:
@@ -466,6 +477,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), v
         if not isinstance(tree, dict):
             raise ConfigError(f"{path} must hold a mapping of sections (data:, model:, train:, …)")
         source = str(path)
+        if saved:
+            tree = as_saved(tree)
     if values:
         typed: dict = {}
         for key, value in values.items():

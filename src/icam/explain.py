@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, fingerprint, load_checkpoint, run_folder
-from .config import Config, build_config
+from .config import Config, as_saved, build_config
 from .data.table import class_names
 from .model import ICAM, AttributePrediction, fa_map
 from .run import warn_if_slow_bf16
@@ -157,7 +157,7 @@ class Explainer:
         model = ICAM(**state["model_hparams"])
         model.load_state_dict(state.get("model_ema", state["model"]))  # the moving average, when the run kept one
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        explainer = cls(model, build_config(state["config"], f"{path} (its saved config)"), device, state)
+        explainer = cls(model, build_config(as_saved(state["config"]), f"{path} (its saved config)"), device, state)
         explainer.run_dir = run_folder(path)
         explainer.fingerprint = fingerprint(path, which)
         return explainer
