@@ -34,7 +34,7 @@ VARIANTS = {
     "paper+counterfactual": ["icam_set=[model.preset=paper]", "sampling=counterfactual"],
     "paper+refine-50": ["icam_set=[model.preset=paper]", "refine_steps=50"],
     "paper+channel-norm": ["icam_set=[model.preset=paper,model.generator_norm=channel]"],
-    "counterfactual": ["sampling=counterfactual"],
+    "prior": ["sampling=prior"],
     "refine-50": ["refine_steps=50"],
     "gated": ["icam_set=[model.translation=gated]"],
     "channels-4": ["icam_set=[model.attribute_channels=4]"],

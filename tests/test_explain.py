@@ -215,7 +215,7 @@ def test_content_refinement_lowers_the_decoders_error_within_its_budget(run_dir,
     assert record.steps == 20 and record.l1_after < record.l1_before and record.seconds > 0
     assert all(torch.equal(a, b) for a, b in zip(weights, model.model.parameters()))
     assert not torch.equal(refined.mean, model.explain(x, n_samples=4).mean)
-    assert refined.recipe == "residual vs input, prior, refined 20"  # the run's defaults
+    assert refined.recipe == "residual vs input, counterfactual, refined 20"  # the run's defaults
     hurried = model.explain(x, n_samples=4, refinement=Refinement(steps=100_000, seconds=0.05))
     assert hurried.refinement.steps < 100_000 and hurried.refinement.seconds < 2  # the time limit stops it
     with pytest.raises(ValueError, match="refinement needs"):
@@ -257,7 +257,7 @@ def test_a_checkpoint_saved_before_the_presets_explains_as_the_paper_model_it_wa
     old = icam.load_run(save_checkpoint(state, tmp_path / "old.pt"))
     assert (old.model.translation, old.sampling) == ("image", "prior")
     today = icam.load_run(run_dir)
-    assert today.model.translation == "residual"
+    assert (today.model.translation, today.sampling) == ("residual", "counterfactual")
     x = squares.images[:1]
     assert not torch.equal(old.explain(x, n_samples=4).mean, today.explain(x, n_samples=4).mean)
 
@@ -268,12 +268,12 @@ def test_explain_command_says_what_made_its_maps(run_dir, nifti_inputs, tmp_path
     out = tmp_path / "refined"
     result = runner.invoke(app, ["explain", run_dir, "--csv", str(nifti_inputs / "inputs.csv"), "--out", str(out),
                                  "--n-samples", "4", "--figures", "none", "--refine-steps", "3",
-                                 "--sampling", "counterfactual"])  # not the run's own: the flag wins
+                                 "--sampling", "prior"])  # not the run's own: the flag wins
     assert result.exit_code == 0, result.output
     assert "of them refining" in result.output and "decoder error" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["translation"] == "residual" and summary["reference"] == "input"
-    assert summary["sampling"] == "counterfactual" and summary["refinement"]["asked"]["steps"] == 3
+    assert summary["sampling"] == "prior" and summary["refinement"]["asked"]["steps"] == 3
     assert summary["refinement"]["seconds_per_scan"] < summary["seconds_per_scan"]
     descrip = nib.load(str(out / "maps" / "sq0_fa_mean.nii.gz")).header["descrip"].tobytes().decode()
-    assert descrip.startswith("icam FA mean, residual vs input, counterfactual, refined 3")
+    assert descrip.startswith("icam FA mean, residual vs input, prior, refined 3")

@@ -187,7 +187,7 @@ class ModelConfig(Section):
                              "modulates the generator's features at S/2 and S (SPADE-style), so it can change fine "
                              "structure directly")
     attribute_sampling: Literal["prior", "counterfactual"] = Field(
-        "prior", description="how the attributes of this model's maps (validation, icam explain, Table I) "
+        "counterfactual", description="how the attributes of this model's maps (validation, icam explain, Table I) "
                                       "are drawn: prior (every element from N(0, I), the paper) or counterfactual "
                                       "(only what the classifier and regressor read; the rest stays the scan's own "
                                       "attribute mean, so the translation changes what the prediction needs and "
