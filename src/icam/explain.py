@@ -259,9 +259,7 @@ class Explainer:
             own = prediction.predicted_class if own_class is None else own_class
             compared_with = self.explain(x, own, n_samples, min_probability, seed, refinement=refinement,
                                          sampling=sampling).translated.to(x.dtype)
-        elif reference == "reconstruction":  # from the (refined) content code the translations use
-            compared_with = self.model.translate_from(x, content, mu, mu)
-        else:
+        else:  # from the (refined) content code the translations use
             compared_with = self.model.fa_reference(x, reference, content)
         chunk = _chunk_for(self.model.image_shape, self.device)
         total = torch.zeros_like(x, dtype=torch.float64)

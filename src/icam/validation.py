@@ -70,10 +70,13 @@ def validation_statistics(model: ICAM, dataset, *, batch_size: int, fa_samples: 
                 translated = model.translate_from(torch.cat([images] * fa_samples), torch.cat([content] * fa_samples),
                                                   attribute.to(content.dtype), torch.cat([mu] * fa_samples))
                 translated = translated.float().view(fa_samples, *images.shape).mean(0)
-                own = model.translate_from(images, content, mu, mu).float()  # x translated to its own mu
+                decoded = model.generate(content, mu)  # G(z_c, mu): one decoding serves both
+                own = model.compose(images, decoded, decoded).float()  # x translated to its own mu
+                reconstruction = decoded[:, :model.in_channels].float()
+                # own is ICAM.fa_reference's "reconstruction" (validation takes input or reconstruction)
                 maps = {"ncc": fa_map(translated, images if reference == "input" else own),
                         "translation_ncc": fa_map(translated, own),
-                        "floor_ncc": fa_map(model.reconstruct(images, content).float(), images)}
+                        "floor_ncc": fa_map(reconstruction, images)}
         stats["confusion"] += confusion_matrix(labels, prediction.predicted_class, k)
         target = batch["target"].to(device)
         known = ~torch.isnan(target)
@@ -118,7 +121,7 @@ def summarise(stats: dict[str, torch.Tensor], regressing: bool = True) -> dict[s
             continue
         metrics[name] = float(total.sum() / count.sum())
         for k in range(len(count)):
-            key = {2: {0: "plus", 1: "minus"}}.get(len(count), {}).get(k, f"from_{k}")
+            key = ("plus", "minus")[k] if len(count) == 2 else f"from_{k}"
             if count[k] > 0:
                 metrics[f"{name}_{key}"] = float(total[k] / count[k])
     if stats["n_ncc"].sum() > 0:

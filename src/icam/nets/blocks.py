@@ -38,7 +38,7 @@ class _PaddingInItsOwnDtype:
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
         if self.padding_mode == "zeros":
-            return super()._conv_forward(input, weight, bias)  # type: ignore[misc]  # the torch convolution's
+            return super()._conv_forward(input, weight, bias)  # type: ignore[misc]  # the torch class's own
         with torch.autocast(input.device.type, enabled=False):
             padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
         return self.unpadded(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
