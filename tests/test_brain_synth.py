@@ -184,9 +184,14 @@ def test_written_cohort_opens_with_sensible_affines(tmp_path):
     assert volume.shape == (64, 80, 64) and np.allclose(np.diag(volume.affine)[:3], 2.4)  # isotropic
 
 
-def test_written_cohort_rejects_shapes_the_model_cannot_take(tmp_path):
-    with pytest.raises(ValueError, match="multiple of 16"):
-        write_brain_synth(tmp_path, dims=2, n=2, shape=(60, 64))
+def test_written_cohort_takes_any_size_of_16_or_more(tmp_path):
+    """Files of any shape (training fits them to its data.shape, multiples of 16), as `icam synth --size` says."""
+    import nibabel as nib
+
+    with pytest.raises(ValueError, match="16 or more, got 12x64"):
+        write_brain_synth(tmp_path / "small", dims=2, n=2, shape=(12, 64))
+    write_brain_synth(tmp_path / "odd", dims=2, n=2, shape=(60, 70))
+    assert {nib.load(str(f)).shape[:2] for f in (tmp_path / "odd" / "images").iterdir()} == {(60, 70)}
 
 
 def test_brain_deep_as_a_training_cohort_is_read_across_its_own_slice_axis(tmp_path):

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -281,3 +282,237 @@ def test_an_accelerator_the_machine_lacks_is_one_line(tmp_path):
     result = runner.invoke(app, ["train", "--accelerator", "gpu", "--out", str(tmp_path), "-q", *sets(*tiny)])
     assert result.exit_code == EXIT_ENVIRONMENT and "runtime.accelerator=gpu" in result.stderr
     assert list(tmp_path.iterdir()) == []  # no run folder
+
+
+# -- a new user's folder and faults, tried again ---------------------------------------------------------------
+
+EXPLAIN_FAST = ["--n-samples", "2", "--min-probability", "0.5", "--which", "last", "--figures", "none"]
+
+
+def icam_process(*args, file_size: int | None = None, **kwargs) -> subprocess.Popen:
+    """`python -m icam …` in its own process; ``file_size``: no file it writes may grow past this
+    many bytes (RLIMIT_FSIZE: a write past it fails as on a full disk)."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+
+    return subprocess.Popen([sys.executable, "-m", "icam", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=limit if file_size else None,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"}, **kwargs)
+
+
+def hidden_files(folder):
+    return [p.name for p in folder.rglob(".*")]
+
+
+def test_a_second_explain_into_a_folder_being_written_is_refused(run_dir, same_names, tmp_path):
+    from icam.explain import load_run
+    from icam.outputs import claimed_outputs, explanation_complete, producer_of
+
+    out = tmp_path / "x"
+    args = ["explain", str(run_dir), "--csv", str(same_names), "--out", str(out), *EXPLAIN_FAST]
+    with claimed_outputs(out, producer_of(run_dir, "last", load_run(run_dir, "last"))):  # the first one, running
+        assert explanation_complete(out) is False
+        before = listing(out)
+        second = runner.invoke(app, args)
+        assert second.exit_code == EXIT_BAD_INPUT and f"another icam explain is writing into {out}" in second.stderr
+        assert listing(out) == before
+    assert explanation_complete(out) is True and not (out / ".lock").exists()  # done: lock released and gone
+    assert runner.invoke(app, [*args, "--limit", "1"]).exit_code == 0
+
+
+def test_an_interrupted_explain_is_said_by_evaluate_and_report(run_dir, same_names, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    process = icam_process("explain", run_dir, "--csv", same_names, "--out", out, "--n-samples", "500",
+                           "--which", "last")
+    deadline = time.time() + 120
+    while not (out / "icam-outputs.json").is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # kill -9 as soon as it has claimed the folder
+    process.wait()
+    for command in (["evaluate", str(out), "--csv", str(same_names)],
+                    ["evaluate", str(out), "--csv", str(same_names), "--run", str(run_dir)],
+                    ["report", str(run_dir), "--explained", str(out), "-o", str(tmp_path / "r.html")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == EXIT_BAD_INPUT, (command, result.output)
+        assert "incomplete explain output (interrupted?); rerun icam explain" in result.stderr
+    assert not (tmp_path / "r.html").exists() and not (out / "evaluation.json").exists()
+    again = runner.invoke(app, ["explain", str(run_dir), "--csv", str(same_names), "--out", str(out), *EXPLAIN_FAST,
+                                "--limit", "2"])  # the lock file a killed process leaves blocks nobody
+    assert again.exit_code == 0, again.output
+    assert runner.invoke(app, ["evaluate", str(out), "--csv", str(same_names)]).exit_code == 0
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing_half_written(run_dir, same_names, tmp_path):
+    runs = tmp_path / "runs"
+    train = icam_process("train", "-q", "--out", runs, "--name", "full", *sets(*TINY, "train.steps=2"),
+                         file_size=200_000)  # the config, metrics and logs fit; a checkpoint does not
+    _, stderr = train.communicate(timeout=300)
+    assert train.returncode == EXIT_ENVIRONMENT, stderr
+    error = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and str(runs / "full" / "checkpoints") in error[0] and "Traceback" not in stderr
+    assert hidden_files(runs / "full") == []  # no lock, no partial checkpoint
+    cache = Path(os.environ["XDG_CACHE_HOME"]) / "icam"
+    for warm in (False, True):  # the preprocessing cache's files fail first, then (filled) the maps
+        out = tmp_path / f"explained-{warm}"
+        if warm:
+            assert runner.invoke(app, ["explain", str(run_dir), "--csv", str(same_names), "--out",
+                                       str(tmp_path / "fills-the-cache"), *EXPLAIN_FAST, "--limit", "1"]).exit_code == 0
+        explain = icam_process("explain", run_dir, "--csv", same_names, "--out", out, *EXPLAIN_FAST, file_size=2_000)
+        _, stderr = explain.communicate(timeout=300)
+        assert explain.returncode == EXIT_ENVIRONMENT, stderr
+        error = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(error) == 1 and "/." not in error[0], error  # the file's own name, not a hidden temporary one
+        assert str(out / "maps" if warm else cache) in error[0]
+        assert hidden_files(out) == [] and [p for p in hidden_files(cache) if "tmp" in p] == []
+
+
+def test_labels_are_matched_after_stripping_and_a_case_mismatch_is_said(tmp_path):
+    rows = [["image", "label"]]
+    for i, dx in enumerate(["CN", "cn", "AD", "Ad", " ad ", "CN ", "MCI", "cn"]):
+        square_scan(tmp_path / f"s{i}.nii.gz", i)
+        rows.append([f"s{i}.nii.gz", dx])
+    with (tmp_path / "t.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    result = runner.invoke(app, ["data", "check", str(tmp_path / "t.csv"), "--set", "data.classes=[CN, AD]"])
+    assert result.exit_code == 0, result.output
+    assert "images per class: CN 4, AD 3" in result.stdout and "1 rows left out by data.classes" in result.stdout
+    assert "labels matched to data.classes only when case is ignored: 'cn' as CN (rows 3, 9); 'Ad' as AD (rows 5); " \
+           "'ad' as AD (rows 6)" in result.stderr
+
+
+def test_tables_as_spreadsheets_write_them(tmp_path):
+    for i in range(4):
+        square_scan(tmp_path / f"s{i}.nii.gz", i)
+    tables = {"spaces.csv": "image, label , age\n" + "".join(f"s{i}.nii.gz, {i % 2}, {60 + i}\n" for i in range(4)),
+              "semicolons.csv": "image;label;age\n" + "".join(f"s{i}.nii.gz;{i % 2};{60 + i},5\n" for i in range(4)),
+              "tabs.tsv": "image\tlabel\tage\n" + "".join(f"s{i}.nii.gz\t{i % 2}\t{60 + i}\n" for i in range(4))}
+    for name, text in tables.items():
+        (tmp_path / name).write_text(text)
+        result = runner.invoke(app, ["data", "check", str(tmp_path / name), "--set", "data.columns.target=age"])
+        assert "4 usable rows of 4" in result.stdout, (name, result.output)
+        assert "target: 4 known, 6" in result.stdout, (name, result.output)  # 60.5 ± … with a decimal comma too
+
+
+def test_each_hint_fits_its_error(run_dir, tmp_path):
+    square_scan(tmp_path / "a.nii.gz", 0)
+    (tmp_path / "t.csv").write_text("file,label\na.nii.gz,0\n")
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    cases = {"no column": ["train", "-q", "--out", str(tmp_path / "runs"),
+                           *sets("data.kind=csv", f"data.csv={tmp_path / 't.csv'}", "data.shape=[64,64]")],
+             "no table": ["train", "-q", "--out", str(tmp_path / "runs"),
+                          *sets("data.kind=csv", f"data.csv={tmp_path / 'none.csv'}", "data.shape=[64,64]")],
+             "bad image": ["predict", str(run_dir), "--which", "last", "--image", str(tmp_path / "broken.nii.gz"),
+                           "-o", str(tmp_path / "p.csv")]}
+    for case, command in cases.items():
+        result = runner.invoke(app, command)
+        assert result.exit_code == EXIT_BAD_INPUT, (case, result.output)
+        assert "skip_bad" not in result.output, case
+    assert "no 'image' column; the header has: file, label" in runner.invoke(app, cases["no column"]).stderr
+    assert str((tmp_path / "none.csv").absolute()) in runner.invoke(app, cases["no table"]).stderr
+    bad = runner.invoke(app, cases["bad image"]).stderr
+    assert f"{tmp_path / 'broken.nii.gz'}: cannot read the image" in bad and "inputs.csv" not in bad
+    (tmp_path / "rows.csv").write_text("image,label\na.nii.gz,0\nmissing.nii.gz,1\n")
+    skipping = runner.invoke(app, ["train", "-q", "--skip-bad", "--out", str(tmp_path / "runs"),
+                                   *sets("data.kind=csv", f"data.csv={tmp_path / 'rows.csv'}", "data.shape=[64,64]")])
+    assert skipping.exit_code == EXIT_BAD_INPUT and "skip_bad" not in skipping.output  # set already: no such hint
+
+
+def test_paths_in_a_config_are_read_from_the_config_files_folder(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    for i in range(4):
+        square_scan(tmp_path / "data" / f"s{i}.nii.gz", i)
+    (tmp_path / "data" / "cohort.csv").write_text("image,label\n" + "".join(f"s{i}.nii.gz,{i % 2}\n" for i in range(4)))
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mine.yaml").write_text("data:\n  kind: csv\n  csv: ../data/cohort.csv\n  shape: [64, 64]\n"
+                                                    "out_dir: ../runs\n")
+    monkeypatch.chdir(tmp_path / "data")  # elsewhere than the config
+    result = runner.invoke(app, ["config", "-c", str(tmp_path / "configs" / "mine.yaml")])
+    assert f"csv: {tmp_path / 'data' / 'cohort.csv'}" in result.stdout
+    assert f"out_dir: {tmp_path / 'runs'}" in result.stdout
+    check = runner.invoke(app, ["data", "check", str(tmp_path / "data" / "cohort.csv"), "-c",
+                                str(tmp_path / "configs" / "mine.yaml")])
+    assert check.exit_code == 0, check.output
+    (tmp_path / "configs" / "mine.yaml").write_text("data:\n  kind: csv\n  csv: ../data/gone.csv\n  shape: [64, 64]\n")
+    missing = runner.invoke(app, ["train", "-q", "-c", str(tmp_path / "configs" / "mine.yaml")])
+    assert missing.exit_code == EXIT_BAD_INPUT and str(tmp_path / "data" / "gone.csv") in missing.stderr
+    assert "read from the file's folder" in runner.invoke(app, ["config", "--print-defaults", "--kind", "csv"]).stdout
+
+
+def test_a_report_of_an_incomplete_run_folder_says_what_is_missing(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "partial"
+    shutil.copytree(run_dir, copy)
+    (copy / "metrics.jsonl").unlink()
+    (copy / "data.json").unlink()
+    result = runner.invoke(app, ["report", str(copy)])
+    assert result.exit_code == 0, result.output
+    page = (copy / "report.html").read_text()
+    assert "This run folder lacks metrics.jsonl (the training curves), data.json (the data section)" in page
+
+
+def test_explaining_with_every_sample_rejected_warns_on_the_command_line(run_dir, same_names, tmp_path):
+    result = runner.invoke(app, ["explain", str(run_dir), "--csv", str(same_names), "--out", str(tmp_path / "x"),
+                                 "--n-samples", "2", "--min-probability", "1.0", "--which", "last", "--figures", "none",
+                                 "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    assert "warning: 2 of 2 scans' maps used sampled attributes the classifier did not accept" in result.stderr
+
+
+def test_resume_reads_and_names_the_folder_it_is_given(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    result = runner.invoke(app, ["train", "--resume", str(copy), "-q"])
+    assert result.exit_code == 0 and f"{copy} already finished" in result.stdout
+    checkpoint = copy / "checkpoints" / "last.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # a copy cut short
+    result = runner.invoke(app, ["train", "--resume", str(copy), "-q"])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert f"error: {checkpoint} is not a readable icam checkpoint" in result.stderr
+    assert "the file is damaged" in result.stderr and str(run_dir) not in result.output
+
+
+def test_images_with_the_same_file_name_are_named_by_their_folders(run_dir, same_names, tmp_path):
+    images = [same_names.parent / "sub-00" / "T1.nii.gz", same_names.parent / "sub-01" / "T1.nii.gz"]
+    result = runner.invoke(app, ["explain", str(run_dir), *[a for i in images for a in ("--image", str(i))],
+                                 "--out", str(tmp_path / "x"), *EXPLAIN_FAST])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "x" / "maps").glob("*_fa_mean.nii.gz")) == [
+        "sub-00_T1_fa_mean.nii.gz", "sub-01_T1_fa_mean.nii.gz"]
+
+
+def test_every_rank_of_a_two_process_run_exits(tmp_path):
+    """Three two-process trainings (gloo on CPU): when each command returns, no process of it is left."""
+    import time
+
+    def survivors(marker: str) -> list[int]:
+        found = []
+        for proc in os.listdir("/proc"):
+            try:
+                if proc.isdigit() and marker.encode() in Path(f"/proc/{proc}/environ").read_bytes():
+                    found.append(int(proc))
+            except OSError:
+                continue
+        return found
+
+    for attempt in range(3):
+        marker = f"ICAM_TEST_RUN={os.getpid()}-{attempt}"
+        environment = {**os.environ, "PYTHONWARNINGS": "ignore", marker.split("=")[0]: marker.split("=")[1]}
+        done = subprocess.run([sys.executable, "-m", "icam", "train", "-q", "--devices", "2", "--out", str(tmp_path),
+                               "--name", f"r{attempt}", *sets(*TINY, "train.steps=2")],
+                              capture_output=True, text=True, timeout=300, env=environment)
+        assert done.returncode == 0, done.stderr
+        deadline = time.time() + 20
+        while survivors(marker) and time.time() < deadline:
+            time.sleep(0.2)
+        left = survivors(marker)
+        for pid in left:  # pragma: no cover - a failing run must not leave them to the next test
+            os.kill(pid, 9)
+        assert left == [], f"attempt {attempt}: ranks still alive after the run ended"

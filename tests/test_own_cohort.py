@@ -281,7 +281,9 @@ def test_python_preprocess_and_explain_file(adni, run3d, tmp_path):
     assert scan.image.shape == (1, 1, 16, 16, 16) and scan.mask.shape == (1, 1, 16, 16, 16)
     explanation = model.explain_file(scan_path, out=tmp_path, n_samples=3, min_probability=0.5)
     assert explanation.mean.shape == (1, 1, 16, 16, 16)
-    check_map(tmp_path / "002_S_0000_T1w_fa_mean.nii.gz", scan_path)
+    check_map(tmp_path / "maps" / "002_S_0000_T1w_fa_mean.nii.gz", scan_path)  # as icam explain --image writes
+    assert (tmp_path / "maps" / "002_S_0000_T1w_mask.nii.gz").is_file() and (tmp_path / "predictions.csv").is_file()
+    assert json.loads((tmp_path / "icam-outputs.json").read_text())["complete"]
     raw = torch.from_numpy(nib.load(str(scan_path)).get_fdata()[:16, :16, :16]).float()[None, None]
     with pytest.warns(UserWarning, match="far from the \\[-1, 1\\] range"):
         model.explain(raw, n_samples=2, min_probability=0.5)
@@ -298,3 +300,29 @@ def test_a_mask_of_another_shape_than_its_image_is_refused_before_training(tmp_p
     data = load_config(None, ["data.kind=csv", f"data.csv={tmp_path / 't.csv'}", "data.shape=[16,16,16]"]).data
     with pytest.raises(DataError, match=r"row 3: mask shape \[16, 16, 12\] differs from the image's \[16, 16, 16\]"):
         build_cohorts(data, seed=0)
+
+
+def test_a_2d_image_in_a_3d_cohort_is_refused_by_check_train_and_explain(adni, run3d, tmp_path):
+    shape, affine = grid(2.0)
+    volume = head(shape, affine, 0.25, np.random.default_rng(1))
+    slice_file = tmp_path / "slice2d.nii.gz"
+    scanner_file(slice_file, volume[:, :, shape[2] // 2], affine)  # one 48x56 slice among volumes
+    rows = [{**r, "path": str(adni["data"] / r["path"])} for r in adni["rows"]]
+    rows.append({"PTID": "002_S_0099", "path": str(slice_file), "DX": "CN", "AGE": 70})
+    table = tmp_path / "mixed.csv"
+    with table.open("w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    args = config_file(adni, "mixed", [16, 16, 16], f"data.csv={table}")
+    check = runner.invoke(app, ["data", "check", str(table), *args[:2]])
+    assert check.exit_code == 1 and "row 21: a 2D image (48x56) among 3D volumes" in check.stderr
+    assert str(slice_file) in check.stderr
+    train = runner.invoke(app, ["train", *args, "--out", str(tmp_path / "runs"), "--name", "mixed", "--quiet"])
+    assert train.exit_code == 2 and "row 21: a 2D image (48x56), but the model takes 3D volumes" in train.output
+    assert not (tmp_path / "runs" / "mixed").exists()
+    out = tmp_path / "explained"
+    explain = runner.invoke(app, ["explain", str(run3d), "--image", str(slice_file), "--out", str(out),
+                                  "--n-samples", "2", "--figures", "none"])
+    assert explain.exit_code == 2 and f"{slice_file}: a 2D image (48x56), but the model takes 3D" in explain.stderr
+    assert not list(out.glob("maps/*"))

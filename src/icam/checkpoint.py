@@ -10,6 +10,7 @@ checkpoint behind.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import tempfile
@@ -27,7 +28,12 @@ SELECTION_DIRECTION = {"balanced_accuracy": 1, "ncc": 1, "mae": -1}
 
 
 class CheckpointError(ValueError):
-    pass
+    """A path that is not an icam checkpoint (or run folder), or a checkpoint file that is damaged."""
+
+    def __init__(self, message: str, hint: str = "give a folder that `icam train` wrote (it holds checkpoints/"
+                                                 "best.pt), or a .pt file; `icam demo` makes one in minutes"):
+        super().__init__(message)
+        self.hint = hint
 
 
 def checkpoint_state(method: str, config: Config, hparams: dict, step: int, best: dict | None,
@@ -78,8 +84,12 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        if isinstance(e, RuntimeError):  # torch's writer reports a failed write so ("unexpected pos …")
+            raise OSError(errno.EIO, "the checkpoint could not be written (is the disk full?)", str(path)) from e
         raise
     return path
 
@@ -122,7 +132,10 @@ def load_checkpoint(path: str | Path, which: str = "last") -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} is not a readable icam checkpoint ({type(e).__name__}: {e})") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable icam checkpoint ({reason})",
+                              "the file is damaged (a copy cut short, a full disk?): copy it again, or use the run's "
+                              "other checkpoint (--which best or last)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an icam checkpoint (expected format {FORMAT!r})")
     return state

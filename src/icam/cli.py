@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
 import traceback
 import warnings
 from pathlib import Path
@@ -60,8 +62,7 @@ def friendly_errors(command):
             if isinstance(e, ConfigError):
                 typer.echo("hint: `icam config --print-defaults` lists every key with its default", err=True)
             elif isinstance(e, CheckpointError):
-                typer.echo("hint: give a folder that `icam train` wrote (it holds checkpoints/best.pt), "
-                           "or a .pt file; `icam demo` makes one in minutes", err=True)
+                typer.echo(f"hint: {e.hint}", err=True)
             elif not debug:
                 typer.echo("hint: run again with --debug for the full traceback", err=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -123,8 +124,10 @@ def _train(config, set_, steps, out_dir, name, seed, accelerator, devices, num_n
     cfg = load_config(config, set_, {key: value for key, value in flags.items() if value is not None},
                       saved=resume is not None)
     summary = train(cfg, resume=resume, init_from=init_from, stop_at=stop_at, show_progress=not quiet)
-    if summary is None:  # not the main process
-        return
+    if summary is None:  # a worker rank, done: its run is written by rank 0. Exit now, running no destructors
+        sys.stdout.flush()  # (the process group is gone; nothing of this process is left to clean up)
+        sys.stderr.flush()
+        os._exit(0)
     if summary.get("already_finished"):
         typer.echo(f"{summary['run_dir']} already finished its {summary['step']} steps: nothing to do (to train "
                    "longer: --set train.steps=N with a larger N)")
@@ -155,7 +158,8 @@ def synth_command(
     n: int = typer.Option(200, "--n", help="number of subjects"),
     seed: int = typer.Option(0, help="random seed: the same seed gives the same cohort"),
     size: str | None = typer.Option(
-        None, "--size", help="image shape, e.g. 64x80x64 (default 128x128 in 2D, 64x80x64 in 3D)"),
+        None, "--size", help="image shape, e.g. 64x80x64 (default 128x128 in 2D, 64x80x64 in 3D; any sides of "
+                                     "16 or more: training fits the files to its data.shape)"),
     slices: int = typer.Option(1, "--slices", help="2D: slices per subject (4 mm apart, split by subject)"),
     cohort: str = typer.Option("brain-synth", "--cohort", help="brain-synth: axial slices, age, ventricles + cortex "
                                                                 "+ lesions; brain-deep: coronal slices, a score, "
@@ -210,15 +214,15 @@ def synth_command(
     friendly_errors(run)(debug=debug)
 
 
-def _inputs(explainer, csv_path: Path | None, image: Path | None, split: str | None):
+def _inputs(explainer, csv_path: Path | None, images: list[Path], split: str | None):
     from .inference import load_images, load_inputs
 
-    if (csv_path is None) == (image is None):
-        raise ValueError("give one of --csv CSV or --image FILE")
-    if image is not None:
+    if (csv_path is None) == (not images):
+        raise ValueError("give one of --csv CSV or --image FILE (repeatable)")
+    if images:
         if split is not None:
             raise ValueError("--split selects rows of a --csv table; drop it with --image")
-        return load_images(explainer, [image])
+        return load_images(explainer, images)
     assert csv_path is not None  # one of the two, checked above
     return load_inputs(explainer, csv_path, split)
 
@@ -227,7 +231,7 @@ def _inputs(explainer, csv_path: Path | None, image: Path | None, split: str | N
 def predict_command(
     run_dir: Path = typer.Argument(..., help="a run folder (or a checkpoint file)"),
     csv_path: Path | None = typer.Option(None, "--csv", help="a cohort table (labels optional)"),
-    image: Path | None = typer.Option(None, "--image", help="one NIfTI image"),
+    image: list[Path] = typer.Option([], "--image", help="a NIfTI image (repeat for several)"),
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="the predictions table to write"),
     split: str | None = typer.Option(None, help="only the table's rows of this split (train/val/test)"),
     which: str = typer.Option("best", help="best or last checkpoint of the run"),
@@ -257,7 +261,7 @@ def explain_command(
     run_dir: Path = typer.Argument(..., help="a run folder (or a checkpoint file)"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for maps, figures and tables"),
     csv_path: Path | None = typer.Option(None, "--csv", help="a cohort table (labels optional)"),
-    image: Path | None = typer.Option(None, "--image", help="one NIfTI image"),
+    image: list[Path] = typer.Option([], "--image", help="a NIfTI image (repeat for several)"),
     split: str | None = typer.Option(None, help="only the table's rows of this split (e.g. test)"),
     limit: int | None = typer.Option(None, help="explain at most this many images (all are predicted)"),
     target_class: str | None = typer.Option(None, "--target-class", help="translate to this class, by name (AD) "
@@ -311,8 +315,15 @@ def explain_command(
         from rich.progress import Progress
 
         from .explain import Explainer, Refinement, load_run
-        from .inference import attribute_cohort, check_figures, explain_cohort, explain_interpolation, explain_pair
-        from .outputs import claim_outputs, producer_of
+        from .inference import (
+            attribute_cohort,
+            check_figures,
+            explain_cohort,
+            explain_interpolation,
+            explain_pair,
+            predict_rows,
+        )
+        from .outputs import claimed_outputs, producer_of, write_csv
 
         check_figures(figures)  # before the output folder is claimed
         refinement = Refinement(refine_steps, refine_seconds) if refine_steps else None
@@ -323,50 +334,59 @@ def explain_command(
             raise ValueError("--precision, --refine-steps and --sampling set how ICAM makes its translations; a "
                              "baseline run has no attributes to draw, no translations to decode and no content code "
                              "to refine (leave them out)")
-        claim_outputs(out, producer_of(run_dir, which, explainer), overwrite)
-        if not isinstance(explainer, Explainer):  # a baseline: its maps (or predictions) only
+        def baseline_outputs():  # a baseline: its maps (or predictions) only
             if pair or interpolate:
                 raise ValueError("--pair and --interpolate need an ICAM run")
             if explainer.method == "resnet":
                 explainer.check_makes_maps()
             dataset = _inputs(explainer, csv_path, image, split)
-            summary = attribute_cohort(explainer, dataset, out, limit=limit,
-                                       figures=figures) if explainer.makes_maps else None
-            if summary is None:
-                from .inference import predict_rows
-                from .outputs import write_csv
-
+            if explainer.makes_maps:
+                attribute_cohort(explainer, dataset, out, limit=limit, figures=figures)
+            else:
                 write_csv(out / "predictions.csv", predict_rows(explainer, dataset))
-            typer.echo(f"outputs: {out}")
-            return
-        if csv_path is not None or image is not None:
-            target = _class_index(explainer.class_names, target_class)
-            dataset = _inputs(explainer, csv_path, image, split)
-            with Progress(transient=True) as bar:
-                task = bar.add_task("explaining", total=len(dataset) if limit is None else min(limit, len(dataset)))
-                summary = explain_cohort(explainer, dataset, out, target_class=target, from_label=from_label,
-                                         n_samples=n_samples, min_probability=min_probability, seed=seed,
-                                         reconstruction=reconstruction, limit=limit, reference=reference,
-                                         native_intensity=native_intensity, figures=figures, refinement=refinement,
-                                         sampling=sampling,
-                                         progress=lambda done, total: bar.update(task, completed=done))
-            refined = summary["refinement"]
-            each = (f"{summary['seconds_per_scan']:.2f} s each" if refined is None else
-                    f"{summary['seconds_per_scan']:.2f} s each, {refined['seconds_per_scan']:.2f} of them refining: "
-                    f"{summary['seconds_per_scan'] - refined['seconds_per_scan']:.2f} s without; decoder error "
-                    f"{refined['reconstruction_l1_before']:.4f} -> {refined['reconstruction_l1_after']:.4f}")
-            facts = [f"{summary['explained']} scans explained ({each}, "
-                     f"acceptance {summary['mean_acceptance_rate']:.2f})"]
-            facts += [f"{k} {summary[k]:.3f}" for k in ("accuracy", "mae") if k in summary]
-            typer.echo("; ".join(facts))
-        elif not pair and not interpolate:
-            raise ValueError("nothing to explain: give --csv, --image, --pair or --interpolate")
-        if pair:
-            explain_pair(explainer, pair[0], pair[1], out)
-        if interpolate:
-            explain_interpolation(explainer, interpolate[0], interpolate[1], steps, out)
+
+        def icam_outputs():
+            if csv_path is not None or image:
+                target = _class_index(explainer.class_names, target_class)
+                dataset = _inputs(explainer, csv_path, image, split)
+                with Progress(transient=True) as bar:
+                    task = bar.add_task("explaining", total=len(dataset) if limit is None else min(limit, len(dataset)))
+                    summary = explain_cohort(explainer, dataset, out, target_class=target, from_label=from_label,
+                                             n_samples=n_samples, min_probability=min_probability, seed=seed,
+                                             reconstruction=reconstruction, limit=limit, reference=reference,
+                                             native_intensity=native_intensity, figures=figures, refinement=refinement,
+                                             sampling=sampling,
+                                             progress=lambda done, total: bar.update(task, completed=done))
+                _say_explained(summary)
+            elif not pair and not interpolate:
+                raise ValueError("nothing to explain: give --csv, --image, --pair or --interpolate")
+            if pair:
+                explain_pair(explainer, pair[0], pair[1], out)
+            if interpolate:
+                explain_interpolation(explainer, interpolate[0], interpolate[1], steps, out)
+
+        with claimed_outputs(out, producer_of(run_dir, which, explainer), overwrite):
+            icam_outputs() if isinstance(explainer, Explainer) else baseline_outputs()
         typer.echo(f"outputs: {out}")
     friendly_errors(run)(debug=debug)
+
+
+def _say_explained(summary: dict) -> None:
+    """What `icam explain` did, in one line; a warning when most maps fell back to rejected samples."""
+    from .report.health import fallback_finding
+
+    refined = summary["refinement"]
+    each = (f"{summary['seconds_per_scan']:.2f} s each" if refined is None else
+            f"{summary['seconds_per_scan']:.2f} s each, {refined['seconds_per_scan']:.2f} of them refining: "
+            f"{summary['seconds_per_scan'] - refined['seconds_per_scan']:.2f} s without; decoder error "
+            f"{refined['reconstruction_l1_before']:.4f} -> {refined['reconstruction_l1_after']:.4f}")
+    facts = [f"{summary['explained']} scans explained ({each}, acceptance {summary['mean_acceptance_rate']:.2f})"]
+    facts += [f"{k} {summary[k]:.3f}" for k in ("accuracy", "mae") if k in summary]
+    typer.echo("; ".join(facts))
+    fallback = fallback_finding(summary)
+    if fallback:
+        typer.secho(f"warning: {fallback} Lower --min-probability, or train longer.", fg=typer.colors.YELLOW,
+                    err=True)
 
 
 def _class_index(names: list[str], value: str | None) -> int | None:
@@ -515,6 +535,7 @@ def report_command(
 def _report_parts(folder: Path, explained: list[Path], csv_path: Path | None):
     """What a folder holds: a run folder itself, or a demo/benchmark folder with runs and maps."""
     from .methods import METHOD_LABELS as names
+    from .outputs import require_complete
 
     run_dir: Path | None
     if (folder / "config.yaml").is_file():
@@ -523,10 +544,13 @@ def _report_parts(folder: Path, explained: list[Path], csv_path: Path | None):
         runs = [folder / "runs" / n for n in ("icam-reg", "icam") if (folder / "runs" / n / "config.yaml").is_file()]
         run_dir = runs[0] if runs else None
     for d in explained:
+        require_complete(d)
         if not (d / "predictions.csv").is_file():
             raise ValueError(f"--explained {d}: not an icam explain output folder (no predictions.csv there)")
     found = explained or [d for n in names for base in ("explained", "maps") for d in [folder / base / n]
                           if (d / "maps").is_dir()]
+    for d in found:
+        require_complete(d)
     maps = {names.get(d.name, d.name): d for d in found}
     table = csv_path or (folder / "cohort" / "cohort.csv" if (folder / "cohort" / "cohort.csv").is_file() else None)
     benchmark = folder if (folder / "results").is_dir() else None

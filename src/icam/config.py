@@ -7,12 +7,15 @@ key raises :class:`ConfigError`, naming the key and the valid ones.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+RELATIVE_PATH = " (a relative path in a config file is read from the file's folder)"
 
 
 class Section(BaseModel):
@@ -78,7 +81,7 @@ class BrainSynthData(Section):
     slices_per_subject: int = Field(1, ge=1, description="2D: axial slices per subject, 4 mm apart")
     split_fractions: Fractions = (0.8, 0.1, 0.1)
     seed: int | None = Field(None, description="cohort seed; the run's seed when null")
-    cache_dir: str = Field(".icam-cache", description="where the cohort is written")
+    cache_dir: str = Field(".icam-cache", description="where the cohort is written" + RELATIVE_PATH)
 
     _shape = field_validator("shape")(_check_shape)
 
@@ -108,7 +111,7 @@ class CsvData(Section):
     """Your own cohort: a CSV with one row per image (paths relative to the CSV) and NIfTI files."""
 
     kind: Literal["csv"] = "csv"
-    csv: str = Field(..., description="path of the cohort table")
+    csv: str = Field(..., description="path of the cohort table" + RELATIVE_PATH)
     columns: CsvColumns = CsvColumns()
     classes: list[int | float | str] | None = Field(
         None, description="the label values that are classes, in class order, e.g. [CN, AD]: rows with another "
@@ -141,7 +144,8 @@ class CsvData(Section):
         None, description="derive the class from the target: class k where target ≥ k thresholds")
     split_fractions: Fractions = (0.8, 0.1, 0.1)
     cache_dir: str | None = Field(None, description="preprocessing cache; default $XDG_CACHE_HOME/icam (else "
-                                                    "~/.cache/icam). Nothing is written next to your images")
+                                                    "~/.cache/icam). Nothing is written next to your images"
+                                                    + RELATIVE_PATH)
     preprocess_workers: int = Field(0, ge=0, description="processes that fill the cache")
     augment: Augmentation = Augmentation()
     skip_bad: bool = Field(False, description="leave out rows with bad input (listed in excluded.csv) "
@@ -323,7 +327,7 @@ class Config(Section):
         "icam", description="icam (ICAM / ICAM-reg) or a baseline: resnet (for post-hoc saliency), vagan, "
                             "cnn-regressor (ICAM-reg's baseline), cnn-classifier (judges translations)")
     seed: int = 0
-    out_dir: str = Field("runs", description="run folders are created inside")
+    out_dir: str = Field("runs", description="run folders are created inside" + RELATIVE_PATH)
     name: str | None = Field(None, description="run folder name; a timestamp when null")
     data: Annotated[SquaresData | BrainSynthData | CsvData, Field(discriminator="kind")] = SquaresData()
     model: ModelConfig = ModelConfig()
@@ -458,12 +462,31 @@ def as_saved(tree: dict) -> dict:
     return tree
 
 
+PATH_KEYS = (("data", "csv"), ("data", "cache_dir"), ("out_dir",))  # a config's keys that name files or folders
+
+
+def paths_relative_to(tree: dict, folder: Path) -> dict:
+    """A config file's relative paths (``PATH_KEYS``) read from the file's own folder, made absolute:
+    a config means the same wherever it is run from. (A run's saved config.yaml holds absolute
+    paths already; those written before this rule are read as they were.)"""
+    tree = {**tree, "data": dict(tree["data"])} if isinstance(tree.get("data"), dict) else dict(tree)
+    for keys in PATH_KEYS:
+        section = tree if len(keys) == 1 else tree.get(keys[0])
+        if not isinstance(section, dict):
+            continue
+        value = section.get(keys[-1])
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            section[keys[-1]] = os.path.abspath(folder / value)
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), values: dict[str, Any] | None = None,
                 saved: bool = False) -> Config:
     """The config of a YAML file (or the defaults), then ``values`` (dotted keys with typed
     values: a command's own flags, paths as they are), then ``key=value`` overrides, whose
-    values are read as YAML and which win. ``saved``: the file is a run's config.yaml
-    (:func:`as_saved`)."""
+    values are read as YAML and which win. Relative paths written in the file are read from the
+    file's folder (:func:`paths_relative_to`); those of flags and overrides from the working
+    directory. ``saved``: the file is a run's config.yaml (:func:`as_saved`)."""
     tree: dict = {}
     source = "defaults"
     if path is not None:
@@ -477,8 +500,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), v
         if not isinstance(tree, dict):
             raise ConfigError(f"{path} must hold a mapping of sections (data:, model:, train:, …)")
         source = str(path)
-        if saved:
-            tree = as_saved(tree)
+        tree = as_saved(tree) if saved else paths_relative_to(tree, path.parent)
     if values:
         typed: dict = {}
         for key, value in values.items():

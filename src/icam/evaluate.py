@@ -49,10 +49,12 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
     predictions are scored."""
     from .data.nifti import load_array
     from .data.table import require_split
-    from .outputs import MANIFEST, map_stamp, write_csv
+    from .files import write_json
+    from .outputs import MANIFEST, map_stamp, require_complete, write_csv
     from .run import explained_run, read_run_table
 
     outputs, csv_path = Path(outputs), Path(csv_path)
+    require_complete(outputs)
     table = read_run_table(run_dir or explained_run(outputs), csv_path)
     rows = table.rows if split is None else require_split(table, split, csv_path)
     per_subject, missing = [], []
@@ -89,5 +91,5 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
     result = {"maps": maps, "producer": producer, **prediction_metrics(outputs / "predictions.csv")}
     if has_gt:
         write_csv(outputs / "per_subject_maps.csv", per_subject)
-    (outputs / "evaluation.json").write_text(json.dumps(result, indent=2))
+    write_json(outputs / "evaluation.json", result)
     return result

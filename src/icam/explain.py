@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, fingerprint, load_checkpoint, run_folder
+from .checkpoint import CheckpointError, fingerprint, load_checkpoint, resolve_checkpoint, run_folder
 from .config import Config, as_saved, build_config
 from .data.table import class_names
 from .model import ICAM, AttributePrediction, fa_map
@@ -126,6 +126,7 @@ class Explainer:
                                 if checkpoint and k in checkpoint}
         self.run_dir: Path | None = None  # the run folder it was loaded from (its splits.csv, data.json)
         self.fingerprint = ""  # its checkpoint's SHA-256, stamped on the maps it writes
+        self.checkpoint_path: Path | None = None  # the file it was loaded from
         self.class_names = class_names(config.data if config is not None else None, model.num_classes)
         self.precision = "32-true"
 
@@ -160,6 +161,7 @@ class Explainer:
         explainer = cls(model, build_config(as_saved(state["config"]), f"{path} (its saved config)"), device, state)
         explainer.run_dir = run_folder(path)
         explainer.fingerprint = fingerprint(path, which)
+        explainer.checkpoint_path = resolve_checkpoint(path, which)
         return explainer
 
     @property
@@ -193,19 +195,26 @@ class Explainer:
 
         return Scan(load_images(self, [Path(path)]))
 
-    def explain_file(self, path: str | Path, out: str | Path | None = None, **options) -> Explanation:
-        """:meth:`explain` of a NIfTI file; with ``out``, the mean and variance maps and the mean
-        translation are written there on the file's grid (``<name>_fa_mean.nii.gz``, …)."""
-        from .data.table import nifti_stem
-        from .inference import write_scan_maps
+    def explain_file(self, path: str | Path, out: str | Path | None = None, *, target: int | None = None,
+                     figures: str = "all", **options) -> Explanation:
+        """:meth:`explain` of a NIfTI file. With ``out``, the folder `icam explain --image` writes,
+        made the same way: ``maps/<name>_fa_mean.nii.gz`` (and ``_fa_var``, ``_translated``, the
+        brain mask) on the file's grid, predictions.csv, summary.json, the figure and the
+        manifest; ``options`` are then those of ``inference.explain_cohort`` (n_samples,
+        min_probability, seed, reference, refinement, sampling, …)."""
+        from .inference import explain_cohort
+        from .outputs import claimed_outputs, producer_of
 
-        scan = self.preprocess(path)
-        explanation = self.explain(scan.image, **options)
-        if out is not None:
-            direction = (f"{self.class_names[int(explanation.prediction.predicted_class[0])]}->"
-                         f"{self.class_names[int(explanation.target_class[0])]}, {explanation.n_samples} samples")
-            write_scan_maps(explanation, scan.dataset, 0, Path(out) / nifti_stem(path), direction)
-        return explanation
+        if out is None:
+            return self.explain(self.preprocess(path).image, target=target, **options)
+        if self.checkpoint_path is None:
+            raise ValueError("explain_file(out=...) stamps its outputs with the model's checkpoint: load the model "
+                             "with icam.load_run, or call explain_file without out")
+        explanations: list[Explanation] = []
+        with claimed_outputs(Path(out), producer_of(self.checkpoint_path, "best", self)):
+            explain_cohort(self, self.preprocess(path).dataset, Path(out), target_class=target, figures=figures,
+                           collect=explanations, **options)
+        return explanations[0]
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> AttributePrediction:

@@ -16,6 +16,7 @@ import json
 import math
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,8 @@ from .config import CsvData
 from .data.brain_synth import DESIGNS
 from .data.cohort import Item
 from .data.nifti import NiftiCohort, PreprocessingCache, Spatial, fill_cache
-from .data.table import UNKNOWN_LABEL, DataError, probability_columns, read_table, require_split
+from .data.table import UNKNOWN_LABEL, DataError, Problem, probability_columns, read_table, require_split
+from .files import write_json
 from .model import next_class
 from .outputs import write_csv, write_map
 
@@ -70,7 +72,11 @@ def load_images(model, images: list[Path]) -> NiftiCohort:
             writer = csv.writer(f)
             writer.writerow([preprocessing_for(model, path).columns.image])
             writer.writerows([[str(Path(image).resolve())] for image in images])
-        return load_inputs(model, path)
+        try:
+            return load_inputs(model, path)
+        except DataError as e:  # the user's files, not the rows of a table they never wrote
+            raise DataError([Problem(None, p.message, p.file or (str(images[p.row - 2]) if p.row else None))
+                             for p in e.problems], skippable=False) from None
 
 
 def load_inputs(model, csv_path: Path, split: str | None = None) -> NiftiCohort:
@@ -80,6 +86,8 @@ def load_inputs(model, csv_path: Path, split: str | None = None) -> NiftiCohort:
     run_dir = getattr(model, "run_dir", None)
     table = read_table(csv_path, data, require_label=False, run_dir=run_dir)
     rows, problems = table.rows, table.problems
+    for warning in table.warnings:
+        warnings.warn(f"{csv_path}: {warning}", stacklevel=2)
     if split is not None:
         rows = require_split(table, split, csv_path)
         if not rows:
@@ -88,7 +96,7 @@ def load_inputs(model, csv_path: Path, split: str | None = None) -> NiftiCohort:
     entries, file_problems = fill_cache(cache, rows, data.preprocess_workers)
     problems += file_problems
     if problems:
-        raise DataError(problems, f"{csv_path}: ")
+        raise DataError(problems, f"{csv_path}: ", skippable=False)
     saved = data.intensity_range
     if data.intensity == "cohort" and saved is None and run_dir is not None and (run_dir / "data.json").is_file():
         saved = json.loads((run_dir / "data.json").read_text()).get("intensity_range") or None
@@ -218,7 +226,7 @@ def attribute_cohort(model, dataset: NiftiCohort, out: Path, *, figures: str = "
     summary = {"method": model.name, "run": _run_facts(model), "inputs": len(dataset), "explained": count,
                "seconds_per_scan": round((time.perf_counter() - started) / max(1, count), 3),
                **_cohort_analyses(records, records[:count], False, model.class_names)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     return summary
 
 
@@ -274,13 +282,15 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
                    from_label: bool = False, n_samples: int = 100, min_probability: float | None = 0.9,
                    seed: int = 0, reconstruction: bool = False, figures: str = "all", limit: int | None = None,
                    outliers: int = 5, reference: str = "input", native_intensity: bool = False,
-                   refinement: Refinement | None = None, sampling: str | None = None, progress=None) -> dict:
+                   refinement: Refinement | None = None, sampling: str | None = None, progress=None,
+                   collect: list[Explanation] | None = None) -> dict:
     """Maps, figures (``figures``: all, outliers or none), predictions and the cohort analyses for
     every item of ``dataset``. ``native_intensity``: the translations in the inputs' own intensity
     units instead of the model's [−1, 1]. ``sampling``: how the attributes are drawn
     (``model.SAMPLINGS``; None: the run's own). ``refinement``: fit each scan's content code first
     (``explain.Refinement``); the summary gives its seconds per scan and the decoder's error
-    before and after.
+    before and after. ``collect``: a list each scan's Explanation is appended to (a single
+    file's, ``Explainer.explain_file``; a cohort's would fill the memory).
     ``from_label``: translate each scan from its table label to the next class (the other one
     for K = 2), as scoring against ground-truth maps needs, instead of from the prediction.
 
@@ -320,6 +330,8 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
                                item["gt_map"][0].numpy() if "gt_map" in item else None,
                                affine=dataset.item_affine(i))
         attributes.append(explanation.prediction.attribute_mean[0].cpu().numpy())
+        if collect is not None:
+            collect.append(explanation)
         acceptance.append((explanation.acceptance_rate, explanation.fallback))
         if progress:
             progress(done, len(chosen))
@@ -334,7 +346,7 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, out: Path, *, tar
         else "the most probable other class",
         "seconds_per_scan": round((time.perf_counter() - started) / max(1, len(chosen)), 3),
         **_cohort_summary(records, chosen, attributes, acceptance, explainer, out, outliers, seed)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     return summary
 
 

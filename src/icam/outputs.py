@@ -9,14 +9,17 @@ map's own display range and a description of what it is.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from .data.nifti import NiftiCohort
 from .data.resample import resample_to_grid
+from .files import LOCK, folder_lock, write_atomically, write_json
 
 MANIFEST = "icam-outputs.json"
 MAP_STAMP = 16  # hex digits of the checkpoint's SHA-256 in each map's aux_file
@@ -56,10 +59,8 @@ def write_map(array: np.ndarray, dataset: NiftiCohort, i: int, path: Path, descr
     image.header["aux_file"] = getattr(dataset, "model_fingerprint", "")[:MAP_STAMP].encode()
     image.set_data_dtype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.nii.gz")
-    nib.save(image, str(temporary))
-    temporary.replace(path)  # never a half-written map
-    return path
+    # the temporary name ends in .nii.gz: nibabel compresses by the name
+    return write_atomically(path, lambda temporary: nib.save(image, str(temporary)), ".tmp.nii.gz")
 
 
 def map_stamp(path: Path) -> str:
@@ -69,32 +70,56 @@ def map_stamp(path: Path) -> str:
     return nib.load(str(path)).header["aux_file"].tobytes().rstrip(b"\0").decode()
 
 
-def claim_outputs(out: Path, producer: dict, overwrite: bool = False) -> None:
-    """Make ``out`` the outputs of ``producer`` (run, checkpoint and its hash, method) alone: a new
-    or empty folder, or one it made before, is cleared of its previous outputs; a folder another
-    model made is refused unless ``overwrite``; a folder of other files is refused. Writes the
-    manifest (producer, command, time), which `icam evaluate` and the report read."""
+def explanation_complete(out: Path) -> bool | None:
+    """Whether `icam explain` finished writing ``out`` (None: no manifest, not its folder).
+    A folder written before completeness was recorded counts as complete."""
+    manifest = Path(out) / MANIFEST
+    return json.loads(manifest.read_text()).get("complete", True) if manifest.is_file() else None
+
+
+def require_complete(out: Path) -> None:
+    """One line, not a misleading error further on, for a folder whose explain was interrupted."""
+    if explanation_complete(out) is False:
+        raise ValueError(f"{out}: incomplete explain output (interrupted?); rerun icam explain into it")
+
+
+@contextlib.contextmanager
+def claimed_outputs(out: Path, producer: dict, overwrite: bool = False) -> Iterator[None]:
+    """Write ``out`` as the outputs of ``producer`` (run, checkpoint and its hash, method) alone,
+    holding it against a second explain meanwhile. A new or empty folder, or one it made before,
+    is cleared of its previous outputs; a folder another model made is refused unless
+    ``overwrite``; a folder of other files is refused. The manifest (producer, command, time),
+    which `icam evaluate` and the report read, says ``complete`` only once the block ends
+    without an error."""
     import shutil
     import sys
     from datetime import datetime, timezone
 
+    out = Path(out)
     manifest = out / MANIFEST
-    if out.exists() and any(out.iterdir()):
-        if not manifest.is_file():
-            raise FileExistsError(f"{out} holds files that icam explain did not write; give a new or empty folder")
-        previous = json.loads(manifest.read_text()).get("producer", {})
-        if previous != producer and not overwrite:
-            raise FileExistsError(f"{out} holds the outputs of another model ({previous.get('run')}, checkpoint "
-                                  f"{str(previous.get('checkpoint_sha256', ''))[:12]}); give a new folder, or "
-                                  "--overwrite to replace them")
-        for name in OUTPUT_ENTRIES:
-            target = out / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        for stale in out.glob("*.nii.gz"):  # pair and interpolation outputs
-            stale.unlink()
+    had_files = out.exists() and any(p.name != LOCK for p in out.iterdir())
+    if had_files and not manifest.is_file():
+        raise FileExistsError(f"{out} holds files that icam explain did not write; give a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps({"producer": producer, "command": sys.argv,
-                                    "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=2))
+    with folder_lock(out, f"another icam explain is writing into {out}; wait for it to finish, or give "
+                          "another --out"):
+        if had_files:
+            previous = json.loads(manifest.read_text()).get("producer", {})
+            if previous != producer and not overwrite:
+                raise FileExistsError(f"{out} holds the outputs of another model ({previous.get('run')}, checkpoint "
+                                      f"{str(previous.get('checkpoint_sha256', ''))[:12]}); give a new folder, or "
+                                      "--overwrite to replace them")
+            for name in OUTPUT_ENTRIES:
+                target = out / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            for stale in out.glob("*.nii.gz"):  # pair and interpolation outputs
+                stale.unlink()
+        record = {"producer": producer, "command": sys.argv, "complete": False,
+                  "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        write_json(manifest, record)
+        yield
+        write_json(manifest, {**record, "complete": True,
+                              "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
 
 def producer_of(run_path: Path, which: str, model) -> dict:
@@ -109,10 +134,9 @@ def producer_of(run_path: Path, which: str, model) -> dict:
 def write_csv(path: Path, records: list[dict]) -> Path:
     """A table with every key any record has (in first-seen order; missing cells empty), written
     to a temporary file and renamed into place: never half a table."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", newline="") as f:
-        writer = csv.DictWriter(f, list(dict.fromkeys(k for r in records for k in r)))
-        writer.writeheader()
-        writer.writerows(records)
-    temporary.replace(path)
-    return path
+    def write(temporary: Path) -> None:
+        with temporary.open("w", newline="") as f:
+            writer = csv.DictWriter(f, list(dict.fromkeys(k for r in records for k in r)))
+            writer.writeheader()
+            writer.writerows(records)
+    return write_atomically(path, write)

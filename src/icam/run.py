@@ -30,6 +30,8 @@ import torch
 
 from .config import Config, to_yaml
 from .data import build_cohorts
+from .files import folder_lock, write_json
+from .outputs import write_csv
 
 if TYPE_CHECKING:
     from lightning_fabric import Fabric
@@ -109,17 +111,10 @@ def write_run_files(run_dir: Path, config: Config, extra: dict | None = None) ->
 
 def write_data_files(run_dir: Path, cohorts) -> None:
     """Which rows went to which split (splits.csv), rows left out (excluded.csv), data facts (data.json)."""
-    import csv
-
-    def write_csv(name, records):
+    excluded = [{"row": p.row, "file": p.file or "", "reason": p.message} for p in cohorts.excluded]
+    for name, records in (("splits.csv", cohorts.assignments), ("excluded.csv", excluded)):
         if records:
-            with (run_dir / name).open("w", newline="") as f:
-                writer = csv.DictWriter(f, list(records[0]))
-                writer.writeheader()
-                writer.writerows(records)
-
-    write_csv("splits.csv", cohorts.assignments)
-    write_csv("excluded.csv", [{"row": p.row, "file": p.file or "", "reason": p.message} for p in cohorts.excluded])
+            write_csv(run_dir / name, records)
     def facts(dataset) -> dict:
         known = dataset.targets[~dataset.targets.isnan()]
         target = {"known": len(known), "min": float(known.min()), "mean": float(known.mean()),
@@ -136,7 +131,7 @@ def run_data_config(run_dir: str | Path | None, csv_path: str | Path):
     from .config import CsvData, load_config
 
     config_file = Path(run_dir) / "config.yaml" if run_dir else None
-    data = load_config(config_file).data if config_file is not None and config_file.is_file() else None
+    data = load_config(config_file, saved=True).data if config_file is not None and config_file.is_file() else None
     if data is not None and data.kind == "csv":
         return data.model_copy(update={"csv": str(csv_path)})
     return CsvData(csv=str(csv_path), shape=[16, 16])
@@ -156,7 +151,7 @@ def read_run_table(run_dir: str | Path | None, csv_path: str | Path):
 
     table = read_table(csv_path, run_data_config(run_dir, csv_path), require_label=False, run_dir=run_dir)
     if table.problems:
-        raise DataError(table.problems, f"{csv_path}: ")
+        raise DataError(table.problems, f"{csv_path}: ", skippable=False)
     return table
 
 
@@ -173,27 +168,16 @@ def finished_summary(run_dir: str | Path, steps: int) -> dict | None:
     path = Path(run_dir) / "summary.json"
     summary = json.loads(path.read_text()) if path.is_file() else None
     if summary and summary.get("finished") and summary.get("step", 0) >= steps:
-        return {**summary, "already_finished": True}
+        # the folder given, not the one the summary was written in (a copied run folder)
+        return {**summary, "run_dir": str(run_dir), "already_finished": True}
     return None
 
 
-@contextlib.contextmanager
 def run_lock(run_dir: Path):
     """Hold the run folder while training in it: a second process (two --resume) is refused
     instead of interleaving metrics and checkpoints. The lock goes with the process."""
-    import fcntl
-
-    handle = (Path(run_dir) / ".lock").open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise FileExistsError(f"another icam process is training in {run_dir}; wait for it to finish "
-                              "(or stop it) before resuming") from None
-    try:
-        yield
-    finally:
-        handle.close()
+    return folder_lock(Path(run_dir), f"another icam process is training in {run_dir}; wait for it to finish "
+                                      "(or stop it) before resuming")
 
 
 def record_resume(run_dir: Path, step: int) -> None:
@@ -203,7 +187,7 @@ def record_resume(run_dir: Path, step: int) -> None:
     provenance.setdefault("resumed", []).append({
         "at_step": step, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv, "git": git_state(Path(__file__).resolve().parent)})
-    path.write_text(json.dumps(provenance, indent=2))
+    write_json(path, provenance)
 
 
 class MetricsLog:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import shutil
 import signal
@@ -35,6 +34,7 @@ from .checkpoint import BestCheckpoint, checkpoint_state, load_checkpoint, save_
 from .config import Config
 from .data import ClassBalancedBatchSampler
 from .data.table import class_names, num_classes_of
+from .files import write_json
 from .model import ICAM, translation_partners
 from .nets import ContentDiscriminator, DomainDiscriminators
 from .nets.blocks import compile_networks, init_weights, set_activation_checkpointing
@@ -431,7 +431,7 @@ class Trainer:
         if fabric.world_size > 1:
             summary["rank_max_abs_weight_difference"] = self.rank_weight_difference()
         if run_dir is not None:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_json(run_dir / "summary.json", summary)
         return summary
 
     def rank_weight_difference(self) -> float:
@@ -470,6 +470,7 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
         if resume is not None or init_from is not None or stop_at is not None:
             raise ValueError(f"--resume, --init-from and --stop-at are for ICAM runs, not method={config.method}")
         return train_baseline(config, show_progress)
+    resumed = load_checkpoint(resume, "last") if resume is not None else None  # a truncated one: one line, first
     if resume is not None:
         done = finished_summary(resume, config.train.steps)
         if done is not None:
@@ -490,8 +491,8 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
                  m.attribute_stride, m.content_noise, m.translation, m.attribute_channels, m.attribute_injection,
                  m.generator_norm)
     trainer = Trainer(config, fabric, model, train_set, val_set, run_dir, show_progress)
-    if resume is not None:
-        trainer.load_state_dict(load_checkpoint(run_dir, "last"))
+    if resumed is not None:
+        trainer.load_state_dict(resumed)
         if fabric.is_global_zero:
             record_resume(run_dir, trainer.step)
     elif init_state is not None:
@@ -504,8 +505,30 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
     with run_lock(run_dir) if fabric.is_global_zero else contextlib.nullcontext():
         summary = trainer.fit(stop_at=stop_at)
     if fabric.world_size > 1 and torch.distributed.is_initialized():
-        # the ranks leave the process group together: a process exiting while gloo's threads
-        # still run aborts ("terminate called without an active exception", seen once in CI-like runs)
-        fabric.barrier()
-        torch.distributed.destroy_process_group()
+        del trainer, model  # the process group goes last, below
+        leave_process_group(fabric)
     return summary if fabric.is_global_zero else None
+
+
+TEARDOWN_SECONDS = 120  # leaving the process group takes well under a second; past this a rank is stuck
+
+
+def leave_process_group(fabric: Fabric) -> None:
+    """Every rank leaves the process group together, in an order that cannot deadlock, and
+    never outlives its run. Destroying a gloo group joins its worker thread while holding the
+    GIL; a worker still releasing a finished collective's tensors waits for the GIL
+    (pytorch/pytorch#56297): the rank hangs, holding its GPUs. So: wait for every collective
+    (a barrier), let the workers finish with the GIL free, free the DDP wrappers while the group
+    is still registered, then destroy it. Last resort: a watchdog outside the interpreter (it
+    needs no GIL) prints every thread's stack and ends the process."""
+    import faulthandler
+    import gc
+
+    faulthandler.dump_traceback_later(TEARDOWN_SECONDS, exit=True)
+    try:
+        fabric.barrier()
+        time.sleep(0.2)  # gloo's worker threads drop the barrier's work while this thread holds no GIL
+        gc.collect()  # DDP reducers of the freed trainer, while the group is still registered
+        torch.distributed.destroy_process_group()
+    finally:
+        faulthandler.cancel_dump_traceback_later()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +85,8 @@ def load_csv_cohorts(data_config, seed: int, progress=None) -> Cohorts:
     csv_path = Path(data_config.csv)
     table = read_table(csv_path, data_config)
     rows, problems = table.rows, table.problems
+    for warning in table.warnings:
+        warnings.warn(f"{csv_path}: {warning}", stacklevel=2)
     if any(p.row is None for p in problems):  # a table-wide problem (e.g. labels that are not classes)
         raise DataError(problems, f"{csv_path}: ")
     cache = PreprocessingCache(data_config.cache_dir, Spatial.of(data_config), data_config.max_brain_cropped)
@@ -93,12 +96,12 @@ def load_csv_cohorts(data_config, seed: int, progress=None) -> Cohorts:
     problems += image_problems
     bad_rows = {p.row for p in problems}
     if problems and (not data_config.skip_bad or None in bad_rows):
-        raise DataError(problems, f"{csv_path}: ")
+        raise DataError(problems, f"{csv_path}: ", skippable=not data_config.skip_bad)
     rows = [r for r in rows if r.number not in bad_rows]
     splits = splits_for(rows, data_config, seed)
     cohort_problems = class_problems(rows, splits, data_config)
     if cohort_problems:
-        raise DataError(cohort_problems, f"{csv_path}: ")
+        raise DataError(cohort_problems, f"{csv_path}: ", skippable=False)
     datasets = {s: NiftiCohort([r for r, k in zip(rows, splits) if k == s], entries, data_config, augment=s == "train")
                 for s in SPLITS}
     info = {"csv": str(csv_path), "cache": str(cache.directory), "identity": table.identity,
@@ -119,8 +122,6 @@ def load_csv_cohorts(data_config, seed: int, progress=None) -> Cohorts:
 def preprocessing_facts(rows, entries: dict) -> dict:
     """What preprocessing did to the cohort (data.json): shapes in and out, brain masks, and
     every image whose fit cut off part of its brain (a warning is shown for them)."""
-    import warnings
-
     metas = [(r, entries[r.number]["meta"]) for r in rows]
     cropped = [{"row": r.number, "file": str(r.image), "brain_cropped": m["brain_cropped"]}
                for r, m in metas if m["brain_cropped"] > 0]

@@ -15,12 +15,14 @@ def check_cohort(csv_path: str | Path, data_config, seed: int = 0, workers: int 
                  progress=None) -> tuple[dict, list[Problem]]:
     """Read the table, decode every image, mask and map, and check them; (summary, problems)."""
     from . import splits_for
-    from .nifti import check_files
+    from .nifti import check_files, slices_among_volumes
 
     table = read_table(csv_path, data_config)
     rows, problems = table.rows, table.problems
     shapes, file_problems = check_files(rows, workers, progress)
     problems += file_problems
+    image_shapes = {number: found["image"] for number, found in shapes.items()}
+    problems += slices_among_volumes(image_shapes, rows, len(data_config.shape) == 3)
     bad = {p.row for p in problems}
     good = [r for r in rows if r.number not in bad]
     splits = splits_for(good, data_config, seed) if good else []
@@ -45,9 +47,10 @@ def check_cohort(csv_path: str | Path, data_config, seed: int = 0, workers: int 
         "splits": {s: sum(k == s for k in splits) for s in SPLITS},
         "split_source": "table" if all(r.split for r in good) else "assigned by subject (seeded)"
                         if not any(r.split for r in good) else "table, the rest assigned by subject",
-        "warnings": [f"the {s} split is empty ({subjects} subject{'s' * (subjects != 1)}; a subject's scans stay "
-                     "in one split): no validation or test scores" for s in ("val", "test")
-                     if good and not any(k == s for k in splits)],
+        "warnings": table.warnings + [
+            f"the {s} split is empty ({subjects} subject{'s' * (subjects != 1)}; a subject's scans stay in one "
+            "split): no validation or test scores" for s in ("val", "test")
+            if good and not any(k == s for k in splits)],
         "image_shapes": sorted({tuple(shapes[r.number]["image"]) for r in good}, key=str)[:10],
     }
     return summary, problems

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..files import write_atomically
 from .cohort import Item
 from .resample import resample_to_grid
 from .table import DataError, Problem, Row, nifti_stem
@@ -77,6 +78,11 @@ class Spatial:
                    data_config.slice_axis, data_config.brain_mask, data_config.brain_margin)
 
 
+def _save_array(array: np.ndarray, path: Path) -> None:
+    with path.open("wb") as f:
+        np.save(f, array)
+
+
 def _file_key(path: Path | None) -> list | None:
     if path is None:
         return None
@@ -89,6 +95,23 @@ def _cache_key(row: Row, spatial: Spatial) -> str:
                               spatial.orientation, spatial.spacing, spatial.fit, spatial.brain_mask,
                               spatial.brain_margin])
     return hashlib.sha1(description.encode()).hexdigest()
+
+
+def is_slice(shape) -> bool:
+    """Whether an image of this shape is one 2D slice (X, Y) or (X, Y, 1), not a volume."""
+    return len(shape) == 2 or (len(shape) >= 3 and shape[2] == 1)
+
+
+def slices_among_volumes(shapes: dict[int, list[int]], rows: list[Row], volumes_only: bool) -> list[Problem]:
+    """A 2D slice in a cohort of 3D volumes (or any slice, ``volumes_only``: a 3D model's cohort):
+    one problem per slice, naming its file."""
+    volume = next((shapes[r.number] for r in rows if r.number in shapes and not is_slice(shapes[r.number])), None)
+    if volume is None and not volumes_only:
+        return []
+    among = f"among 3D volumes (e.g. {'x'.join(map(str, volume[:3]))})" if volume else "for a 3D model"
+    return [Problem(r.number, f"a 2D image ({'x'.join(map(str, shapes[r.number]))}) {among}: a cohort is all "
+                              "volumes or all slices", str(r.image))
+            for r in rows if r.number in shapes and is_slice(shapes[r.number])]
 
 
 def check_array(array: np.ndarray, path: Path, number: int | None, may_be_constant: bool = False) -> list[Problem]:
@@ -333,15 +356,15 @@ class PreprocessingCache:
             meta = json.loads(meta_path.read_text())
         else:
             done = preprocess_row(row, self.spatial)
-            suffix = f".{os.getpid()}.tmp"
+            suffix = f".{os.getpid()}.tmp"  # two processes may preprocess the same scan at once
             for kind, array in done.arrays.items():
-                target = self.directory / f"{key}.{kind}.npy"
-                with open(str(target) + suffix, "wb") as f:
-                    np.save(f, array)
-                os.replace(str(target) + suffix, target)
+                write_atomically(self.directory / f"{key}.{kind}.npy", functools.partial(_save_array, array), suffix)
             meta = {**done.meta, "kinds": list(done.arrays)}
-            Path(str(meta_path) + suffix).write_text(json.dumps(meta))
-            os.replace(str(meta_path) + suffix, meta_path)
+            write_atomically(meta_path, lambda temporary: temporary.write_text(json.dumps(meta)), suffix)
+        if len(self.spatial.shape) == 3 and is_slice(meta["source_shape"]):
+            raise DataError([Problem(row.number, f"a 2D image ({'x'.join(map(str, meta['source_shape']))}), but "
+                                                 f"the model takes 3D volumes (data.shape {list(self.spatial.shape)})",
+                                     str(row.image))])
         if meta["brain_cropped"] > self.max_brain_cropped:
             raise DataError([Problem(row.number, f"fitting the shape {list(self.spatial.shape)} would cut off "
                                                  f"{meta['brain_cropped']:.1%} of the brain (more than "

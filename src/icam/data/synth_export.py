@@ -50,8 +50,8 @@ def write_brain_synth(out: str | Path, dims: int = 2, n: int = 100, seed: int = 
     shape = tuple(shape or (cohort_design.shape_2d if dims == 2 else SHAPE_3D))
     if len(shape) != dims:
         raise ValueError(f"--size needs {dims} numbers for a {dims}D cohort, got {shape}")
-    if any(s % 16 for s in shape):
-        raise ValueError(f"every side must be a multiple of 16 (the model's requirement), got {shape}")
+    if min(shape) < 16:  # the files may have any shape (training fits them to data.shape); anatomy needs pixels
+        raise ValueError(f"--size: every side must be 16 or more, got {'x'.join(map(str, shape))}")
     for folder in ("images", "masks", "gt_maps", "counterfactuals"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     subjects = list(range(n))

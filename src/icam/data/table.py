@@ -24,14 +24,18 @@ from .splits import SPLITS
 
 
 class DataError(ValueError):
-    """Bad input data; the message names each row or file and what was expected."""
+    """Bad input data; the message names each row or file and what was expected. ``skippable``:
+    whether leaving rows out (data.skip_bad) is a way on for the command that met them; it is
+    offered only when every problem is a row's."""
 
-    def __init__(self, problems: list[Problem], context: str = ""):
+    def __init__(self, problems: list[Problem], context: str = "", skippable: bool = True):
         problems = sorted(problems, key=lambda p: (p.row is not None, p.row or 0))
         self.problems = problems
         shown = "\n  ".join(str(p) for p in problems[:20])
         more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
-        hint = "\n(set data.skip_bad=true to leave such rows out; they are then listed in excluded.csv)"
+        rows_only = all(p.row is not None and p.row > 1 for p in problems)
+        hint = "\n(set data.skip_bad=true to leave such rows out; they are then listed in excluded.csv)" \
+            if skippable and rows_only else ""
         super().__init__(f"{context}{len(problems)} problem(s) in the data:\n  {shown}{more}{hint}")
 
 
@@ -42,6 +46,8 @@ class Problem:
     file: str | None = None
 
     def __str__(self) -> str:
+        if self.row is None and self.file:  # a problem of one file, not of a table's row
+            return f"{self.file}: {self.message}"
         where = f"row {self.row}" if self.row is not None else "cohort"
         return f"{where}: {self.message}" + (f" ({self.file})" if self.file else "")
 
@@ -74,6 +80,7 @@ class Table:
     excluded: list[Problem] = field(default_factory=list)
     split_source: str = "table"  # table, run (the run's splits.csv) or none
     identity: str = ""  # how ids and subjects were found (data check and train say it)
+    warnings: list[str] = field(default_factory=list)  # what was read leniently (labels matched ignoring case)
 
 
 def class_names(data_config, num_classes: int) -> list[str]:
@@ -100,12 +107,40 @@ def num_classes_of(data_config, labels) -> int:
 
 def _matches(raw: str, value) -> bool:
     """A table's label against one of ``data.classes``: as text, or as numbers (1 = 1.0)."""
-    if raw == str(value):
+    if raw == str(value).strip():
         return True
     try:
         return float(raw) == float(value)
     except (TypeError, ValueError):
         return False
+
+
+def class_of(raw: str, classes: list) -> tuple[int | None, bool]:
+    """The position of a (stripped) label in ``data.classes``, and whether it matched only when case
+    is ignored (``cn`` for CN: said as a warning); (None, False) when it is none of them, or when
+    ignoring case it would be two of them."""
+    exact = next((k for k, c in enumerate(classes) if _matches(raw, c)), None)
+    if exact is not None:
+        return exact, False
+    folded = [k for k, c in enumerate(classes) if str(c).strip().casefold() == raw.casefold()]
+    return (folded[0], True) if len(folded) == 1 else (None, False)
+
+
+DELIMITERS = ",;\t"  # what spreadsheets write: comma, semicolon (where the comma is the decimal mark), tab
+
+
+def read_records(path: Path) -> tuple[list[str], list[dict], str]:
+    """A table's header, rows as text and delimiter, as spreadsheets write them: comma-,
+    semicolon- or tab-separated (a .tsv is tab; otherwise the header line tells), a byte order
+    mark, spaces around the column names."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        first = f.readline()
+        f.seek(0)
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else max(DELIMITERS, key=first.count)
+        reader = csv.DictReader(f, delimiter=delimiter)
+        header = [name.strip() for name in reader.fieldnames or []]
+        reader.fieldnames = header
+        return header, list(reader), delimiter
 
 
 def read_table(path: str | Path, data_config, require_label: bool = True, run_dir: str | Path | None = None) -> Table:
@@ -119,11 +154,9 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
     class_thresholds = getattr(data_config, "class_thresholds", None)
     classes = getattr(data_config, "classes", None)
     if not path.is_file():
-        raise DataError([Problem(None, "the cohort table does not exist", str(path))])
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        records = list(reader)
+        raise DataError([Problem(None, "the cohort table does not exist", str(path.absolute()))])
+    header, records, delimiter = read_records(path)
+    decimal_comma = delimiter == ";"  # where the comma is the decimal mark, spreadsheets separate by semicolons
     names = {k: getattr(columns, k) for k in ("image", "label", "target", "subject", "split", "mask", "gt_map")}
     if names["image"] not in header:
         raise DataError([Problem(1, f"no '{names['image']}' column; the header has: {', '.join(header) or 'nothing'}",
@@ -140,6 +173,7 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
     root = path.parent
     rows, problems, excluded = [], [], []
     not_numbers: dict[str, list[int]] = {}
+    case_matched: dict[tuple[str, str], list[int]] = {}
 
     def file_of(key: str, record: dict, number: int, row_problems: list[Problem]) -> Path | None:
         value = (record.get(names[key]) or "").strip()
@@ -160,7 +194,7 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
         raw_target = (record.get(names["target"]) or "").strip() if has_target else ""
         if raw_target:
             try:
-                target = float(raw_target)
+                target = float(raw_target.replace(",", ".") if decimal_comma else raw_target)
                 if not math.isfinite(target):
                     raise ValueError
             except ValueError:
@@ -168,7 +202,9 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
         raw_label = (record.get(names["label"]) or "").strip() if has_label else ""
         label = None
         if raw_label and classes:
-            label = next((k for k, c in enumerate(classes) if _matches(raw_label, c)), None)
+            label, case_only = class_of(raw_label, classes)
+            if case_only:
+                case_matched.setdefault((raw_label, str(classes[label])), []).append(number)
             if label is None and require_label:
                 excluded.append(Problem(number, f"label {raw_label!r} is not one of data.classes "
                                                 f"[{', '.join(map(str, classes))}]", str(image or "")))
@@ -211,6 +247,9 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
                                       f"config, e.g. data.classes: [{', '.join(list(not_numbers)[:2])}] (the position "
                                       f"is the class; rows with a label not listed are left out and listed in "
                                       f"excluded.csv)", str(path)))
+    warnings = ["labels matched to data.classes only when case is ignored: " + "; ".join(
+        f"{raw!r} as {name} (rows {', '.join(map(str, numbers[:5]))}{', …' if len(numbers) > 5 else ''})"
+        for (raw, name), numbers in case_matched.items())] if case_matched else []
     identity, duplicates = assign_identity(rows)
     problems.extend(duplicates)
     problems.extend(_split_problems(rows))
@@ -218,7 +257,7 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
     if run_dir is not None and not all(r.split for r in rows) and (Path(run_dir) / "splits.csv").is_file():
         _splits_from_run(rows, Path(run_dir) / "splits.csv")
         split_source = "run"
-    return Table(rows, problems, excluded, split_source, identity)
+    return Table(rows, problems, excluded, split_source, identity, warnings)
 
 
 def nifti_stem(path: str | Path) -> str:

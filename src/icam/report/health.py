@@ -30,12 +30,9 @@ def health_findings(predictions: dict, summary: dict, maps: dict | None) -> list
             findings.append((AMBER, f"Predicted targets barely vary (sd {regression['predicted_sd']:.2f} against "
                                     f"{regression['true_sd']:.2f} in the truth): the regressor predicts about the "
                                     "same value for everyone."))
-    explained = summary.get("explained") or 0
-    fallback = summary.get("scans_with_fallback") or 0
-    if explained and fallback / explained > 0.5:
-        findings.append((AMBER, f"{fallback} of {explained} scans' maps used sampled attributes the classifier did "
-                                f"not accept (mean acceptance {summary.get('mean_acceptance_rate') or 0:.2f}): those "
-                                "maps mix in attributes of the wrong class."))
+    fallback = fallback_finding(summary)
+    if fallback:
+        findings.append((AMBER, fallback))
     if maps:
         undefined, scored = maps["all"].get("undefined", 0), maps.get("scored", 0)
         if undefined:
@@ -46,6 +43,18 @@ def health_findings(predictions: dict, summary: dict, maps: dict | None) -> list
         findings.append((AMBER, f"Only {n} test scans: the intervals are wide, and differences smaller than them "
                                 "are not findings."))
     return findings
+
+
+def fallback_finding(summary: dict) -> str | None:
+    """A sentence when most of an explanation's maps fell back to rejected samples (``icam explain``
+    says it on the command line, the report in its banner)."""
+    explained = summary.get("explained") or 0
+    fallback = summary.get("scans_with_fallback") or 0
+    if not explained or fallback / explained <= 0.5:
+        return None
+    return (f"{fallback} of {explained} scans' maps used sampled attributes the classifier did not accept (mean "
+            f"acceptance {summary.get('mean_acceptance_rate') or 0:.2f}, --min-probability "
+            f"{summary.get('min_probability')}): those maps mix in attributes of the wrong class.")
 
 
 def healthy_line(predictions: dict) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from ..evaluate import prediction_metrics
+from ..files import write_atomically
 from ..inference import TSNE_MINIMUM
 from ..intervals import describe, paired_difference
 from ..metrics import Direction, confusion_matrix
@@ -112,6 +113,12 @@ class Report:
             title=self.title, made=made, health=self.health, headline=self.headline, sections=self.sections)
 
 
+# what a finished run folder holds, and which part of the report each feeds
+RUN_FILES = {"config.yaml": "the config", "provenance.json": "seed, packages, commit",
+             "metrics.jsonl": "the training curves", "data.json": "the data section",
+             "summary.json": "steps and training time", "checkpoints": "the weights"}
+
+
 def run_section(report: Report, run_dir: Path) -> None:
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     provenance, summary = read_json(run_dir / "provenance.json"), read_json(run_dir / "summary.json")
@@ -127,7 +134,10 @@ def run_section(report: Report, run_dir: Path) -> None:
              ["git commit", (git.get("commit") or "not a git checkout") + (" (modified)" if git.get("dirty") else "")],
              ["packages", ", ".join(f"{k} {v}" for k, v in packages.items())],
              ["started", provenance.get("started", "")]]
-    report.add(f"Run: {run_dir.name}", [Table(None, facts), Details("Full resolved config (YAML)", config)])
+    missing = [f"{name} ({what})" for name, what in RUN_FILES.items() if not (run_dir / name).exists()]
+    note = [Note(f"This run folder lacks {', '.join(missing)}: what they hold is missing from this report (a run "
+                 "still training, stopped before it wrote them, or copied in part).")] if missing else []
+    report.add(f"Run: {run_dir.name}", [*note, Table(None, facts), Details("Full resolved config (YAML)", config)])
 
 
 def health_section(report: Report, predictions: dict, summary: dict, maps: dict | None) -> None:
@@ -515,7 +525,4 @@ def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[s
     report.headline.extend(extra_headline)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(report.html())
-    tmp.replace(out)
-    return out
+    return write_atomically(out, lambda temporary: temporary.write_text(report.html()))
