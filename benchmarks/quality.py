@@ -126,11 +126,11 @@ def population_points(bench: BenchmarkRun, run: str) -> dict:
     average would score. (The decoder's error, the other reference, is each variant's floor_ncc.)"""
     import numpy as np
 
-    from icam.explain import load_run
-    from icam.inference import load_inputs
+    from icam.explain import open_run
     from icam.metrics import map_metrics
+    from icam.scans import load_inputs
 
-    model = load_run(run, "best", bench.device)
+    model = open_run(run, "best", bench.device)
     train = load_inputs(model, bench.csv_path, "train")
     train_items = [train[i] for i in range(len(train))]
     population = {k: np.mean([np.abs(t["gt_map"][0].numpy()) for t in train_items if int(t["label"]) == k], axis=0)

@@ -143,11 +143,11 @@ def test_wrong_combinations_are_clear(baseline_runs):
 
 
 def test_any_run_loads_with_the_same_verbs(baseline_runs, run_dir):
-    """icam.load_run gives every method's model predict and attribute, whatever its checkpoint holds."""
+    """icam.open_run gives every method's model predict and attribute, whatever its checkpoint holds."""
     x = torch.rand(2, 1, 64, 64) * 2 - 1
-    models = {"icam": icam.load_run(run_dir, "last", "cpu"),
-              "gradcam": icam.load_run(baseline_runs["resnet"]["run_dir"], device="cpu", posthoc="gradcam"),
-              "vagan": icam.load_run(baseline_runs["vagan"]["run_dir"], device="cpu")}
+    models = {"icam": icam.open_run(run_dir, "last", "cpu"),
+              "gradcam": icam.open_run(baseline_runs["resnet"]["run_dir"], device="cpu", posthoc="gradcam"),
+              "vagan": icam.open_run(baseline_runs["vagan"]["run_dir"], device="cpu")}
     assert isinstance(models["icam"], icam.Explainer) and isinstance(models["vagan"], BaselineModel)
     for name, model in models.items():
         options = {"n_samples": 4, "min_probability": None} if name == "icam" else {}
@@ -155,7 +155,7 @@ def test_any_run_loads_with_the_same_verbs(baseline_runs, run_dir):
     assert models["icam"].predict(x).probabilities.shape == (2, 2)
     assert models["gradcam"].predict(x).probabilities.shape == (2, 2)
     with pytest.raises(ValueError, match="an ICAM run explains itself"):
-        icam.load_run(run_dir, "last", "cpu", posthoc="gradcam")
+        icam.open_run(run_dir, "last", "cpu", posthoc="gradcam")
 
 
 def test_every_method_writes_one_checkpoint_schema_and_selects_its_best_alike(baseline_runs, run_dir):

@@ -35,7 +35,7 @@ def nifti_inputs(tmp_path_factory, squares):
 
 
 def test_explanations_have_the_inputs_shape_and_are_seeded(run_dir, squares):
-    model = icam.load_run(run_dir)
+    model = icam.open_run(run_dir)
     x = squares.images[:4]
     explanation = model.explain(x, n_samples=16)
     assert explanation.mean.shape == explanation.var.shape == explanation.translated.shape == x.shape
@@ -54,7 +54,7 @@ def test_explanations_have_the_inputs_shape_and_are_seeded(run_dir, squares):
 
 @pytest.mark.filterwarnings("ignore:this CPU .*has no bf16 instructions")
 def test_bf16_decoding_gives_the_same_maps_up_to_bf16_rounding(run_dir, squares):
-    model = icam.load_run(run_dir, device="cpu")
+    model = icam.open_run(run_dir, device="cpu")
     x = squares.images[:2]
     exact = model.explain(x, n_samples=8)
     model.precision = "bf16-mixed"
@@ -70,7 +70,7 @@ def test_bf16_decoding_gives_the_same_maps_up_to_bf16_rounding(run_dir, squares)
 
 
 def test_maps_against_the_reconstruction_differ_from_the_paper_maps_by_the_reconstruction(run_dir, squares):
-    model = icam.load_run(run_dir)
+    model = icam.open_run(run_dir)
     x = squares.images[:3]
     paper = model.explain(x, n_samples=8)
     against = model.explain(x, n_samples=8, reference="reconstruction")
@@ -86,7 +86,7 @@ def test_maps_against_the_reconstruction_differ_from_the_paper_maps_by_the_recon
 
 
 def test_captum_style_attribute(run_dir, squares):
-    model = icam.load_run(run_dir)
+    model = icam.open_run(run_dir)
     x = squares.images[:2]
     attribution = model.attribute(x, target=1, n_samples=8)
     assert attribution.shape == x.shape
@@ -94,7 +94,7 @@ def test_captum_style_attribute(run_dir, squares):
 
 
 def test_translating_to_the_own_class_changes_less_than_to_the_other(run_dir, squares):
-    model = icam.load_run(run_dir)
+    model = icam.open_run(run_dir)
     x = squares.images
     prediction = model.predict(x)
     other = model.explain(x, n_samples=16).mean.abs().mean()
@@ -103,7 +103,7 @@ def test_translating_to_the_own_class_changes_less_than_to_the_other(run_dir, sq
 
 
 def test_pair_and_interpolation(run_dir, squares):
-    model = icam.load_run(run_dir)
+    model = icam.open_run(run_dir)
     a, b = squares.images[0], squares.images[1]
     pair = model.pair(a, b)
     assert pair.a_as_b.shape == pair.fa_b.shape == (1, 1, 64, 64)
@@ -113,7 +113,7 @@ def test_pair_and_interpolation(run_dir, squares):
 
 
 def test_wrong_inputs_are_clear(run_dir, tmp_path):
-    model = icam.load_run(run_dir)
+    model = icam.open_run(run_dir)
     with pytest.raises(ValueError, match="shape"):
         model.explain(torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match="n_samples"):
@@ -121,7 +121,7 @@ def test_wrong_inputs_are_clear(run_dir, tmp_path):
     not_icam = tmp_path / "baseline.pt"
     save_checkpoint({"weights": {}}, not_icam)
     with pytest.raises(icam.checkpoint.CheckpointError, match="holds no ICAM model"):
-        icam.load_run(not_icam)
+        icam.open_run(not_icam)
 
 
 def test_explain_command_writes_maps_in_the_inputs_space(run_dir, nifti_inputs, tmp_path):
@@ -168,7 +168,8 @@ def test_predict_command_and_bad_paths(run_dir, nifti_inputs, tmp_path):
     assert no_run.exit_code == 2 and "no such checkpoint or run folder" in no_run.stderr
     typo = runner.invoke(app, ["explain", run_dir, "--image", str(nifti_inputs / "sq1.nii.gz"),
                                "--out", str(tmp_path / "typo"), "--figures", "al"])
-    assert typo.exit_code == 2 and "expected one of all, outliers, none" in typo.stderr
+    assert typo.exit_code == 2 and "Invalid value for '--figures'" in typo.stderr
+    assert "'al' is not one of" in typo.stderr
     assert not (tmp_path / "typo").exists()  # refused before the folder was claimed
 
 
@@ -190,12 +191,13 @@ def test_3d_maps_are_resampled_back_to_an_input_of_another_shape(tmp_path):
 
 def test_fa_magnitude_is_correlated_with_the_target_pooled_and_as_the_paper_does():
     from icam.inference import _cohort_analyses
+    from icam.predictions import PredictionRecord
 
     names = ["young", "old"]  # records hold class names, as predictions.csv does
-    records = [{"label": names[label], "predicted_class": names[label], "p_young": 0.5, "p_old": 0.5, "target": age,
-                "predicted_target": age + 1, "target_class": names[1 - label], "mean_abs_fa": fa}
-               for label, age, fa in [(0, 50, 0.1), (0, 55, 0.3), (0, 60, 0.2), (1, 70, 0.2), (1, 75, 0.3),
-                                      (1, 80, 0.5), (1, 85, 0.6)]]
+    records = [PredictionRecord(f"s{i}", i + 2, f"s{i}.nii.gz", None, names[label], age, names[label],
+                                {"young": 0.5, "old": 0.5}, age + 1, names[1 - label], fa)
+               for i, (label, age, fa) in enumerate([(0, 50, 0.1), (0, 55, 0.3), (0, 60, 0.2), (1, 70, 0.2),
+                                                     (1, 75, 0.3), (1, 80, 0.5), (1, 85, 0.6)])]
     analyses = _cohort_analyses(records, records, regressing=True, names=names)["mean_abs_fa_vs_target"]
     assert analyses["pooled"]["true_target"]["n"] == 7
     down = analyses["upper_class_translated_down"]
@@ -207,7 +209,7 @@ def test_content_refinement_lowers_the_decoders_error_within_its_budget(run_dir,
     decoder's error falls, the steps and the time per scan are bounded, and the map says so."""
     from icam.explain import Refinement
 
-    model = icam.load_run(run_dir)
+    model = icam.open_run(run_dir)
     x = squares.images[:2]
     weights = [p.detach().clone() for p in model.model.parameters()]
     refined = model.explain(x, n_samples=4, refinement=Refinement(steps=20, lr=0.05))
@@ -226,7 +228,7 @@ def test_counterfactual_sampling_keeps_what_the_prediction_heads_do_not_read(run
     """sampling=counterfactual: each attribute is the scan's own mean with only its part in the
     heads' subspace drawn (accepted for the target class), so the translations keep the rest of
     the scan; prior sampling (the paper) draws every element."""
-    model = icam.load_run(run_dir)
+    model = icam.open_run(run_dir)
     x = model.as_input(squares.images[:2])
     mu = model.predict(x).attribute_mean
     subspace = model.model.prediction_subspace(model.regressing)
@@ -254,9 +256,9 @@ def test_a_checkpoint_saved_before_the_presets_explains_as_the_paper_model_it_wa
     for key in ("preset", "translation", "attribute_sampling"):
         state["config"]["model"].pop(key)
     state["model_hparams"].pop("translation")
-    old = icam.load_run(save_checkpoint(state, tmp_path / "old.pt"))
+    old = icam.open_run(save_checkpoint(state, tmp_path / "old.pt"))
     assert (old.model.translation, old.sampling) == ("image", "prior")
-    today = icam.load_run(run_dir)
+    today = icam.open_run(run_dir)
     assert (today.model.translation, today.sampling) == ("residual", "counterfactual")
     x = squares.images[:1]
     assert not torch.equal(old.explain(x, n_samples=4).mean, today.explain(x, n_samples=4).mean)

@@ -2,6 +2,7 @@
 Each case asserts the one-line error (or the refusal) and that nothing else changed on disk."""
 
 import base64
+import contextlib
 import csv
 import json
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from icam.cli import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, app
@@ -289,17 +291,24 @@ def test_an_accelerator_the_machine_lacks_is_one_line(tmp_path):
 EXPLAIN_FAST = ["--n-samples", "2", "--min-probability", "0.5", "--which", "last", "--figures", "none"]
 
 
-def icam_process(*args, file_size: int | None = None, **kwargs) -> subprocess.Popen:
-    """`python -m icam …` in its own process; ``file_size``: no file it writes may grow past this
-    many bytes (RLIMIT_FSIZE: a write past it fails as on a full disk)."""
+def icam_process(*args) -> subprocess.Popen:
+    """`python -m icam …` in its own process (one the test can kill)."""
+    return subprocess.Popen([sys.executable, "-m", "icam", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+@contextlib.contextmanager
+def file_size_limit(size: int):
+    """No file this process writes may grow past ``size`` bytes meanwhile (RLIMIT_FSIZE: a write
+    past it fails as on a full disk; Python ignores the signal that comes with it)."""
     import resource
 
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
-
-    return subprocess.Popen([sys.executable, "-m", "icam", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=limit if file_size else None,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"}, **kwargs)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def hidden_files(folder):
@@ -307,18 +316,19 @@ def hidden_files(folder):
 
 
 def test_a_second_explain_into_a_folder_being_written_is_refused(run_dir, same_names, tmp_path):
-    from icam.explain import load_run
-    from icam.outputs import claimed_outputs, explanation_complete, producer_of
+    from icam.explain import open_run
+    from icam.outputs import ExplanationFolder, producer_of
 
     out = tmp_path / "x"
     args = ["explain", str(run_dir), "--csv", str(same_names), "--out", str(out), *EXPLAIN_FAST]
-    with claimed_outputs(out, producer_of(run_dir, "last", load_run(run_dir, "last"))):  # the first one, running
-        assert explanation_complete(out) is False
+    folder = ExplanationFolder(out)
+    with folder.claim(producer_of(open_run(run_dir, "last"))):  # the first one, running
+        assert folder.complete() is False
         before = listing(out)
         second = runner.invoke(app, args)
         assert second.exit_code == EXIT_BAD_INPUT and f"another icam explain is writing into {out}" in second.stderr
         assert listing(out) == before
-    assert explanation_complete(out) is True and not (out / ".lock").exists()  # done: lock released and gone
+    assert folder.complete() is True and not (out / ".lock").exists()  # done: lock released and gone
     assert runner.invoke(app, [*args, "--limit", "1"]).exit_code == 0
 
 
@@ -349,12 +359,11 @@ def test_an_interrupted_explain_is_said_by_evaluate_and_report(run_dir, same_nam
 
 def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing_half_written(run_dir, same_names, tmp_path):
     runs = tmp_path / "runs"
-    train = icam_process("train", "-q", "--out", runs, "--name", "full", *sets(*TINY, "train.steps=2"),
-                         file_size=200_000)  # the config, metrics and logs fit; a checkpoint does not
-    _, stderr = train.communicate(timeout=300)
-    assert train.returncode == EXIT_ENVIRONMENT, stderr
-    error = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and str(runs / "full" / "checkpoints") in error[0] and "Traceback" not in stderr
+    with file_size_limit(200_000):  # the config, metrics and logs fit; a checkpoint does not
+        train = runner.invoke(app, ["train", "-q", "--out", str(runs), "--name", "full", *sets(*TINY, "train.steps=2")])
+    assert train.exit_code == EXIT_ENVIRONMENT, train.output
+    error = [line for line in train.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and str(runs / "full" / "checkpoints") in error[0] and "Traceback" not in train.output
     assert hidden_files(runs / "full") == []  # no lock, no partial checkpoint
     cache = Path(os.environ["XDG_CACHE_HOME"]) / "icam"
     for warm in (False, True):  # the preprocessing cache's files fail first, then (filled) the maps
@@ -362,10 +371,11 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing_half_written
         if warm:
             assert runner.invoke(app, ["explain", str(run_dir), "--csv", str(same_names), "--out",
                                        str(tmp_path / "fills-the-cache"), *EXPLAIN_FAST, "--limit", "1"]).exit_code == 0
-        explain = icam_process("explain", run_dir, "--csv", same_names, "--out", out, *EXPLAIN_FAST, file_size=2_000)
-        _, stderr = explain.communicate(timeout=300)
-        assert explain.returncode == EXIT_ENVIRONMENT, stderr
-        error = [line for line in stderr.splitlines() if line.startswith("error:")]
+        with file_size_limit(2_000):
+            explain = runner.invoke(app, ["explain", str(run_dir), "--csv", str(same_names), "--out", str(out),
+                                          *EXPLAIN_FAST])
+        assert explain.exit_code == EXIT_ENVIRONMENT, explain.output
+        error = [line for line in explain.stderr.splitlines() if line.startswith("error:")]
         assert len(error) == 1 and "/." not in error[0], error  # the file's own name, not a hidden temporary one
         assert str(out / "maps" if warm else cache) in error[0]
         assert hidden_files(out) == [] and [p for p in hidden_files(cache) if "tmp" in p] == []
@@ -488,31 +498,75 @@ def test_images_with_the_same_file_name_are_named_by_their_folders(run_dir, same
         "sub-00_T1_fa_mean.nii.gz", "sub-01_T1_fa_mean.nii.gz"]
 
 
-def test_every_rank_of_a_two_process_run_exits(tmp_path):
-    """Three two-process trainings (gloo on CPU): when each command returns, no process of it is left."""
+def survivors(marker: str) -> list[int]:
+    """Processes whose environment holds ``marker``: those a command started, and left behind."""
+    found = []
+    for proc in os.listdir("/proc"):
+        try:
+            if proc.isdigit() and marker.encode() in Path(f"/proc/{proc}/environ").read_bytes():
+                found.append(int(proc))
+        except OSError:
+            continue
+    return found
+
+
+def test_two_processes_stay_in_step_repeat_exactly_and_every_rank_exits(tmp_path, monkeypatch):
+    """The real launcher path (rank 0 re-runs the command line for rank 1, gloo on CPU), through
+    the DDP scaling benchmark; then its command once more: the same seed and world size give
+    the same weights. When each command returns, no process of it is left (a rank that never
+    exits holds its GPUs until the job's time limit)."""
     import time
 
-    def survivors(marker: str) -> list[int]:
-        found = []
-        for proc in os.listdir("/proc"):
-            try:
-                if proc.isdigit() and marker.encode() in Path(f"/proc/{proc}/environ").read_bytes():
-                    found.append(int(proc))
-            except OSError:
-                continue
-        return found
+    from icam.checkpoint import load_checkpoint
 
-    for attempt in range(3):
-        marker = f"ICAM_TEST_RUN={os.getpid()}-{attempt}"
-        environment = {**os.environ, "PYTHONWARNINGS": "ignore", marker.split("=")[0]: marker.split("=")[1]}
-        done = subprocess.run([sys.executable, "-m", "icam", "train", "-q", "--devices", "2", "--out", str(tmp_path),
-                               "--name", f"r{attempt}", *sets(*TINY, "train.steps=2")],
-                              capture_output=True, text=True, timeout=300, env=environment)
-        assert done.returncode == 0, done.stderr
+    from .test_benchmark_scripts import run_benchmark
+
+    def no_survivors(marker: str) -> None:
         deadline = time.time() + 20
         while survivors(marker) and time.time() < deadline:
             time.sleep(0.2)
         left = survivors(marker)
         for pid in left:  # pragma: no cover - a failing run must not leave them to the next test
             os.kill(pid, 9)
-        assert left == [], f"attempt {attempt}: ranks still alive after the run ended"
+        assert left == [], f"{marker}: ranks still alive after the run ended"
+
+    monkeypatch.setenv("ICAM_TEST_RUN", f"{os.getpid()}-first")
+    line = run_benchmark("ddp_scaling.py", "--devices", "2", "--image-size", "16", "--width", "4",
+                         "--steps", "4", "--log-every", "2", "--out", str(tmp_path))
+    no_survivors(f"ICAM_TEST_RUN={os.getpid()}-first")
+    two = line["devices"]["2"]
+    assert set(line["devices"]) == {"2"} and two["efficiency"] == 1.0 and two["images_per_s"] > 0
+    summary = json.loads((tmp_path / "devices-2" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == 4
+    assert two["rank_max_abs_weight_difference"] == summary["rank_max_abs_weight_difference"] == 0.0
+    again = [*two["command"][:two["command"].index("--name") + 1], "again",
+             *two["command"][two["command"].index("--name") + 2:]]
+    done = subprocess.run([sys.executable, *again], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", "ICAM_TEST_RUN": f"{os.getpid()}-again"},
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    no_survivors(f"ICAM_TEST_RUN={os.getpid()}-again")
+    first, second = (load_checkpoint(tmp_path / name, "last") for name in ("devices-2", "again"))
+    for net in ("model", "domain_discriminators", "content_discriminator"):
+        for key, value in first[net].items():
+            assert torch.equal(value, second[net][key]), (net, key)
+
+
+def test_a_bug_is_said_as_a_bug_not_as_bad_input(monkeypatch, tmp_path):
+    import warnings
+
+    import icam.cli
+
+    def broken(*_, **__):
+        raise KeyError("resolution")  # what no input explains: icam's own mistake
+
+    formatter = warnings.formatwarning
+    monkeypatch.setattr(icam.cli, "load_config", broken)
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 1 and "this is a bug in icam, not in your input" in result.stderr
+    assert "KeyError" in result.stderr and "report it" in result.stderr and "Traceback" not in result.output
+    assert "Traceback" in runner.invoke(app, ["config", "--debug"]).stderr
+    assert warnings.formatwarning is formatter  # a command leaves the process's warnings as it found them
+    monkeypatch.undo()
+    bad = runner.invoke(app, ["config", "--set", "train.steps=-1"])
+    assert bad.exit_code == EXIT_BAD_INPUT and "hint: `icam config --print-defaults`" in bad.stderr

@@ -260,10 +260,10 @@ def test_pad_crop_centres_the_window_on_the_brain_and_resize_keeps_its_aspect():
 
 
 def test_a_split_needs_a_split_column_or_the_runs_splits(adni, run3d, tmp_path):
-    from icam.explain import load_run
-    from icam.inference import load_inputs
+    from icam.explain import open_run
+    from icam.scans import load_inputs
 
-    model = load_run(run3d)
+    model = open_run(run3d)
     assert len(load_inputs(model, adni["csv"], "test")) == 2  # the run's splits.csv
     model.run_dir = None  # a checkpoint file copied out of its run folder
     with pytest.raises(ValueError, match=r"no split column, and the run has no splits\.csv"):
@@ -273,16 +273,16 @@ def test_a_split_needs_a_split_column_or_the_runs_splits(adni, run3d, tmp_path):
 def test_python_preprocess_and_explain_file(adni, run3d, tmp_path):
     import torch
 
-    from icam.explain import load_run
+    from icam.explain import open_run
 
-    model = load_run(run3d)
+    model = open_run(run3d)
     scan_path = adni["data"] / adni["rows"][0]["path"]
     scan = model.preprocess(scan_path)
     assert scan.image.shape == (1, 1, 16, 16, 16) and scan.mask.shape == (1, 1, 16, 16, 16)
     explanation = model.explain_file(scan_path, out=tmp_path, n_samples=3, min_probability=0.5)
     assert explanation.mean.shape == (1, 1, 16, 16, 16)
     check_map(tmp_path / "maps" / "002_S_0000_T1w_fa_mean.nii.gz", scan_path)  # as icam explain --image writes
-    assert (tmp_path / "maps" / "002_S_0000_T1w_mask.nii.gz").is_file() and (tmp_path / "predictions.csv").is_file()
+    assert (tmp_path / "maps" / "002_S_0000_T1w_mask.nii.gz").is_file()
     assert json.loads((tmp_path / "icam-outputs.json").read_text())["complete"]
     raw = torch.from_numpy(nib.load(str(scan_path)).get_fdata()[:16, :16, :16]).float()[None, None]
     with pytest.warns(UserWarning, match="far from the \\[-1, 1\\] range"):

@@ -297,7 +297,7 @@ def test_every_image_is_translated_to_the_next_class_and_the_cycle_can_undo_it()
 
 
 def test_the_moving_average_is_what_validation_and_explanations_use(tmp_path):
-    from icam.explain import load_run
+    from icam.explain import open_run
 
     trainer = _tiny_trainer(["train.ema_decay=0.9"])
     batches = trainer.batches()
@@ -308,7 +308,7 @@ def test_the_moving_average_is_what_validation_and_explanations_use(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(raw.parameters(), average.parameters()))
     trainer.run_dir = tmp_path
     trainer.save("last")
-    explainer = load_run(tmp_path, "last", "cpu")
+    explainer = open_run(tmp_path, "last", "cpu")
     for a, b in zip(explainer.model.parameters(), average.parameters()):
         assert torch.equal(a.detach(), b.detach())
 

@@ -11,13 +11,18 @@ checkpoint behind.
 from __future__ import annotations
 
 import errno
+import hashlib
+import io
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from .errors import UserError
 
 if TYPE_CHECKING:
     from .config import Config
@@ -27,13 +32,12 @@ FORMAT = "icam-checkpoint-1"
 SELECTION_DIRECTION = {"balanced_accuracy": 1, "ncc": 1, "mae": -1}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A path that is not an icam checkpoint (or run folder), or a checkpoint file that is damaged."""
 
     def __init__(self, message: str, hint: str = "give a folder that `icam train` wrote (it holds checkpoints/"
                                                  "best.pt), or a .pt file; `icam demo` makes one in minutes"):
-        super().__init__(message)
-        self.hint = hint
+        super().__init__(message, hint)
 
 
 def checkpoint_state(method: str, config: Config, hparams: dict, step: int, best: dict | None,
@@ -51,7 +55,7 @@ class BestCheckpoint:
 
     def __init__(self, metric: str, patience: int | None = None):
         if metric not in SELECTION_DIRECTION:
-            raise ValueError(f"{metric!r} cannot select a checkpoint; one of {', '.join(SELECTION_DIRECTION)}")
+            raise UserError(f"{metric!r} cannot select a checkpoint; one of {', '.join(SELECTION_DIRECTION)}")
         self.metric, self.patience = metric, patience
         self.best: dict | None = None  # {"metric", "value", "step"}, as checkpoints and summaries record it
         self.validations_since_best = 0
@@ -120,17 +124,27 @@ def run_folder(path: str | Path) -> Path | None:
     return None
 
 
-def fingerprint(path: str | Path, which: str = "last") -> str:
-    """The SHA-256 of a checkpoint file: which weights made an output (manifests, map headers)."""
-    import hashlib
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A checkpoint as read from disk, once: its file, its contents and the SHA-256 of its bytes
+    (which weights made an output: manifests, map headers)."""
 
-    return hashlib.sha256(resolve_checkpoint(path, which).read_bytes()).hexdigest()
+    path: Path
+    state: dict
+    sha256: str
+
+    @property
+    def run_dir(self) -> Path | None:
+        return run_folder(self.path)
 
 
-def load_checkpoint(path: str | Path, which: str = "last") -> dict:
+def read_checkpoint(path: str | Path, which: str = "last") -> CheckpointFile:
+    """``path`` (a run folder's ``which`` checkpoint, or a file) read once: its state, never
+    unpickling arbitrary objects, and the hash of the same bytes."""
     path = resolve_checkpoint(path, which)
+    data = path.read_bytes()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path} is not a readable icam checkpoint ({reason})",
@@ -138,4 +152,8 @@ def load_checkpoint(path: str | Path, which: str = "last") -> dict:
                               "other checkpoint (--which best or last)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an icam checkpoint (expected format {FORMAT!r})")
-    return state
+    return CheckpointFile(path, state, hashlib.sha256(data).hexdigest())
+
+
+def load_checkpoint(path: str | Path, which: str = "last") -> dict:
+    return read_checkpoint(path, which).state

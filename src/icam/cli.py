@@ -2,19 +2,58 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
+import yaml
+from rich.progress import Progress
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, load_config, to_yaml
-from .intervals import mean_sd
+from .comparison import run_benchmark, settings_for
+from .config import (
+    ConfigError,
+    DecodePrecision,
+    Reference,
+    Sampling,
+    Which,
+    commented_yaml,
+    defaults_for,
+    load_config,
+    to_yaml,
+)
+from .data import load_csv_cohorts
+from .data.check import check_cohort
+from .data.synth_export import write_brain_synth
+from .demo import demo_settings, run_demo
+from .errors import UserError
+from .evaluate import evaluate_outputs
+from .explain import Explainer, Refinement, open_run
+from .inference import (
+    FigureChoice,
+    check_figures,
+    explain_cohort,
+    explain_interpolation,
+    explain_pair,
+    predict_or_attribute,
+    predict_rows,
+)
+from .intervals import describe, mean_sd
+from .methods import METHOD_LABELS
+from .metrics import Direction
+from .outputs import ExplanationFolder, producer_of
+from .predictions import write_predictions
+from .report.health import fallback_finding
+from .report.html import build_report
+from .run import MachineError
+from .scans import load_images, load_inputs
+from .train import train
 
 app = typer.Typer(
     help="Explain predictions on medical images with ICAM / ICAM-reg.\n\n"
@@ -24,21 +63,16 @@ app = typer.Typer(
 
 DEBUG = typer.Option(False, "--debug", help="show the full traceback on errors")
 
-USER_ERRORS = (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ValueError)
+USER_ERRORS = (UserError, FileExistsError, FileNotFoundError)  # the input's fault: one line, exit 2
 
 # Exit codes (README: Exit codes)
+EXIT_BUG = 1  # an error icam did not expect: a bug (also `icam data check` finding problems)
 EXIT_BAD_INPUT = 2  # the user's input: config, data, paths, checkpoints
 EXIT_STOPPED = 3  # a training run stopped before its last step (SIGTERM, --stop-at): resume it
 EXIT_ENVIRONMENT = 4  # the machine: permissions, a full or read-only disk, no GPU backend
 
 
-def _environment_errors() -> tuple[type[Exception], ...]:
-    """Errors of the machine rather than of the input: the OS's, and an accelerator it lacks."""
-    from lightning_fabric.utilities.exceptions import MisconfigurationException
-
-    from .run import MachineError
-
-    return (OSError, MachineError, MisconfigurationException)
+ENVIRONMENT_ERRORS = (OSError, MachineError)  # the machine's: the OS's, and an accelerator it lacks
 
 
 def _environment_message(e: BaseException) -> str:
@@ -47,36 +81,55 @@ def _environment_message(e: BaseException) -> str:
     return str(e)
 
 
-def friendly_errors(command):
-    """A user's mistake is one readable line and a hint, not a traceback (--debug shows it)."""
+@contextlib.contextmanager
+def _warnings_as_lines(debug: bool) -> Iterator[None]:
+    """While a command runs, a warning is a line for the user, not a source location (--debug keeps them)."""
+    original = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
+
+
+def handled(command):
+    """Every command's errors, told apart: bad input is one line and a hint (exit 2), the machine's
+    trouble one line naming the file (exit 4), anything else a bug in icam (exit 1, how to report
+    it); --debug adds the traceback."""
     @functools.wraps(command)
-    def wrapper(*args, debug: bool = False, **kwargs):
-        if not debug:  # a warning is a line for the user, not a source location
-            warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
+    def wrapper(*args, **kwargs):
+        debug = bool(kwargs.get("debug"))
         try:
-            return command(*args, **kwargs)
+            with _warnings_as_lines(debug):
+                return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
         except USER_ERRORS as e:
-            if debug:
-                traceback.print_exc()
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            if isinstance(e, ConfigError):
-                typer.echo("hint: `icam config --print-defaults` lists every key with its default", err=True)
-            elif isinstance(e, CheckpointError):
-                typer.echo(f"hint: {e.hint}", err=True)
-            elif not debug:
-                typer.echo("hint: run again with --debug for the full traceback", err=True)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-        except _environment_errors() as e:
-            if debug:
-                traceback.print_exc()
-            typer.secho(f"error: {_environment_message(e)}", fg=typer.colors.RED, err=True)
-            typer.echo("hint: check the folder's permissions and free space (or the accelerator), then run again; "
-                       "--debug shows the traceback", err=True)
-            raise typer.Exit(EXIT_ENVIRONMENT) from None
+            _say(e, debug, str(e), EXIT_BAD_INPUT, getattr(e, "hint", None) or (
+                "run again with --debug for the full traceback" if not debug else None))
+        except ENVIRONMENT_ERRORS as e:
+            _say(e, debug, _environment_message(e), EXIT_ENVIRONMENT,
+                 "check the folder's permissions and free space (or the accelerator), then run again; --debug shows "
+                 "the traceback")
+        except Exception as e:
+            _say(e, debug, f"icam failed unexpectedly ({type(e).__name__}: {e}): this is a bug in icam, not in your "
+                           "input", EXIT_BUG,
+                 "please report it with the command line and the traceback that --debug prints")
     return wrapper
 
 
+def _say(error: BaseException, debug: bool, message: str, code: int, hint: str | None) -> None:
+    if debug:
+        traceback.print_exception(error)
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
+    raise typer.Exit(code) from None
+
+
 @app.command("train")
+@handled
 def train_command(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config (defaults for missing keys)"),
     set_: list[str] = typer.Option([], "--set", help="override a key, e.g. --set loss.fa_map_l1=5 (repeatable)"),
@@ -100,17 +153,14 @@ def train_command(
     debug: bool = DEBUG,
 ):
     """Train ICAM (or ICAM-reg, when the data has targets) and write a run folder.
-
     Example: icam train --steps 2000 --set data.image_size=128 --precision bf16-mixed
     """
-    friendly_errors(_train)(config, set_, steps, out_dir, name, seed, accelerator, devices, num_nodes, precision,
-                            resume, init_from, stop_at, skip_bad, quiet, debug=debug)
+    _train(config, set_, steps, out_dir, name, seed, accelerator, devices, num_nodes, precision,
+           resume, init_from, stop_at, skip_bad, quiet)
 
 
 def _train(config, set_, steps, out_dir, name, seed, accelerator, devices, num_nodes, precision, resume,
            init_from, stop_at, skip_bad, quiet):
-    from .train import train
-
     if resume is not None:
         if config is not None:
             raise ConfigError("--resume uses the run's own config.yaml; drop --config (use --set to change a key)")
@@ -152,6 +202,7 @@ def _train(config, set_, steps, out_dir, name, seed, accelerator, devices, num_n
 
 
 @app.command("synth")
+@handled
 def synth_command(
     out: Path = typer.Option(..., "--out", "-o", help="folder to write the cohort into"),
     dims: int = typer.Option(2, "--dims", help="2 (axial slices) or 3 (volumes)"),
@@ -167,7 +218,6 @@ def synth_command(
     debug: bool = DEBUG,
 ):
     """Write a synthetic brain cohort with exact ground-truth change maps (NIfTI + cohort.csv).
-
     Real anatomy (the MNI152 template shipped with nilearn), individual shapes, a target tied to a
     latent severity, and per-subject mixes of effects: brain-synth (the default) ages with
     ventricle enlargement, cortical atrophy and white-matter lesions, in axial slices; brain-deep
@@ -177,86 +227,72 @@ def synth_command(
     Example: icam synth --out data/synth2d --dims 2 --n 2000 --seed 0
              icam synth --out data/deep2d --cohort brain-deep --size 64x80 --n 600
     """
-    def run():
-        from rich.progress import Progress
-
-        from .data.synth_export import write_brain_synth
-
-        if dims not in (2, 3):
-            raise ValueError(f"--dims must be 2 or 3, got {dims}")
-        if n < 2 or slices < 1:
-            raise ValueError(f"--n needs 2 subjects or more and --slices 1 or more (got --n {n}, --slices {slices})")
-        if out.exists() and any(out.iterdir()):
-            raise FileExistsError(f"{out} is not empty; icam synth writes a new cohort into an empty or new folder "
-                                  "(it never overwrites a table or images)")
-        try:
-            shape = tuple(int(side) for side in size.replace(",", "x").split("x")) if size else None
-        except ValueError:
-            raise ValueError(f"--size {size!r}: expected sides joined by x, e.g. 64x80x64") from None
-        with Progress(transient=True) as bar:
-            task = bar.add_task("rendering", total=n)
-            summary = write_brain_synth(out, dims, n, seed, shape, slices,
-                                        progress=lambda done, total: bar.update(task, completed=done), design=cohort)
-        names = summary["classes"]
-        splits = ", ".join(f"{k} {v['subjects']} subjects ({v['class_counts'][0]} {names[0]} / {v['class_counts'][1]} "
-                           f"{names[1]})" for k, v in summary["splits"].items())
-        typer.echo(f"wrote {summary['rows']} images of {summary['subjects']} subjects, shape "
-                   f"{'x'.join(map(str, summary['shape']))}, in {summary['seconds']['total_with_writing']:.1f} s "
-                   f"(rendering {summary['seconds']['render']:.1f} s)")
-        typer.echo(f"splits: {splits}")
-        target = summary["target"]
-        typer.echo(f"{target['name']} {mean_sd(target['mean'], target['sd'], 1)} ({target['min']:.0f}-"
-                   f"{target['max']:.0f}); {summary['class_rule']}; effects: " + ", ".join(
-                       f"{k} in {v['subjects_share']:.0%}" for k, v in summary["effects"].items()))
-        if summary["slice_axis"] not in (None, 2):
-            typer.echo(f"{summary['plane']} slices: train with data.slice_axis={summary['slice_axis']}")
-        typer.echo(f"cohort table: {Path(out) / 'cohort.csv'}")
-    friendly_errors(run)(debug=debug)
+    if dims not in (2, 3):
+        raise UserError(f"--dims must be 2 or 3, got {dims}")
+    if n < 2 or slices < 1:
+        raise UserError(f"--n needs 2 subjects or more and --slices 1 or more (got --n {n}, --slices {slices})")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; icam synth writes a new cohort into an empty or new folder "
+                              "(it never overwrites a table or images)")
+    try:
+        shape = tuple(int(side) for side in size.replace(",", "x").split("x")) if size else None
+    except ValueError:
+        raise UserError(f"--size {size!r}: expected sides joined by x, e.g. 64x80x64") from None
+    with Progress(transient=True) as bar:
+        task = bar.add_task("rendering", total=n)
+        summary = write_brain_synth(out, dims, n, seed, shape, slices,
+                                    progress=lambda done, total: bar.update(task, completed=done), design=cohort)
+    names = summary["classes"]
+    splits = ", ".join(f"{k} {v['subjects']} subjects ({v['class_counts'][0]} {names[0]} / {v['class_counts'][1]} "
+                       f"{names[1]})" for k, v in summary["splits"].items())
+    typer.echo(f"wrote {summary['rows']} images of {summary['subjects']} subjects, shape "
+               f"{'x'.join(map(str, summary['shape']))}, in {summary['seconds']['total_with_writing']:.1f} s "
+               f"(rendering {summary['seconds']['render']:.1f} s)")
+    typer.echo(f"splits: {splits}")
+    target = summary["target"]
+    typer.echo(f"{target['name']} {mean_sd(target['mean'], target['sd'], 1)} ({target['min']:.0f}-"
+               f"{target['max']:.0f}); {summary['class_rule']}; effects: " + ", ".join(
+                   f"{k} in {v['subjects_share']:.0%}" for k, v in summary["effects"].items()))
+    if summary["slice_axis"] not in (None, 2):
+        typer.echo(f"{summary['plane']} slices: train with data.slice_axis={summary['slice_axis']}")
+    typer.echo(f"cohort table: {Path(out) / 'cohort.csv'}")
 
 
 def _inputs(explainer, csv_path: Path | None, images: list[Path], split: str | None):
-    from .inference import load_images, load_inputs
-
     if (csv_path is None) == (not images):
-        raise ValueError("give one of --csv CSV or --image FILE (repeatable)")
+        raise UserError("give one of --csv CSV or --image FILE (repeatable)")
     if images:
         if split is not None:
-            raise ValueError("--split selects rows of a --csv table; drop it with --image")
+            raise UserError("--split selects rows of a --csv table; drop it with --image")
         return load_images(explainer, images)
     assert csv_path is not None  # one of the two, checked above
     return load_inputs(explainer, csv_path, split)
 
 
 @app.command("predict")
+@handled
 def predict_command(
     run_dir: Path = typer.Argument(..., help="a run folder (or a checkpoint file)"),
     csv_path: Path | None = typer.Option(None, "--csv", help="a cohort table (labels optional)"),
     image: list[Path] = typer.Option([], "--image", help="a NIfTI image (repeat for several)"),
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="the predictions table to write"),
     split: str | None = typer.Option(None, help="only the table's rows of this split (train/val/test)"),
-    which: str = typer.Option("best", help="best or last checkpoint of the run"),
+    which: Which = typer.Option("best", help="best or last checkpoint of the run"),
     device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
     debug: bool = DEBUG,
 ):
     """Predict class probabilities (and the regressed target) for images; write a CSV.
-
     Example: icam predict runs/my-run --csv data/synth2d/cohort.csv --split test -o test_predictions.csv
     """
-    def run():
-        from .explain import load_run
-        from .inference import predict_rows
-        from .outputs import write_csv
-
-        explainer = load_run(run_dir, which, device)  # any method's run
-        dataset = _inputs(explainer, csv_path, image, split)
-        records = predict_rows(explainer, dataset)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_csv(out, records)
-        typer.echo(f"predicted {len(records)} images: {out}")
-    friendly_errors(run)(debug=debug)
+    model = open_run(run_dir, which, device)  # any method's run
+    records = predict_rows(model, _inputs(model, csv_path, image, split))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_predictions(out, records)
+    typer.echo(f"predicted {len(records)} images: {out}")
 
 
 @app.command("explain")
+@handled
 def explain_command(
     run_dir: Path = typer.Argument(..., help="a run folder (or a checkpoint file)"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for maps, figures and tables"),
@@ -272,7 +308,7 @@ def explain_command(
     n_samples: int = typer.Option(100, "--n-samples", help="attribute samples per scan (mean and variance maps)"),
     min_probability: float = typer.Option(0.9, "--min-probability",
                                           help="rejection-sampling threshold (the authors' code: 0.9)"),
-    reference: str = typer.Option("input", help="what translations are compared with: input (the paper), "
+    reference: Reference = typer.Option("input", help="what translations are compared with: input (the paper), "
                                                 "reconstruction (the scan decoded from its own latents) or "
                                                 "own-class (its mean translation to its own class)"),
     seed: int = typer.Option(0, help="sampling seed: the same seed gives the same maps"),
@@ -285,7 +321,7 @@ def explain_command(
                                                               "steps fitting each scan's content code before it is "
                                                               "translated (0: none)"),
     refine_seconds: float = typer.Option(10.0, "--refine-seconds", help="the refinement's time limit per scan"),
-    sampling: str | None = typer.Option(None, help="how attributes are drawn: prior (every element, the paper) "
+    sampling: Sampling | None = typer.Option(None, help="how attributes are drawn: prior (every element, the paper) "
                                                       "or counterfactual (only what the classifier and regressor "
                                                       "read; the rest stays the scan's own); default: the run's "
                                                       "model.attribute_sampling"),
@@ -293,13 +329,13 @@ def explain_command(
     interpolate: tuple[Path, Path] | None = typer.Option(
         None, "--interpolate", help="two images: walk from the first's attribute to the second's"),
     steps: int = typer.Option(10, help="steps of --interpolate"),
-    figures: str = typer.Option("all", help="PNG overlays of each explained scan: all, outliers (the worst-"
+    figures: FigureChoice = typer.Option("all", help="PNG overlays of each explained scan: all, outliers (the worst-"
                                             "predicted, regression runs) or none (a large cohort's maps sooner)"),
-    which: str = typer.Option("best", help="best or last checkpoint of the run"),
+    which: Which = typer.Option("best", help="best or last checkpoint of the run"),
     device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
-    precision: str = typer.Option("32-true", help="decoding of the translations: 32-true, or bf16-mixed (faster on "
-                                                  "a GPU or a CPU with bf16 instructions; maps differ by bf16 "
-                                                  "rounding)"),
+    precision: DecodePrecision = typer.Option(
+        "32-true", help="decoding of the translations: 32-true, or bf16-mixed (faster on a GPU or a CPU with bf16 "
+                        "instructions; maps differ by bf16 rounding)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the outputs another model wrote into --out "
                                                               "(they are cleared first)"),
     posthoc: str | None = typer.Option(None, help="for a ResNet baseline run: gradcam, guided_gradcam, "
@@ -311,70 +347,49 @@ def explain_command(
 
     Example: icam explain runs/my-run --csv data/synth2d/cohort.csv --split test --out explained
     """
-    def run():
-        from rich.progress import Progress
+    check_figures(figures)  # before the output folder is claimed
+    refinement = Refinement(refine_steps, refine_seconds) if refine_steps else None
+    model = open_run(run_dir, which, device, posthoc)  # any method's run
+    if isinstance(model, Explainer):
+        model.precision = precision
+    elif precision != "32-true" or refinement is not None or sampling is not None or pair or interpolate:
+        raise UserError("--precision, --refine-steps, --sampling, --pair and --interpolate are about ICAM's "
+                        "translations; a baseline run has no attributes to draw, no translations to decode and no "
+                        "content code to refine (leave them out)")
+    elif model.method == "resnet":
+        model.check_makes_maps()  # a ResNet is explained by a post-hoc method
+    folder = ExplanationFolder(out)
 
-        from .explain import Explainer, Refinement, load_run
-        from .inference import (
-            attribute_cohort,
-            check_figures,
-            explain_cohort,
-            explain_interpolation,
-            explain_pair,
-            predict_rows,
-        )
-        from .outputs import claimed_outputs, producer_of, write_csv
-
-        check_figures(figures)  # before the output folder is claimed
-        refinement = Refinement(refine_steps, refine_seconds) if refine_steps else None
-        explainer = load_run(run_dir, which, device, posthoc)  # any method's run
-        if isinstance(explainer, Explainer):
-            explainer.precision = precision
-        elif precision != "32-true" or refinement is not None or sampling is not None:
-            raise ValueError("--precision, --refine-steps and --sampling set how ICAM makes its translations; a "
-                             "baseline run has no attributes to draw, no translations to decode and no content code "
-                             "to refine (leave them out)")
-        def baseline_outputs():  # a baseline: its maps (or predictions) only
-            if pair or interpolate:
-                raise ValueError("--pair and --interpolate need an ICAM run")
-            if explainer.method == "resnet":
-                explainer.check_makes_maps()
+    def explain_with_icam(explainer: Explainer) -> None:
+        if csv_path is not None or image:
+            target = _class_index(explainer.class_names, target_class)
             dataset = _inputs(explainer, csv_path, image, split)
-            if explainer.makes_maps:
-                attribute_cohort(explainer, dataset, out, limit=limit, figures=figures)
-            else:
-                write_csv(out / "predictions.csv", predict_rows(explainer, dataset))
+            with Progress(transient=True) as bar:
+                task = bar.add_task("explaining", total=len(dataset) if limit is None else min(limit, len(dataset)))
+                summary = explain_cohort(explainer, dataset, folder, target_class=target, from_label=from_label,
+                                         n_samples=n_samples, min_probability=min_probability, seed=seed,
+                                         reconstruction=reconstruction, limit=limit, reference=reference,
+                                         native_intensity=native_intensity, figures=figures, refinement=refinement,
+                                         sampling=sampling,
+                                         progress=lambda done, total: bar.update(task, completed=done))
+            _say_explained(summary)
+        elif not pair and not interpolate:
+            raise UserError("nothing to explain: give --csv, --image, --pair or --interpolate")
+        if pair:
+            explain_pair(explainer, pair[0], pair[1], folder)
+        if interpolate:
+            explain_interpolation(explainer, interpolate[0], interpolate[1], steps, folder)
 
-        def icam_outputs():
-            if csv_path is not None or image:
-                target = _class_index(explainer.class_names, target_class)
-                dataset = _inputs(explainer, csv_path, image, split)
-                with Progress(transient=True) as bar:
-                    task = bar.add_task("explaining", total=len(dataset) if limit is None else min(limit, len(dataset)))
-                    summary = explain_cohort(explainer, dataset, out, target_class=target, from_label=from_label,
-                                             n_samples=n_samples, min_probability=min_probability, seed=seed,
-                                             reconstruction=reconstruction, limit=limit, reference=reference,
-                                             native_intensity=native_intensity, figures=figures, refinement=refinement,
-                                             sampling=sampling,
-                                             progress=lambda done, total: bar.update(task, completed=done))
-                _say_explained(summary)
-            elif not pair and not interpolate:
-                raise ValueError("nothing to explain: give --csv, --image, --pair or --interpolate")
-            if pair:
-                explain_pair(explainer, pair[0], pair[1], out)
-            if interpolate:
-                explain_interpolation(explainer, interpolate[0], interpolate[1], steps, out)
-
-        with claimed_outputs(out, producer_of(run_dir, which, explainer), overwrite):
-            icam_outputs() if isinstance(explainer, Explainer) else baseline_outputs()
-        typer.echo(f"outputs: {out}")
-    friendly_errors(run)(debug=debug)
+    with folder.claim(producer_of(model), overwrite):
+        if isinstance(model, Explainer):
+            explain_with_icam(model)
+        else:
+            predict_or_attribute(model, _inputs(model, csv_path, image, split), folder, limit=limit, figures=figures)
+    typer.echo(f"outputs: {out}")
 
 
 def _say_explained(summary: dict) -> None:
     """What `icam explain` did, in one line; a warning when most maps fell back to rejected samples."""
-    from .report.health import fallback_finding
-
     refined = summary["refinement"]
     each = (f"{summary['seconds_per_scan']:.2f} s each" if refined is None else
             f"{summary['seconds_per_scan']:.2f} s each, {refined['seconds_per_scan']:.2f} of them refining: "
@@ -397,10 +412,11 @@ def _class_index(names: list[str], value: str | None) -> int | None:
         return names.index(value)
     if value.isdigit() and int(value) < len(names):
         return int(value)
-    raise ValueError(f"--target-class {value!r} is not one of this run's classes: {', '.join(names)}")
+    raise UserError(f"--target-class {value!r} is not one of this run's classes: {', '.join(names)}")
 
 
 @app.command("evaluate")
+@handled
 def evaluate_command(
     outputs: Path = typer.Argument(..., help="a folder written by `icam explain` (maps/, predictions.csv)"),
     csv_path: Path = typer.Option(..., "--csv", help="the cohort table with gt_map (and mask) columns"),
@@ -411,7 +427,6 @@ def evaluate_command(
     debug: bool = DEBUG,
 ):
     """Score explanation maps against ground-truth change maps, and predictions against labels.
-
     Per subject against its own map: NCC (as the paper and VA-GAN), AUROC and average precision
     of |FA| for changed voxels, Dice of the top-k voxels, the pointing game; mean ± sd overall,
     for class 0 → 1 (NCC+) and 1 → 0 (NCC−). Writes evaluation.json and per_subject_maps.csv.
@@ -419,35 +434,29 @@ def evaluate_command(
     Example: icam explain runs/r --csv cohort.csv --split test --from-label --out ex &&
     icam evaluate ex --csv cohort.csv
     """
-    def run():
-        from .evaluate import evaluate_outputs
+    result = evaluate_outputs(outputs, csv_path, split, suffix, run_dir)
 
-        result = evaluate_outputs(outputs, csv_path, split, suffix, run_dir)
-
-        from .intervals import describe
-        from .metrics import Direction
-
-        def fmt(m):  # the mean [95% interval], n
-            return describe(m["mean"], m.get("ci"), m["n"])
-        maps = result["maps"]
-        if maps is None:
-            typer.echo("maps: not scored (the table has no ground-truth maps, gt_map column)")
-        else:
-            typer.echo(f"NCC(+) {fmt(maps[Direction.PLUS]['ncc'])}; NCC(−) {fmt(maps[Direction.MINUS]['ncc'])}")
-            typer.echo("all: " + ", ".join(f"{k} {fmt(maps['all'][k])}" for k in ("auroc", "ap", "dice_topk",
-                                                                                  "pointing")))
-            if maps["missing"]:
-                typer.echo(f"{maps['missing']} rows have no map in {outputs / 'maps'}")
-        for key in ("classification", "regression"):
-            if key in result:
-                typer.echo(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in result[key].items()
-                                                  if isinstance(v, float)) + f" (n {result[key]['n']})")
-        written = [outputs / "evaluation.json"] + ([outputs / "per_subject_maps.csv"] if maps else [])
-        typer.echo(f"written: {', '.join(map(str, written))}")
-    friendly_errors(run)(debug=debug)
+    def fmt(m):  # the mean [95% interval], n
+        return describe(m["mean"], m.get("ci"), m["n"])
+    maps = result["maps"]
+    if maps is None:
+        typer.echo("maps: not scored (the table has no ground-truth maps, gt_map column)")
+    else:
+        typer.echo(f"NCC(+) {fmt(maps[Direction.PLUS]['ncc'])}; NCC(−) {fmt(maps[Direction.MINUS]['ncc'])}")
+        typer.echo("all: " + ", ".join(f"{k} {fmt(maps['all'][k])}" for k in ("auroc", "ap", "dice_topk",
+                                                                              "pointing")))
+        if maps["missing"]:
+            typer.echo(f"{maps['missing']} rows have no map in {outputs / 'maps'}")
+    for key in ("classification", "regression"):
+        if key in result:
+            typer.echo(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in result[key].items()
+                                              if isinstance(v, float)) + f" (n {result[key]['n']})")
+    written = [outputs / "evaluation.json"] + ([outputs / "per_subject_maps.csv"] if maps else [])
+    typer.echo(f"written: {', '.join(map(str, written))}")
 
 
 @app.command("benchmark")
+@handled
 def benchmark_command(
     out: Path = typer.Option(..., "--out", "-o", help="results folder"),
     preset: str = typer.Option("quick", help="quick: 2D brain-synth 64x64, ~25 min on 2 CPU cores; paper: "
@@ -464,18 +473,15 @@ def benchmark_command(
 
     Example: icam benchmark --preset quick --out bench   (results in bench/results/results.md)
     """
-    def run():
-        from .comparison import run_benchmark, settings_for
-
-        settings = settings_for(preset, set_)
-        result = run_benchmark(settings, out, log=lambda m: typer.echo(f"· {m}", err=True), device=device)
-        typer.echo(result["tables"]["table2_maps"])
-        typer.echo(f"tables: {out / 'results'} (results.md, CSVs, comparison.png); "
-                   f"total {sum(result['seconds'].values()) / 60:.1f} min")
-    friendly_errors(run)(debug=debug)
+    settings = settings_for(preset, set_)
+    result = run_benchmark(settings, out, log=lambda m: typer.echo(f"· {m}", err=True), device=device)
+    typer.echo(result["tables"]["table2_maps"])
+    typer.echo(f"tables: {out / 'results'} (results.md, CSVs, comparison.png); "
+               f"total {sum(result['seconds'].values()) / 60:.1f} min")
 
 
 @app.command("demo")
+@handled
 def demo_command(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="folder for the cohort, runs, maps and report"),
     set_: list[str] = typer.Option([], "--set", help="change a setting, e.g. --set subjects=1200 (see the "
@@ -484,30 +490,26 @@ def demo_command(
     debug: bool = DEBUG,
 ):
     """See what icam does, in about ten minutes on a laptop CPU, with nothing to download.
-
     Makes a synthetic brain cohort with known changes, trains ICAM-reg (classification, then
     age regression), explains the test scans, compares the maps with Grad-CAM and guided
     backprop against the ground truth, and writes an HTML report.
 
     Example: icam demo --out demo   (then open demo/report.html)
     """
-    def run():
-        from .demo import demo_settings, run_demo
-
-        summary = run_demo(out, demo_settings(set_), log=lambda m: typer.secho(m, bold=True, err=True),
-                           progress=not quiet)
-        typer.echo(f"done in {summary['total_minutes']:.1f} min")
-        for name, test in summary["test"].items():
-            # an NCC is undefined (None) when no scan's map varies, e.g. a Grad-CAM that is 0 everywhere
-            facts = [f"{label} " + ("undefined" if test[key] is None else f"{test[key]:.3f}")
-                     for label, key in (("NCC(−)", "ncc_minus"), ("NCC(+)", "ncc_plus"))]
-            facts += [f"{k} {test[k]:.3f}" for k in ("accuracy", "mae") if k in test]
-            typer.echo(f"{name}: " + ", ".join(facts))
-        typer.echo(f"report: {summary['report']}")
-    friendly_errors(run)(debug=debug)
+    summary = run_demo(out, demo_settings(set_), log=lambda m: typer.secho(m, bold=True, err=True),
+                       progress=not quiet)
+    typer.echo(f"done in {summary['total_minutes']:.1f} min")
+    for name, test in summary["test"].items():
+        # an NCC is undefined (None) when no scan's map varies, e.g. a Grad-CAM that is 0 everywhere
+        facts = [f"{label} " + ("undefined" if test[key] is None else f"{test[key]:.3f}")
+                 for label, key in (("NCC(−)", "ncc_minus"), ("NCC(+)", "ncc_plus"))]
+        facts += [f"{k} {test[k]:.3f}" for k in ("accuracy", "mae") if k in test]
+        typer.echo(f"{name}: " + ", ".join(facts))
+    typer.echo(f"report: {summary['report']}")
 
 
 @app.command("report")
+@handled
 def report_command(
     folder: Path = typer.Argument(..., help="a run folder, a demo folder or a benchmark folder"),
     out: Path | None = typer.Option(None, "--out", "-o", help="the HTML file (default: FOLDER/report.html)"),
@@ -517,26 +519,19 @@ def report_command(
     debug: bool = DEBUG,
 ):
     """Write a single self-contained HTML report (figures embedded, opens offline).
-
     Example: icam report runs/my-run --explained explained --csv cohort.csv
     """
-    def run():
-        from .report.html import build_report
-
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no such folder: {folder}")
-        run_dir, maps, table, benchmark = _report_parts(folder, explained, csv_path)
-        path = build_report(out or folder / "report.html", run_dir, maps, table, benchmark,
-                            title=f"icam report: {folder.name}")
-        typer.echo(f"report: {path}")
-    friendly_errors(run)(debug=debug)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such folder: {folder}")
+    run_dir, maps, table, benchmark = _report_parts(folder, explained, csv_path)
+    path = build_report(out or folder / "report.html", run_dir, maps, table, benchmark,
+                        title=f"icam report: {folder.name}")
+    typer.echo(f"report: {path}")
 
 
 def _report_parts(folder: Path, explained: list[Path], csv_path: Path | None):
     """What a folder holds: a run folder itself, or a demo/benchmark folder with runs and maps."""
-    from .methods import METHOD_LABELS as names
-    from .outputs import require_complete
-
+    names = METHOD_LABELS
     run_dir: Path | None
     if (folder / "config.yaml").is_file():
         run_dir = folder
@@ -544,18 +539,18 @@ def _report_parts(folder: Path, explained: list[Path], csv_path: Path | None):
         runs = [folder / "runs" / n for n in ("icam-reg", "icam") if (folder / "runs" / n / "config.yaml").is_file()]
         run_dir = runs[0] if runs else None
     for d in explained:
-        require_complete(d)
-        if not (d / "predictions.csv").is_file():
-            raise ValueError(f"--explained {d}: not an icam explain output folder (no predictions.csv there)")
+        ExplanationFolder(d).require_complete()
+        if not ExplanationFolder(d).predictions.is_file():
+            raise UserError(f"--explained {d}: not an icam explain output folder (no predictions.csv there)")
     found = explained or [d for n in names for base in ("explained", "maps") for d in [folder / base / n]
                           if (d / "maps").is_dir()]
     for d in found:
-        require_complete(d)
+        ExplanationFolder(d).require_complete()
     maps = {names.get(d.name, d.name): d for d in found}
     table = csv_path or (folder / "cohort" / "cohort.csv" if (folder / "cohort" / "cohort.csv").is_file() else None)
     benchmark = folder if (folder / "results").is_dir() else None
     if run_dir is None and not maps:
-        raise ValueError(f"{folder} holds no icam run (config.yaml) and no explanations; give a run folder, or "
+        raise UserError(f"{folder} holds no icam run (config.yaml) and no explanations; give a run folder, or "
                          "--explained with icam explain's output")
     return run_dir, maps, table, benchmark
 
@@ -565,6 +560,7 @@ app.add_typer(data_app, name="data")
 
 
 @data_app.command("check")
+@handled
 def data_check_command(
     csv_path: Path = typer.Argument(..., metavar="CSV", help="the cohort table"),
     config: Path | None = typer.Option(None, "--config", "-c", help="a config whose data section names columns, "
@@ -576,7 +572,6 @@ def data_check_command(
     debug: bool = DEBUG,
 ):
     """Check a cohort table and every image it lists; print a summary and every problem.
-
     Finds missing or unreadable files, 4D images, NaN or constant images, bad labels and
     targets, subjects in two splits and classes without training images. Exit status 1 when
     any problem is found. With --fill-cache the preprocessing cache is filled as training
@@ -585,46 +580,39 @@ def data_check_command(
     Example: icam data check cohort.csv --set data.columns.label=diagnosis
     Example: icam data check cohort.csv -c my-3d.yaml --fill-cache --workers 16
     """
-    def run():
-        from .data.check import check_cohort
+    table = {"data.kind": "csv", "data.csv": csv_path,
+             **({} if _has_shape(config, set_) else {"data.shape": [16, 16]})}
+    cfg = load_config(config, set_, table)
+    summary, problems = check_cohort(csv_path, cfg.data, cfg.seed, workers)
+    problems = sorted(problems, key=lambda p: (p.row is not None, p.row or 0))
+    counts = ", ".join(f"{name} {n}" for name, n in zip(summary["classes"], summary["class_counts"]))
+    typer.echo(f"{summary['usable_rows']} usable rows of {summary['rows']}, {summary['subjects']} subjects; "
+               f"images per class: {counts}; splits {summary['splits']} ({summary['split_source']})")
+    typer.echo(summary["identity"])
+    for warning in summary["warnings"]:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    if summary["excluded"]:
+        typer.echo(f"{len(summary['excluded'])} rows left out by data.classes, e.g. {summary['excluded'][0]}")
+    if summary["target"]:
+        t = summary["target"]
+        typer.echo(f"target: {t['known']} known, {mean_sd(t['mean'], t['sd'], 2)} ({t['min']}–{t['max']})")
+    typer.echo(f"image shapes: {', '.join('x'.join(map(str, s)) for s in summary['image_shapes'])}")
+    if problems:
+        typer.secho(f"{len(problems)} problem(s):", fg=typer.colors.RED, err=True)
+        for p in problems:
+            typer.echo(f"  {p}", err=True)
+        raise typer.Exit(1)
+    typer.secho("no problems found", fg=typer.colors.GREEN)
+    if fill_cache:
+        if not _has_shape(config, set_):
+            raise UserError("--fill-cache needs data.shape (the run's config, or --set data.shape=[…])")
 
-        table = {"data.kind": "csv", "data.csv": csv_path,
-                 **({} if _has_shape(config, set_) else {"data.shape": [16, 16]})}
-        cfg = load_config(config, set_, table)
-        summary, problems = check_cohort(csv_path, cfg.data, cfg.seed, workers)
-        problems = sorted(problems, key=lambda p: (p.row is not None, p.row or 0))
-        counts = ", ".join(f"{name} {n}" for name, n in zip(summary["classes"], summary["class_counts"]))
-        typer.echo(f"{summary['usable_rows']} usable rows of {summary['rows']}, {summary['subjects']} subjects; "
-                   f"images per class: {counts}; splits {summary['splits']} ({summary['split_source']})")
-        typer.echo(summary["identity"])
-        for warning in summary["warnings"]:
-            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
-        if summary["excluded"]:
-            typer.echo(f"{len(summary['excluded'])} rows left out by data.classes, e.g. {summary['excluded'][0]}")
-        if summary["target"]:
-            t = summary["target"]
-            typer.echo(f"target: {t['known']} known, {mean_sd(t['mean'], t['sd'], 2)} ({t['min']}–{t['max']})")
-        typer.echo(f"image shapes: {', '.join('x'.join(map(str, s)) for s in summary['image_shapes'])}")
-        if problems:
-            typer.secho(f"{len(problems)} problem(s):", fg=typer.colors.RED, err=True)
-            for p in problems:
-                typer.echo(f"  {p}", err=True)
-            raise typer.Exit(1)
-        typer.secho("no problems found", fg=typer.colors.GREEN)
-        if fill_cache:
-            if not _has_shape(config, set_):
-                raise ValueError("--fill-cache needs data.shape (the run's config, or --set data.shape=[…])")
-            from .data import load_csv_cohorts
-
-            cohorts = load_csv_cohorts(cfg.data.model_copy(update={"preprocess_workers": workers}), cfg.seed)
-            typer.echo(f"preprocessing cache filled: {cohorts.info['cache']}")
-    friendly_errors(run)(debug=debug)
+        cohorts = load_csv_cohorts(cfg.data.model_copy(update={"preprocess_workers": workers}), cfg.seed)
+        typer.echo(f"preprocessing cache filled: {cohorts.info['cache']}")
 
 
 def _has_shape(config: Path | None, sets: list[str]) -> bool:
     """Whether the user gave data.shape (the check itself does not need one)."""
-    import yaml
-
     if any(s.startswith("data.shape=") for s in sets):
         return True
     tree = yaml.safe_load(config.read_text()) if config and config.is_file() else {}
@@ -632,6 +620,7 @@ def _has_shape(config: Path | None, sets: list[str]) -> bool:
 
 
 @app.command("config")
+@handled
 def config_command(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config to check and resolve"),
     set_: list[str] = typer.Option([], "--set", help="override a key (repeatable)"),
@@ -642,17 +631,12 @@ def config_command(
     debug: bool = DEBUG,
 ):
     """Print the full resolved config (or the defaults), after validating it.
-
     Example: icam config --print-defaults --kind csv > my.yaml; icam config -c my.yaml --set train.steps=100
     """
-    def show():
-        from .config import commented_yaml, defaults_for
-
-        if print_defaults:
-            typer.echo(commented_yaml(defaults_for(kind)))
-            return
-        typer.echo(to_yaml(load_config(config, set_)), nl=False)
-    friendly_errors(show)(debug=debug)
+    if print_defaults:
+        typer.echo(commented_yaml(defaults_for(kind)))
+        return
+    typer.echo(to_yaml(load_config(config, set_)), nl=False)
 
 
 def main() -> None:  # pragma: no cover - `python -m icam.cli`

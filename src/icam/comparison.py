@@ -25,16 +25,39 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
+from torch.utils.data import DataLoader
 
-from .config import Config, Section
+from .baselines.attribution import BaselineModel
+from .config import (
+    Config,
+    ConfigError,
+    Reference,
+    Sampling,
+    Section,
+    build_config,
+    merge_trees,
+    parse_overrides,
+    settings_from,
+)
+from .data.synth_export import write_brain_synth, write_squares
+from .errors import UserError
+from .evaluate import evaluate_outputs, prediction_metrics
+from .explain import Explainer, Refinement
+from .inference import FigureChoice, explain_cohort, predict_or_attribute
 from .intervals import mean_sd
 from .methods import METHOD_LABELS, POSTHOC_LABELS
 from .metrics import Direction
+from .model import next_class
+from .outputs import ExplanationFolder
+from .progress import StepProgress
+from .report.figures import DPI, gallery_figure, pyplot
+from .scans import load_inputs
+from .train import train
+from .validation import content_class_accuracy, summarise, validation_statistics
 
 
 class BenchmarkSettings(Section):
     """What a benchmark run does; presets fill these, ``--set key=value`` changes any."""
-
     csv: str | None = Field(None, description="your cohort table (with gt_map); none: a synthetic cohort")
     cohort: Literal["brain-synth", "brain-deep", "squares"] = Field(
         "brain-synth", description="the synthetic cohort written when csv is none: brain-synth (axial 2D slices or "
@@ -65,9 +88,9 @@ class BenchmarkSettings(Section):
     vagan_warmup_critic_steps: int = 100
     baseline_batch: int = 16
     n_samples: int = 50
-    reference: Literal["input", "reconstruction", "own-class"] = Field(
+    reference: Reference = Field(
         "input", description="what ICAM's translations are compared with in its maps (the paper: the input)")
-    sampling: Literal["prior", "counterfactual"] | None = Field(
+    sampling: Sampling | None = Field(
         None, description="how ICAM's attributes are drawn for its maps and Table I: prior (the paper) or "
                           "counterfactual (only what the prediction heads read; the rest is the scan's own); none: "
                           "each run's model.attribute_sampling")
@@ -86,7 +109,7 @@ class BenchmarkSettings(Section):
         if self.shape is not None:
             return list(self.shape)
         if self.csv is not None:
-            raise ValueError("a benchmark on your table needs the model's input shape: --set shape=[128,128]")
+            raise UserError("a benchmark on your table needs the model's input shape: --set shape=[128,128]")
         return [64, 80] if self.cohort == "brain-deep" else [64, 64]
 
 
@@ -102,8 +125,6 @@ PRESETS["paper-3d"] = {**PRESETS["paper"], "shape": [128, 160, 128], "subjects":
 
 
 def settings_for(preset: str, overrides: list[str]) -> BenchmarkSettings:
-    from .config import ConfigError, settings_from
-
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     return settings_from(BenchmarkSettings, overrides, PRESETS[preset], "benchmark settings")
@@ -113,7 +134,6 @@ class BenchmarkRun:
     """One benchmark folder: its cohort, its runs (``runs/<name>``), maps (``maps/<name>``) and
     timings, with one method per stage, so `icam benchmark` and the ablation bench
     (benchmarks/quality.py) train, explain and score the same way."""
-
     def __init__(self, settings: BenchmarkSettings, out: str | Path, log=print, device: str = "cpu",
                  progress: bool = False):
         self.settings, self.out, self.log, self.device = settings, Path(out), log, device
@@ -136,8 +156,6 @@ class BenchmarkRun:
     def write_cohort(self) -> Path:
         """The synthetic cohort (once per folder), unless the settings name a table. A folder that
         holds a cohort made with other settings is refused rather than mixed."""
-        from .data.synth_export import write_brain_synth, write_squares
-
         s = self.settings
         shape = s.image_shape
         wanted = {"generator": s.cohort, "shape": shape, "subjects": s.subjects, "seed": s.seed}
@@ -146,13 +164,13 @@ class BenchmarkRun:
             made = json.loads(made_file.read_text())
             made = {**{k: made.get(k) for k in wanted}, "shape": made.get("shape", [made.get("size")] * 2)}
             if made != wanted:
-                raise ValueError(f"{self.csv_path.parent} holds a cohort made with {made}, not {wanted}: give "
+                raise UserError(f"{self.csv_path.parent} holds a cohort made with {made}, not {wanted}: give "
                                  "another --out folder")
         if s.csv is None and not self.csv_path.is_file():
             with self._timed("cohort", f"cohort ({s.cohort})"):
                 if s.cohort == "squares":
                     if len(shape) != 2 or shape[0] != shape[1]:
-                        raise ValueError(f"squares are square 2D images; shape {shape} is not")
+                        raise UserError(f"squares are square 2D images; shape {shape} is not")
                     write_squares(self.csv_path.parent, s.subjects, shape[0], s.seed)
                 else:
                     write_brain_synth(self.csv_path.parent, dims=len(shape), n=s.subjects, seed=s.seed,
@@ -163,8 +181,6 @@ class BenchmarkRun:
         """The config of one run: what every run of this folder shares (its cohort table, run
         folder, seed, device), then each stage's sections. Values go in as they are, typed: a
         text override would be read as YAML, where a folder named 'study #2' loses its tail."""
-        from .config import build_config, merge_trees
-
         s = self.settings
         synthetic, anatomy = s.csv is None, s.csv is not None or s.cohort != "squares"
         made = self.csv_path.parent / "synth.json"  # a synthetic cohort's slices may be cut across another axis
@@ -180,8 +196,6 @@ class BenchmarkRun:
         return build_config(tree, f"the benchmark's {name} run")
 
     def _train(self, config: Config, **kwargs) -> str:
-        from .train import train
-
         with self._timed(f"train {config.name}", f"training {config.name}"):
             summary = train(config, show_progress=self.progress, **kwargs)
         assert summary is not None  # one process: the main one
@@ -191,8 +205,6 @@ class BenchmarkRun:
     def train_icam(self, prefix: str = "") -> tuple[str, str]:
         """ICAM (classification), then ICAM-reg fine-tuned from it with the regression loss. The
         content discriminator learns at 0.4× the lr, as in the paper; ``icam_set`` comes last."""
-        from .config import parse_overrides
-
         s = self.settings
 
         def icam_stage(steps: int, **loss) -> dict:
@@ -221,22 +233,17 @@ class BenchmarkRun:
         return self._train(self.run_config(method, {"method": method, "baseline": baseline}))
 
     def _bar(self, name: str, total: int):
-        from .progress import StepProgress
-
         return StepProgress(f"maps {name}", self.progress, total)
 
-    def explain_icam(self, name: str, folder: str | None = None, figures: str = "none") -> Path:
+    def explain_icam(self, name: str, folder: str | None = None, figures: FigureChoice = "none") -> Path:
         """Mean FA maps of the test split, each scan translated from its label to the next class."""
-        from .explain import Refinement, load_run
-        from .inference import explain_cohort, load_inputs
-
         s = self.settings
         out = self.out / "maps" / (folder or name)
         with self._timed(f"explain {folder or name}", f"explaining with {folder or name}"):
-            model = load_run(self.runs[name], "best", self.device)
+            model = Explainer.from_checkpoint(self.runs[name], "best", self.device)
             test = load_inputs(model, self.csv_path, "test")
             with self._bar(METHOD_LABELS.get(name, name), len(test)) as bar:
-                explain_cohort(model, test, out, from_label=True, n_samples=s.n_samples,
+                explain_cohort(model, test, ExplanationFolder(out), from_label=True, n_samples=s.n_samples,
                                min_probability=s.min_probability, seed=s.seed, limit=s.test_limit,
                                figures=figures, reference=s.reference, sampling=s.sampling,
                                refinement=Refinement(s.refine_steps) if s.refine_steps else None,
@@ -246,30 +253,19 @@ class BenchmarkRun:
     def explain_baseline(self, method: str, posthoc: str | None = None) -> Path:
         """A baseline's maps of the test split (a post-hoc method on the ResNet, or VA-GAN), or,
         for the CNNs, their predictions (``maps/<method>/predictions.csv``)."""
-        from .baselines.attribution import BaselineModel
-        from .inference import attribute_cohort, load_inputs, predict_rows
-        from .outputs import write_csv
-
         name = posthoc or method
         out = self.out / "maps" / name
         with self._timed(f"explain {name}", f"explaining with {METHOD_LABELS.get(name, name)}"):
             model = BaselineModel.from_checkpoint(self.runs[method], "best", self.device, posthoc)
             dataset = load_inputs(model, self.csv_path, "test")
-            if model.makes_maps:
-                with self._bar(METHOD_LABELS.get(name, name), len(dataset)) as bar:
-                    attribute_cohort(model, dataset, out, limit=self.settings.test_limit, figures="none",
-                                     progress=lambda *_: bar.advance())
-            else:
-                out.mkdir(parents=True, exist_ok=True)
-                write_csv(out / "predictions.csv", predict_rows(model, dataset))
+            with self._bar(METHOD_LABELS.get(name, name), len(dataset)) as bar:
+                predict_or_attribute(model, dataset, ExplanationFolder(out), limit=self.settings.test_limit,
+                                     figures="none", progress=lambda *_: bar.advance())
         return out
 
     def score(self, folder: Path) -> dict:
         """The maps and predictions in ``folder`` against the test split's ground truth."""
-        from .evaluate import evaluate_outputs
-
         if not (folder / "maps").is_dir():  # predictions only
-            from .evaluate import prediction_metrics
 
             return prediction_metrics(folder / "predictions.csv")
         return evaluate_outputs(folder, self.csv_path, "test")
@@ -280,13 +276,9 @@ class BenchmarkRun:
         decoder's error |G(z_c, mu) − x| (the floor an image translation's map stands on), the
         decoder's L1 error; and content leakage, a probe's accuracy reading the class from z_c
         (``validation.content_class_accuracy``; chance is the goal). The benchmark's samples and seed."""
-        from .explain import load_run
-        from .inference import load_inputs
-        from .validation import content_class_accuracy, summarise, validation_statistics
-
         s = self.settings
         with self._timed("diagnostics", f"map diagnostics of {Path(run).name}"):
-            model = load_run(run, "best", self.device)
+            model = Explainer.from_checkpoint(run, "best", self.device)
             test = load_inputs(model, self.csv_path, "test")
             stats = validation_statistics(model.model, test, batch_size=32, fa_samples=s.n_samples,
                                           min_probability=s.min_probability, seed=s.seed,
@@ -303,17 +295,11 @@ class BenchmarkRun:
         real test images, and on their translations to the next class (``translations_per_image``
         seeded samples each for ICAM; x + M(x) of the class-1 images for VA-GAN): the share it
         assigns to the intended class, per source class, as (share, judged images)."""
-        from torch.utils.data import DataLoader
-
-        from .baselines.attribution import BaselineModel
-        from .explain import load_run
-        from .inference import load_inputs
-        from .model import next_class
 
         s = self.settings
         with self._timed("translation", "translation success (Table I)"):
             judge = BaselineModel.from_checkpoint(self.runs["cnn-classifier"], "best", self.device)
-            models = {key: load_run(run, "best", self.device) for key, run in icam_runs.items()}
+            models = {key: Explainer.from_checkpoint(run, "best", self.device) for key, run in icam_runs.items()}
             vagan_model = BaselineModel.from_checkpoint(vagan, "best", self.device) if vagan else None
             dataset = load_inputs(judge, self.csv_path, "test")
             hits: dict[str, list] = {key: [] for key in ("real", *models, *(["vagan"] if vagan else []))}
@@ -499,8 +485,6 @@ def _write_tables(out: Path, evaluations: dict, predictions: dict, translation: 
 def _comparison_figure(out: Path, maps_dirs: dict, csv_path: Path, subjects: int) -> Path | None:
     """The same test subjects side by side: input, ground truth and each method's map (the
     report's gallery, as a PNG beside the tables)."""
-    from .report.figures import DPI, gallery_figure, pyplot
-
     fig = gallery_figure(csv_path, {METHOD_LABELS[k]: folder for k, folder in maps_dirs.items()}, subjects)
     if fig is None:
         return None

@@ -8,12 +8,23 @@ key raises :class:`ConfigError`, naming the key and the valid ones.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+# option values that several modules name, each spelled once
+Translation = Literal["image", "residual", "gated"]  # what a translation is (model.translation)
+Sampling = Literal["prior", "counterfactual"]  # how a map's attributes are drawn
+Reference = Literal["input", "reconstruction", "own-class"]  # what a translation is compared with
+Method = Literal["icam", "resnet", "vagan", "cnn-regressor", "cnn-classifier"]  # what a run trains
+Which = Literal["best", "last"]  # a run folder's checkpoints
+DecodePrecision = Literal["32-true", "bf16-mixed"]  # how an explainer decodes its translations
 
 RELATIVE_PATH = " (a relative path in a config file is read from the file's folder)"
 
@@ -30,14 +41,13 @@ class Section(BaseModel):
             if isinstance(value, bool) and field is not None:
                 allowed = get_args(field.annotation) or (field.annotation,)
                 if bool not in allowed and (int in allowed or float in allowed):
-                    raise ValueError(f"'{name}' expects a number, got {str(value).lower()}")
+                    raise UserError(f"'{name}' expects a number, got {str(value).lower()}")
         return values
 
 
 class SquaresData(Section):
     """The squares benchmark of VA-GAN/ICAM: class 1 adds a central box and a second box at
     one of two places (subtypes A and B) to smooth noise; ground truth is the boxes' mask."""
-
     kind: Literal["squares"] = "squares"
     image_size: int = Field(64, ge=16, description="side in pixels/voxels, a multiple of 16")
     spatial_dims: Literal[2, 3] = 2
@@ -55,13 +65,13 @@ class SquaresData(Section):
     @model_validator(mode="after")
     def _check(self):
         if self.image_size % 16:
-            raise ValueError(f"image_size must be a multiple of 16, got {self.image_size}")
+            raise UserError(f"image_size must be a multiple of 16, got {self.image_size}")
         return self
 
 
 def _check_shape(shape: list[int]) -> list[int]:
     if len(shape) not in (2, 3) or any(s <= 0 or s % 16 for s in shape):
-        raise ValueError(f"shape needs 2 or 3 sides, each a positive multiple of 16; got {shape}")
+        raise UserError(f"shape needs 2 or 3 sides, each a positive multiple of 16; got {shape}")
     return shape
 
 
@@ -71,7 +81,6 @@ Fractions = tuple[float, float, float]
 class BrainSynthData(Section):
     """The built-in synthetic ageing cohort on MNI152 anatomy (see ``icam synth --help``).
     Written once to ``cache_dir`` as NIfTI + CSV and read through the CSV path (2D and 3D)."""
-
     kind: Literal["brain-synth"] = "brain-synth"
     design: Literal["brain-synth", "brain-deep"] = Field(
         "brain-synth", description="brain-synth: axial slices, age, ventricles + cortex + lesions; brain-deep: coronal "
@@ -88,7 +97,6 @@ class BrainSynthData(Section):
 
 class CsvColumns(Section):
     """Column names of the cohort table."""
-
     image: str = "image"
     label: str = "label"
     target: str = "target"
@@ -109,7 +117,6 @@ class Augmentation(Section):
 
 class CsvData(Section):
     """Your own cohort: a CSV with one row per image (paths relative to the CSV) and NIfTI files."""
-
     kind: Literal["csv"] = "csv"
     csv: str = Field(..., description="path of the cohort table" + RELATIVE_PATH)
     columns: CsvColumns = CsvColumns()
@@ -190,7 +197,7 @@ class ModelConfig(Section):
         "input", description="input: the attribute map joins the content code at S/4 (the paper); every-scale: it also "
                              "modulates the generator's features at S/2 and S (SPADE-style), so it can change fine "
                              "structure directly")
-    attribute_sampling: Literal["prior", "counterfactual"] = Field(
+    attribute_sampling: Sampling = Field(
         "counterfactual", description="how the attributes of this model's maps (validation, icam explain, Table I) "
                                       "are drawn: prior (every element from N(0, I), the paper) or counterfactual "
                                       "(only what the classifier and regressor read; the rest stays the scan's own "
@@ -200,7 +207,7 @@ class ModelConfig(Section):
         "instance", description="the generator's normalisation: instance (the paper's InstanceNorm/LayerNorm, "
                                 "statistics over the whole image, so a change in one place shifts every voxel) or "
                                 "channel (over the channels at each voxel: a local change stays local)")
-    translation: Literal["image", "residual", "gated"] = Field(
+    translation: Translation = Field(
         "residual", description="image: the generator's output is the translated scan (the paper), so maps also hold "
                              "the decoder's failure to reproduce the scan; residual: the scan plus the decoded change "
                              "G(z_c, z_a) − G(z_c, z_a(scan)), so maps hold only what the attribute changes; "
@@ -219,7 +226,6 @@ class ModelConfig(Section):
 
 class LossWeights(Section):
     """λ of every term (paper eq. 5 and its appendix). Names match ``icam.losses``' terms."""
-
     content_adversarial: float = Field(1.0, ge=0, description="λDc: content discriminator vs content encoder")
     domain_adversarial: float = Field(1.0, ge=0, description="λD: real/fake GAN loss, both discriminators")
     domain_classification_discriminator: float = Field(
@@ -305,7 +311,6 @@ class RuntimeConfig(Section):
 
 class BaselineConfig(Section):
     """Training of the comparison methods (``method`` other than icam; README: Baselines)."""
-
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(16, ge=2)
     width: int = Field(16, ge=4)
@@ -323,7 +328,7 @@ class BaselineConfig(Section):
 
 
 class Config(Section):
-    method: Literal["icam", "resnet", "vagan", "cnn-regressor", "cnn-classifier"] = Field(
+    method: Method = Field(
         "icam", description="icam (ICAM / ICAM-reg) or a baseline: resnet (for post-hoc saliency), vagan, "
                             "cnn-regressor (ICAM-reg's baseline), cnn-classifier (judges translations)")
     seed: int = 0
@@ -338,8 +343,11 @@ class Config(Section):
     baseline: BaselineConfig = BaselineConfig()
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config problem, worded for the person who wrote the config."""
+    def __init__(self, message: str, hint: str | None = "`icam config --print-defaults` lists every key with its "
+                                                          "default"):
+        super().__init__(message, hint)
 
 
 def _fields_at(path: tuple, model: type[BaseModel] = Config) -> list[str]:
@@ -518,8 +526,6 @@ def to_yaml(config: Config) -> str:
 
 
 def _comment(text: str, pad: str, width: int = 100) -> list[str]:
-    import textwrap
-
     return [f"{pad}# {line}" for line in textwrap.wrap(" ".join(text.split()), width - len(pad) - 2)]
 
 

@@ -13,12 +13,19 @@ from pathlib import Path
 
 from pydantic import Field
 
-from .config import Section
+from .comparison import BenchmarkRun, BenchmarkSettings
+from .config import Section, settings_from
+from .explain import Explainer
+from .inference import explain_interpolation
+from .methods import METHOD_LABELS
+from .metrics import Direction
+from .outputs import ExplanationFolder
+from .report.html import build_report
+from .scans import load_inputs
 
 
 class DemoSettings(Section):
     """What the demo runs; `icam demo --set key=value` changes one (written to settings.json)."""
-
     shape: tuple[int, int] = (64, 64)
     subjects: int = Field(600, ge=12)
     width: int = Field(8, ge=4)
@@ -33,19 +40,10 @@ class DemoSettings(Section):
 
 
 def demo_settings(overrides: list[str]) -> DemoSettings:
-    from .config import settings_from
-
     return settings_from(DemoSettings, overrides, what="demo settings")
 
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, progress: bool = True) -> dict:
-    from .comparison import BenchmarkRun, BenchmarkSettings
-    from .explain import load_run
-    from .inference import explain_interpolation, load_inputs
-    from .methods import METHOD_LABELS
-    from .metrics import Direction
-    from .report.html import build_report
-
     settings = settings or DemoSettings()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,13 +70,14 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, log=print, p
 
     stage(3)
     explained = {"ICAM-reg": bench.explain_icam("icam-reg", figures="outliers")}
-    model = load_run(icam_reg, "best", "cpu")
+    model = Explainer.from_checkpoint(icam_reg, "best", "cpu")
     test = load_inputs(model, csv_path, "test")
     first_of_class: dict[int, str] = {}
     for i in range(len(test)):
         first_of_class.setdefault(int(test[i]["label"]), test.source(i).file)
     if 0 in first_of_class and 1 in first_of_class:  # a walk from a young scan to an old one
-        explain_interpolation(model, Path(first_of_class[0]), Path(first_of_class[1]), 8, explained["ICAM-reg"])
+        explain_interpolation(model, Path(first_of_class[0]), Path(first_of_class[1]), 8,
+                              ExplanationFolder(explained["ICAM-reg"]))
     for posthoc in ("gradcam", "guided_backprop"):
         explained[METHOD_LABELS[posthoc]] = bench.explain_baseline("resnet", posthoc)
 

@@ -3,13 +3,18 @@ against the cohort table's ground truth, and write evaluation.json beside them."
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
+from .data.nifti import load_array
+from .data.table import require_split
+from .errors import UserError
+from .files import write_json
 from .metrics import Direction, classification_metrics, map_metrics, regression_metrics, summarise_maps
+from .outputs import ExplanationFolder, map_stamp, write_csv
+from .predictions import read_predictions
+from .run import read_run_table
 
 
 def prediction_metrics(predictions: Path) -> dict:
@@ -18,22 +23,16 @@ def prediction_metrics(predictions: Path) -> dict:
     if not predictions.is_file():
         return {}
     result = {}
-    from .data.table import names_from_columns
-
-    with predictions.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header, records = reader.fieldnames or [], list(reader)
-    names = names_from_columns(header)
-    columns = [c for c in header if c.startswith("p_")]
-    labelled = [p for p in records if p.get("label", "") in names]  # not unlabelled rows, nor MCI for CN/AD
-    if labelled and columns:
+    names, records = read_predictions(predictions)
+    labelled = [r for r in records if r.label in names and r.probabilities]  # not unlabelled rows, nor MCI
+    if labelled:
         result["classification"] = classification_metrics(
-            np.array([names.index(p["label"]) for p in labelled]),
-            np.array([[float(p[k]) for k in columns] for p in labelled]))
-    regressed = [p for p in records if p.get("target", "") != "" and p.get("predicted_target", "") != ""]
+            np.array([names.index(r.label) for r in labelled if r.label is not None]),
+            np.array([[r.probabilities[n] for n in names] for r in labelled]))
+    regressed = [r for r in records if r.target is not None and r.predicted_target is not None]
     if regressed:
-        result["regression"] = regression_metrics(np.array([float(p["target"]) for p in regressed]),
-                                                  np.array([float(p["predicted_target"]) for p in regressed]))
+        result["regression"] = regression_metrics(np.array([r.target for r in regressed]),
+                                                  np.array([r.predicted_target for r in regressed]))
     return result
 
 
@@ -47,20 +46,14 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
     written with them. Directions: NCC(+) over subjects of class 0 (translated 0 → 1, effects
     added), NCC(−) over class 1 (1 → 0, effects removed). Without ground-truth maps, only the
     predictions are scored."""
-    from .data.nifti import load_array
-    from .data.table import require_split
-    from .files import write_json
-    from .outputs import MANIFEST, map_stamp, require_complete, write_csv
-    from .run import explained_run, read_run_table
-
-    outputs, csv_path = Path(outputs), Path(csv_path)
-    require_complete(outputs)
-    table = read_run_table(run_dir or explained_run(outputs), csv_path)
+    folder, csv_path = ExplanationFolder(Path(outputs)), Path(csv_path)
+    folder.require_complete()
+    table = read_run_table(run_dir or folder.run_dir(), csv_path)
     rows = table.rows if split is None else require_split(table, split, csv_path)
     per_subject, missing = [], []
     stamps: dict[str, list[str]] = {}
     for r in rows:
-        path = outputs / "maps" / f"{r.id}_{map_suffix}.nii.gz"
+        path = folder.map(r.id, map_suffix)
         if r.gt_map is None:
             continue
         if not path.is_file():
@@ -68,28 +61,26 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
             continue
         fa, gt = load_array(path)[0], load_array(r.gt_map)[0]
         stamps.setdefault(map_stamp(path), []).append(r.id)
-        written_mask = outputs / "maps" / f"{r.id}_mask.nii.gz"
+        written_mask = folder.map(r.id, "mask")
         mask = load_array(r.mask)[0] if r.mask is not None else \
             load_array(written_mask)[0] if written_mask.is_file() else None
         if fa.shape != gt.shape:
-            raise ValueError(f"{path.name} has shape {fa.shape} but its ground truth {r.gt_map} has {gt.shape}")
+            raise UserError(f"{path.name} has shape {fa.shape} but its ground truth {r.gt_map} has {gt.shape}")
         per_subject.append({"id": r.id, "label": r.label, **map_metrics(fa, gt, mask)})
     if len(stamps) > 1:  # each map carries its checkpoint's hash: a folder mixing models is no result
-        raise ValueError(f"the maps in {outputs / 'maps'} come from {len(stamps)} different models (checkpoint "
+        raise UserError(f"the maps in {folder.maps} come from {len(stamps)} different models (checkpoint "
                          + "; ".join(f"{k or 'unstamped'}: {', '.join(v[:3])}" for k, v in stamps.items())
                          + "); explain again into a new folder")
     has_gt = any(r.gt_map is not None for r in rows)
     if has_gt and not per_subject:
-        raise ValueError(f"no maps to score in {outputs / 'maps'} (suffix '_{map_suffix}') for rows with a gt_map "
+        raise UserError(f"no maps to score in {folder.maps} (suffix '_{map_suffix}') for rows with a gt_map "
                          f"in {csv_path}" + (f" and split {split}" if split else ""))
     maps = {"all": summarise_maps(per_subject),
             **{direction.value: summarise_maps([m for m in per_subject if m["label"] == direction.source])
                for direction in Direction},
             "scored": len(per_subject), "missing": len(missing)} if has_gt else None
-    manifest = outputs / MANIFEST  # which model made the maps (icam explain writes it)
-    producer = json.loads(manifest.read_text()).get("producer") if manifest.is_file() else None
-    result = {"maps": maps, "producer": producer, **prediction_metrics(outputs / "predictions.csv")}
+    result = {"maps": maps, "producer": folder.producer(), **prediction_metrics(folder.predictions)}
     if has_gt:
-        write_csv(outputs / "per_subject_maps.csv", per_subject)
-    write_json(outputs / "evaluation.json", result)
+        write_csv(folder.per_subject, per_subject)
+    write_json(folder.evaluation, result)
     return result

@@ -6,7 +6,7 @@ threshold of the authors' test-time code, which the paper does not state) gives 
 variance map for one scan, with no second image. All sampling is seeded: the same seed gives
 the same maps.
 
-    model = icam.load_run("runs/my-run")
+    model = icam.open_run("runs/my-run")
     explanation = model.explain(x, n_samples=100)   # .mean, .var, .prediction, .acceptance_rate
     fa = model.attribute(x, target=1)                # captum-style: a map shaped like x
 """
@@ -21,11 +21,15 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, fingerprint, load_checkpoint, resolve_checkpoint, run_folder
-from .config import Config, as_saved, build_config
+from .baselines.attribution import BaselineModel
+from .checkpoint import CheckpointError, CheckpointFile, read_checkpoint
+from .config import Config, DecodePrecision, Sampling, as_saved, build_config
 from .data.table import class_names
+from .errors import UserError
 from .model import ICAM, AttributePrediction, fa_map
+from .outputs import ExplanationFolder, producer_of
 from .run import warn_if_slow_bf16
+from .scans import Scan, ScanMaps, load_images, write_mask, write_scan_maps
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class Refinement:
 
     def __post_init__(self):
         if self.steps < 1 or self.seconds <= 0 or self.lr <= 0:
-            raise ValueError(f"refinement needs steps ≥ 1, seconds > 0 and lr > 0, got {self}")
+            raise UserError(f"refinement needs steps ≥ 1, seconds > 0 and lr > 0, got {self}")
 
 
 @dataclass
@@ -78,6 +82,11 @@ class Explanation:
         NIfTI descrip says it."""
         refined = f", refined {self.refinement.steps}" if self.refinement else ""
         return f"{self.translation} vs {self.reference}, {self.sampling}{refined}"
+
+    def scan_maps(self, direction: str, index: int = 0) -> ScanMaps:
+        """Scan ``index``'s maps as arrays, with what made them and ``direction`` ("AD->CN, 100 samples")."""
+        return ScanMaps(self.mean[index, 0].cpu().numpy(), self.var[index, 0].cpu().numpy(),
+                        self.translated[index, 0].cpu().numpy(), self.recipe, direction)
 
 
 @dataclass
@@ -131,25 +140,30 @@ class Explainer:
         self.precision = "32-true"
 
     @property
-    def precision(self) -> str:
+    def precision(self) -> DecodePrecision:
         """How the N translations of a map are decoded: 32-true, or bf16-mixed (bf16 autocast:
         faster on a GPU or a CPU with bf16 instructions; the maps differ by bf16 rounding). The
         prediction, the rejection sampling and the sums stay in float32/float64."""
         return self._precision
 
     @precision.setter
-    def precision(self, value: str) -> None:
+    def precision(self, value: DecodePrecision) -> None:
         if value not in ("32-true", "bf16-mixed"):
-            raise ValueError(f"precision {value!r}: expected 32-true or bf16-mixed")
+            raise UserError(f"precision {value!r}: expected 32-true or bf16-mixed")
         if value == "bf16-mixed" and self.device.type == "cpu":
             warn_if_slow_bf16()
         self._precision = value
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, which: str = "best", device: str | torch.device | None = None):
-        state = load_checkpoint(path, which)
+        return cls.from_file(read_checkpoint(path, which), device)
+
+    @classmethod
+    def from_file(cls, checkpoint: CheckpointFile, device: str | torch.device | None = None):
+        """The explainer of a checkpoint read once (``checkpoint.read_checkpoint``)."""
+        path, state = checkpoint.path, checkpoint.state
         if state.get("method", "icam") != "icam":
-            raise CheckpointError(f"{path} holds a {state['method']} baseline, not ICAM: load it with icam.load_run, "
+            raise CheckpointError(f"{path} holds a {state['method']} baseline, not ICAM: open it with icam.open_run, "
                                   "which opens any method's run")
         for key in ("model", "model_hparams", "config"):
             if key not in state:
@@ -159,19 +173,26 @@ class Explainer:
         model.load_state_dict(state.get("model_ema", state["model"]))  # the moving average, when the run kept one
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         explainer = cls(model, build_config(as_saved(state["config"]), f"{path} (its saved config)"), device, state)
-        explainer.run_dir = run_folder(path)
-        explainer.fingerprint = fingerprint(path, which)
-        explainer.checkpoint_path = resolve_checkpoint(path, which)
+        explainer.run_dir, explainer.checkpoint_path = checkpoint.run_dir, path
+        explainer.fingerprint = checkpoint.sha256
         return explainer
 
     @property
-    def sampling(self) -> str:
+    def sampling(self) -> Sampling:
         """How this run draws the attributes of its maps unless told otherwise (``model.attribute_sampling``)."""
         return self.config.model.attribute_sampling if self.config is not None else "prior"
 
     @property
     def regressing(self) -> bool:
         return bool(self.checkpoint_info.get("regressing", False))
+
+    @property
+    def name(self) -> str:
+        return "icam"
+
+    @property
+    def makes_maps(self) -> bool:
+        return True
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -182,39 +203,32 @@ class Explainer:
         if x.dim() == len(self.model.image_shape) + 1:  # a single image without the batch axis
             x = x[None]
         if tuple(x.shape[2:]) != self.model.image_shape:
-            raise ValueError(f"the model takes images of shape {self.model.image_shape}, got {tuple(x.shape[2:])}; "
+            raise UserError(f"the model takes images of shape {self.model.image_shape}, got {tuple(x.shape[2:])}; "
                              "preprocess them as in training (icam explain does)")
         x = x.to(self.device, torch.float32)
         return x.contiguous(memory_format=self.memory_format) if self.memory_format is not None else x
 
-    def preprocess(self, path: str | Path):
-        """A NIfTI file through this run's own preprocessing: a :class:`icam.inference.Scan` with
+    def preprocess(self, path: str | Path) -> Scan:
+        """A NIfTI file through this run's own preprocessing: a :class:`icam.scans.Scan` with
         ``.image`` (1, 1, *shape), ``.mask`` and ``.write(map, path)``, which puts a map back on the
         file's grid."""
-        from .inference import Scan, load_images
+        return Scan(load_images(self, [Path(path)]), self.fingerprint)
 
-        return Scan(load_images(self, [Path(path)]))
-
-    def explain_file(self, path: str | Path, out: str | Path | None = None, *, target: int | None = None,
-                     figures: str = "all", **options) -> Explanation:
-        """:meth:`explain` of a NIfTI file. With ``out``, the folder `icam explain --image` writes,
-        made the same way: ``maps/<name>_fa_mean.nii.gz`` (and ``_fa_var``, ``_translated``, the
-        brain mask) on the file's grid, predictions.csv, summary.json, the figure and the
-        manifest; ``options`` are then those of ``inference.explain_cohort`` (n_samples,
-        min_probability, seed, reference, refinement, sampling, …)."""
-        from .inference import explain_cohort
-        from .outputs import claimed_outputs, producer_of
-
-        if out is None:
-            return self.explain(self.preprocess(path).image, target=target, **options)
-        if self.checkpoint_path is None:
-            raise ValueError("explain_file(out=...) stamps its outputs with the model's checkpoint: load the model "
-                             "with icam.load_run, or call explain_file without out")
-        explanations: list[Explanation] = []
-        with claimed_outputs(Path(out), producer_of(self.checkpoint_path, "best", self)):
-            explain_cohort(self, self.preprocess(path).dataset, Path(out), target_class=target, figures=figures,
-                           collect=explanations, **options)
-        return explanations[0]
+    def explain_file(self, path: str | Path, out: str | Path | None = None, **options) -> Explanation:
+        """:meth:`explain` of a NIfTI file. With ``out``, its maps are written as `icam explain
+        --image` writes them, in an explanation folder of this model (``outputs.ExplanationFolder``:
+        ``maps/<name>_fa_mean.nii.gz``, ``_fa_var``, ``_translated`` and the brain mask on the
+        file's grid, and the manifest)."""
+        scan = self.preprocess(path)
+        explanation = self.explain(scan.image, **options)
+        if out is not None:
+            folder = ExplanationFolder(Path(out))
+            direction = (f"{self.class_names[int(explanation.prediction.predicted_class[0])]}->"
+                         f"{self.class_names[int(explanation.target_class[0])]}, {explanation.n_samples} samples")
+            with folder.claim(producer_of(self)):
+                write_scan_maps(folder, scan.dataset, 0, explanation.scan_maps(direction), self.fingerprint)
+                write_mask(folder, scan.item, scan.dataset, 0, self.fingerprint)
+        return explanation
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> AttributePrediction:
@@ -245,7 +259,7 @@ class Explainer:
         run's own (``model.attribute_sampling``)."""
         sampling = sampling or self.sampling
         if n_samples < 2:
-            raise ValueError("n_samples must be at least 2 (a variance needs two samples)")
+            raise UserError("n_samples must be at least 2 (a variance needs two samples)")
         x = self.as_input(x)
         _warn_if_out_of_range(x)
         prediction = self.model.predict(x)
@@ -315,7 +329,7 @@ class Explainer:
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 10) -> Interpolation:
         """``steps`` points from a's attribute mean to b's (both ends included), decoded with a's content."""
         if steps < 2:
-            raise ValueError("an interpolation needs at least 2 steps")
+            raise UserError("an interpolation needs at least 2 steps")
         a, b = self.as_input(a)[:1], self.as_input(b)[:1]
         mu_a, mu_b = self.model.encode_attribute(a)[0], self.model.encode_attribute(b)[0]
         weights = torch.linspace(0, 1, steps, device=self.device)
@@ -369,16 +383,16 @@ def _warn_if_out_of_range(x: torch.Tensor, limit: float = 1.5, share: float = 0.
                       "preprocess files as in training (model.preprocess(path), or icam explain)", stacklevel=3)
 
 
-def load_run(path: str | Path, which: str = "best", device: str | torch.device | None = None,
-             posthoc: str | None = None):
+def open_run(path: str | Path, which: str = "best", device: str | torch.device | None = None,
+             posthoc: str | None = None) -> Explainer | BaselineModel:
     """Any trained run, from its folder (its ``best`` or ``last`` checkpoint) or a checkpoint file,
-    with the same verbs whatever the method: ``predict(x)`` and ``attribute(x, target)``. ICAM
-    runs give an :class:`Explainer`; baseline runs (their checkpoint names the method) a
-    ``BaselineModel``, explained by ``posthoc`` (a ResNet's captum method) or by itself (VA-GAN)."""
-    from .baselines.attribution import BaselineModel
-
-    if load_checkpoint(path, which).get("method", "icam") != "icam":
-        return BaselineModel.from_checkpoint(path, which, device, posthoc)
+    read once, with the same verbs whatever the method (``loaded_run.LoadedRun``: ``predict(x)``,
+    ``attribute(x, target)``, …). ICAM runs give an :class:`Explainer`; baseline runs (their
+    checkpoint names the method) a ``BaselineModel``, explained by ``posthoc`` (a ResNet's captum
+    method) or by itself (VA-GAN)."""
+    checkpoint = read_checkpoint(path, which)
+    if checkpoint.state.get("method", "icam") != "icam":
+        return BaselineModel.from_file(checkpoint, device, posthoc)
     if posthoc is not None:
-        raise ValueError("--posthoc is for ResNet baseline runs; an ICAM run explains itself")
-    return Explainer.from_checkpoint(path, which, device)
+        raise UserError("--posthoc is for ResNet baseline runs; an ICAM run explains itself")
+    return Explainer.from_file(checkpoint, device)

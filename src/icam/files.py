@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -35,8 +36,6 @@ def folder_lock(folder: Path, busy: str) -> Iterator[None]:
     """Hold ``folder`` while this process writes into it: a second process is refused at once
     with ``busy`` (a FileExistsError), instead of interleaving its files with ours. The lock file
     goes with the holder (released and removed at the end, by the OS when the process dies)."""
-    import fcntl
-
     path = Path(folder) / LOCK
     while True:
         handle = path.open("a+")

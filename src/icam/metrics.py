@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .intervals import bootstrap_interval, wilson_interval
+
 
 def ncc(fa_maps: torch.Tensor, gt_maps: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
     """Per-subject NCC as the paper and VA-GAN define it: Pearson r of |FA| and |ground truth|
@@ -29,7 +31,6 @@ def ncc(fa_maps: torch.Tensor, gt_maps: torch.Tensor, masks: torch.Tensor | None
 class Direction(str, Enum):
     """The two directions two-class maps are scored in (the paper's NCC(+) and NCC(−)); the value
     is the key of evaluate_outputs' "maps" in evaluation.json."""
-
     PLUS = "plus (class 0 → 1)"  # class-0 scans translated up: effects added
     MINUS = "minus (class 1 → 0)"  # class-1 scans translated down: effects removed
 
@@ -85,8 +86,6 @@ def map_metrics(fa: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None,
 def summarise_maps(per_subject: list[dict]) -> dict:
     """Mean, sd and a 95% interval of each map metric over the subjects where it is defined, with
     the counts: a bootstrap interval over subjects; Wilson's for the pointing game (a proportion)."""
-    from .intervals import bootstrap_interval, wilson_interval
-
     out: dict[str, Any] = {}
     for name in ("ncc", "auroc", "ap", "dice_topk", "pointing"):
         values = np.array([m[name] for m in per_subject if m.get(name) is not None], dtype=float)
@@ -106,7 +105,6 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
     predicted = probabilities.argmax(1)
     k = probabilities.shape[1]
     confusion = confusion_matrix(labels, predicted, k)
-    from .intervals import wilson_interval
 
     result = {"accuracy": float((predicted == labels).mean()), "balanced_accuracy": balanced_accuracy(confusion),
               "f1": float(f1_score(labels, predicted, average="macro", labels=list(range(k)))), "n": len(labels),
@@ -125,7 +123,6 @@ def regression_metrics(true: np.ndarray, predicted: np.ndarray) -> dict[str, Any
 
     true, predicted = np.asarray(true, dtype=float), np.asarray(predicted, dtype=float)
     error = predicted - true
-    from .intervals import bootstrap_interval
 
     result = {"mae": float(np.abs(error).mean()), "mae_sd": float(np.abs(error).std(ddof=1)) if len(error) > 1 else 0.0,
               "mae_ci": bootstrap_interval(np.abs(error)), "rmse": float(np.sqrt((error ** 2).mean())),

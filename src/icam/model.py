@@ -19,12 +19,14 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import overload
+from typing import get_args, overload
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import Reference, Sampling, Translation
+from .errors import UserError
 from .nets import AttributeEncoder, ContentEncoder, Generator
 from .nets.blocks import init_weights
 
@@ -110,11 +112,11 @@ def translation_partners(labels: torch.Tensor, num_classes: int) -> torch.Tensor
 
 # what a translation is compared with; own-class (the mean translation to the scan's own class)
 # needs sampling, so the Explainer makes it
-FA_REFERENCES = ("input", "reconstruction", "own-class")
-TRANSLATIONS = ("image", "residual", "gated")
+FA_REFERENCES: tuple[str, ...] = get_args(Reference)
+TRANSLATIONS: tuple[str, ...] = get_args(Translation)
 # How the attributes of a map are drawn: every element from the prior (the paper), or only what the
 # prediction heads read, the rest kept from the scan's own attribute mean (a counterfactual draw).
-SAMPLINGS = ("prior", "counterfactual")
+SAMPLINGS: tuple[str, ...] = get_args(Sampling)
 
 
 def fa_map(translated: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -141,14 +143,14 @@ class ICAM(nn.Module):
         super().__init__()
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) not in (2, 3):
-            raise ValueError(f"image_shape must have 2 or 3 sides, got {image_shape}")
+            raise UserError(f"image_shape must have 2 or 3 sides, got {image_shape}")
         if any(s % SIDE_MULTIPLE or s <= 0 for s in image_shape):
-            raise ValueError(f"every side of image_shape must be a positive multiple of {SIDE_MULTIPLE}, "
+            raise UserError(f"every side of image_shape must be a positive multiple of {SIDE_MULTIPLE}, "
                              f"got {image_shape}")
         if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+            raise UserError(f"num_classes must be at least 2, got {num_classes}")
         if translation not in TRANSLATIONS:
-            raise ValueError(f"translation must be one of {TRANSLATIONS}, got {translation!r}")
+            raise UserError(f"translation must be one of {TRANSLATIONS}, got {translation!r}")
         self.hparams = dict(image_shape=list(image_shape), num_classes=num_classes,
                             in_channels=in_channels, width=width, upsampling=upsampling,
                             attribute_stride=attribute_stride, content_noise=content_noise,
@@ -256,8 +258,8 @@ class ICAM(nn.Module):
         if reference == "reconstruction":
             return self.reconstruct(x, content)
         if reference == "own-class":
-            raise ValueError("the own-class reference is a mean over sampled translations: Explainer.explain makes it")
-        raise ValueError(f"reference must be one of {FA_REFERENCES}, got {reference!r}")
+            raise UserError("the own-class reference is a mean over sampled translations: Explainer.explain makes it")
+        raise UserError(f"reference must be one of {FA_REFERENCES}, got {reference!r}")
 
     @torch.no_grad()
     def prediction_subspace(self, regressing: bool) -> torch.Tensor:
@@ -276,7 +278,7 @@ class ICAM(nn.Module):
         ``attribute_mean`` (each scan's own, repeated as often as it is sampled): nothing for
         ``prior`` (the paper), the scan's attribute and the heads' subspace for ``counterfactual``."""
         if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+            raise UserError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
         if sampling == "prior":
             return {}
         return {"keep": attribute_mean, "subspace": self.prediction_subspace(regressing)}
@@ -306,7 +308,7 @@ class ICAM(nn.Module):
                    else target_class.to(device).long().flatten())
         # Checking reads the classes back from the device: skipped in training (labels checked at load).
         if max_candidates is not None and classes.numel() and (classes.min() < 0 or classes.max() >= self.num_classes):
-            raise ValueError(f"target classes must lie in [0, {self.num_classes - 1}]")
+            raise UserError(f"target classes must lie in [0, {self.num_classes - 1}]")
         attribute = torch.zeros(len(classes), self.latent_size, device=device)
         accepted = torch.zeros(len(classes), dtype=torch.bool, device=device)
         hits, drawn = torch.zeros((), device=device), 0
@@ -314,7 +316,7 @@ class ICAM(nn.Module):
         kept = None
         if keep is not None:
             if subspace is None:
-                raise ValueError("keep needs the subspace the draw replaces")
+                raise UserError("keep needs the subspace the draw replaces")
             keep = keep.to(device).float().expand(len(classes), -1)
             kept = (keep - (keep @ subspace.T) @ subspace, subspace)  # what the draw leaves as it is
         while len(rows):
@@ -354,7 +356,7 @@ class ICAM(nn.Module):
         """x moved to ``target_class`` (an attribute per image, drawn as ``sampling`` says) or to
         ``attribute``."""
         if (target_class is None) == (attribute is None):
-            raise ValueError("give exactly one of target_class or attribute")
+            raise UserError("give exactly one of target_class or attribute")
         mu = self.encode_attribute(x)[0]
         if attribute is None:
             assert target_class is not None  # exactly one was given

@@ -12,27 +12,33 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import shutil
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from .data.nifti import NiftiCohort
 from .data.resample import resample_to_grid
+from .errors import UserError
 from .files import LOCK, folder_lock, write_atomically, write_json
 
-MANIFEST = "icam-outputs.json"
+if TYPE_CHECKING:
+    from .loaded_run import LoadedRun
+
 MAP_STAMP = 16  # hex digits of the checkpoint's SHA-256 in each map's aux_file
-# what `icam explain` writes into its folder: cleared before it writes again
-OUTPUT_ENTRIES = ("maps", "figures", "predictions.csv", "outliers.csv", "summary.json", "evaluation.json",
-                  "per_subject_maps.csv")
 
 
-def write_map(array: np.ndarray, dataset: NiftiCohort, i: int, path: Path, description: str,
+def write_map(array: np.ndarray, dataset: NiftiCohort, i: int, path: Path, description: str, stamp: str,
               display: str = "symmetric", mode: str = "bilinear") -> Path:
     """Write a map of item ``i`` onto the input's own grid, with a fresh header: the input's affine
     and qform/sform codes, float32, ``cal_min/cal_max`` from the map (``display``: symmetric
-    ±max|map|, or range: min to max) and ``description`` (≤ 80 characters) as descrip."""
+    ±max|map|, or range: min to max), ``description`` (≤ 80 characters) as descrip and
+    ``stamp``, the producing checkpoint's SHA-256, as aux_file (its first MAP_STAMP digits)."""
     import nibabel as nib
 
     source = dataset.source(i)
@@ -56,7 +62,7 @@ def write_map(array: np.ndarray, dataset: NiftiCohort, i: int, path: Path, descr
     image.header["cal_min"], image.header["cal_max"] = low, high
     image.header["descrip"] = description.encode("ascii", "replace")[:80]
     # the producing checkpoint's SHA-256 prefix: evaluate refuses a folder of maps from several models
-    image.header["aux_file"] = getattr(dataset, "model_fingerprint", "")[:MAP_STAMP].encode()
+    image.header["aux_file"] = stamp[:MAP_STAMP].encode()
     image.set_data_dtype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the temporary name ends in .nii.gz: nibabel compresses by the name
@@ -70,65 +76,138 @@ def map_stamp(path: Path) -> str:
     return nib.load(str(path)).header["aux_file"].tobytes().rstrip(b"\0").decode()
 
 
-def explanation_complete(out: Path) -> bool | None:
-    """Whether `icam explain` finished writing ``out`` (None: no manifest, not its folder).
-    A folder written before completeness was recorded counts as complete."""
-    manifest = Path(out) / MANIFEST
-    return json.loads(manifest.read_text()).get("complete", True) if manifest.is_file() else None
+MapKind = Literal["fa_mean", "fa_var", "translated", "mask", "reconstruction_fa_mean"]
 
 
-def require_complete(out: Path) -> None:
-    """One line, not a misleading error further on, for a folder whose explain was interrupted."""
-    if explanation_complete(out) is False:
-        raise ValueError(f"{out}: incomplete explain output (interrupted?); rerun icam explain into it")
+@dataclass(frozen=True)
+class ExplanationFolder:
+    """An `icam explain` output folder: its layout, in one place for the writer, `icam evaluate`,
+    the report and its gallery; and whose it is (the manifest).
+
+    maps/<id>_<kind>.nii.gz      fa_mean, fa_var, translated, mask, reconstruction_fa_mean, on each input's grid
+    figures/<id>_fa.png, tsne.png
+    predictions.csv, outliers.csv, summary.json; evaluation.json, per_subject_maps.csv (icam evaluate)
+    icam-outputs.json            the manifest: producer, command, time, complete
+    <a>_with_<b>_*.nii.gz, …     pairs and interpolations, at the top
+    """
+
+    root: Path
+
+    @property
+    def maps(self) -> Path:
+        return self.root / "maps"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    def map(self, ident: str, kind: str = "fa_mean") -> Path:
+        """A scan's map of one kind (``MapKind``; `icam evaluate --suffix` may name any)."""
+        return self.maps / f"{ident}_{kind}.nii.gz"
+
+    def figure(self, ident: str) -> Path:
+        return self.figures / f"{ident}_fa.png"
+
+    @property
+    def tsne(self) -> Path:
+        return self.figures / "tsne.png"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.csv"
+
+    @property
+    def outliers(self) -> Path:
+        return self.root / "outliers.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation.json"
+
+    @property
+    def per_subject(self) -> Path:
+        return self.root / "per_subject_maps.csv"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "icam-outputs.json"
+
+    def create(self) -> None:
+        """The folder and its maps/ and figures/, before anything is written into them."""
+        for folder in (self.root, self.maps, self.figures):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def read_summary(self) -> dict:
+        return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
+
+    def run_dir(self) -> Path | None:
+        """The run folder the explained model came from (its column names, classes, splits), from summary.json."""
+        run_dir = (self.read_summary().get("run") or {}).get("run_dir")
+        return Path(run_dir) if run_dir else None
+
+    def producer(self) -> dict | None:
+        """The run, checkpoint (and hash) and method that made this folder, from its manifest."""
+        return json.loads(self.manifest.read_text()).get("producer") if self.manifest.is_file() else None
+
+    def complete(self) -> bool | None:
+        """Whether `icam explain` finished writing it (None: no manifest, not an explain folder).
+        A folder written before completeness was recorded counts as complete."""
+        return json.loads(self.manifest.read_text()).get("complete", True) if self.manifest.is_file() else None
+
+    def require_complete(self) -> None:
+        """One line, not a misleading error further on, for a folder whose explain was interrupted."""
+        if self.complete() is False:
+            raise UserError(f"{self.root}: incomplete explain output (interrupted?); rerun icam explain into it")
+
+    @contextlib.contextmanager
+    def claim(self, producer: dict, overwrite: bool = False) -> Iterator[None]:
+        """Write this folder as the outputs of ``producer`` alone, holding it against a second
+        explain meanwhile. A new or empty folder, or one it made before, is cleared of its
+        previous outputs; a folder another model made is refused unless ``overwrite``; a
+        folder of other files is refused. The manifest says ``complete`` only once the block
+        ends without an error."""
+        out = self.root
+        had_files = out.exists() and any(p.name != LOCK for p in out.iterdir())
+        if had_files and not self.manifest.is_file():
+            raise FileExistsError(f"{out} holds files that icam explain did not write; give a new or empty folder")
+        out.mkdir(parents=True, exist_ok=True)
+        with folder_lock(out, f"another icam explain is writing into {out}; wait for it to finish, or give "
+                              "another --out"):
+            if had_files:
+                previous = self.producer() or {}
+                if previous != producer and not overwrite:
+                    raise FileExistsError(f"{out} holds the outputs of another model ({previous.get('run')}, "
+                                          f"checkpoint {str(previous.get('checkpoint_sha256', ''))[:12]}); give a new "
+                                          "folder, or --overwrite to replace them")
+                self._clear()
+            record = {"producer": producer, "command": sys.argv, "complete": False, "time": _now()}
+            write_json(self.manifest, record)
+            yield
+            write_json(self.manifest, {**record, "complete": True, "finished": _now()})
+
+    def _clear(self) -> None:
+        """Everything an explain (or evaluate) wrote here before, the manifest aside."""
+        for folder in (self.maps, self.figures):
+            shutil.rmtree(folder, ignore_errors=True)
+        for table in (self.predictions, self.outliers, self.summary, self.evaluation, self.per_subject,
+                      *self.root.glob("*.nii.gz"), *self.root.glob("*_interpolation.*"), *self.root.glob("*_fa.png")):
+            table.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def claimed_outputs(out: Path, producer: dict, overwrite: bool = False) -> Iterator[None]:
-    """Write ``out`` as the outputs of ``producer`` (run, checkpoint and its hash, method) alone,
-    holding it against a second explain meanwhile. A new or empty folder, or one it made before,
-    is cleared of its previous outputs; a folder another model made is refused unless
-    ``overwrite``; a folder of other files is refused. The manifest (producer, command, time),
-    which `icam evaluate` and the report read, says ``complete`` only once the block ends
-    without an error."""
-    import shutil
-    import sys
-    from datetime import datetime, timezone
-
-    out = Path(out)
-    manifest = out / MANIFEST
-    had_files = out.exists() and any(p.name != LOCK for p in out.iterdir())
-    if had_files and not manifest.is_file():
-        raise FileExistsError(f"{out} holds files that icam explain did not write; give a new or empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-    with folder_lock(out, f"another icam explain is writing into {out}; wait for it to finish, or give "
-                          "another --out"):
-        if had_files:
-            previous = json.loads(manifest.read_text()).get("producer", {})
-            if previous != producer and not overwrite:
-                raise FileExistsError(f"{out} holds the outputs of another model ({previous.get('run')}, checkpoint "
-                                      f"{str(previous.get('checkpoint_sha256', ''))[:12]}); give a new folder, or "
-                                      "--overwrite to replace them")
-            for name in OUTPUT_ENTRIES:
-                target = out / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-            for stale in out.glob("*.nii.gz"):  # pair and interpolation outputs
-                stale.unlink()
-        record = {"producer": producer, "command": sys.argv, "complete": False,
-                  "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        write_json(manifest, record)
-        yield
-        write_json(manifest, {**record, "complete": True,
-                              "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def producer_of(run_path: Path, which: str, model) -> dict:
-    """Who makes a folder's outputs: the run, its checkpoint file and hash, the method."""
-    from .checkpoint import resolve_checkpoint
-
-    return {"run": str(Path(getattr(model, "run_dir", None) or run_path).resolve()),
-            "checkpoint": str(resolve_checkpoint(run_path, which).resolve()), "checkpoint_sha256": model.fingerprint,
-            "method": getattr(model, "name", "icam")}  # a baseline's name says its post-hoc method
+def producer_of(model: LoadedRun) -> dict:
+    """Who makes a folder's outputs: the run (its folder, else its checkpoint file), the
+    checkpoint and its hash, the method (a baseline's name says its post-hoc method)."""
+    checkpoint = str(model.checkpoint_path.resolve()) if model.checkpoint_path else None
+    return {"run": str(model.run_dir.resolve()) if model.run_dir else checkpoint, "checkpoint": checkpoint,
+            "checkpoint_sha256": model.fingerprint, "method": model.name}
 
 
 def write_csv(path: Path, records: list[dict]) -> Path:

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .config import Config, to_yaml
+from .config import Config, CsvData, load_config, to_yaml
 from .data import build_cohorts
+from .data.table import DataError, read_table
 from .files import folder_lock, write_json
 from .outputs import write_csv
 
@@ -128,8 +129,6 @@ def write_data_files(run_dir: Path, cohorts) -> None:
 def run_data_config(run_dir: str | Path | None, csv_path: str | Path):
     """How a run reads a cohort table (column names, classes): its own data section when it was
     trained on a table, else the defaults."""
-    from .config import CsvData, load_config
-
     config_file = Path(run_dir) / "config.yaml" if run_dir else None
     data = load_config(config_file, saved=True).data if config_file is not None and config_file.is_file() else None
     if data is not None and data.kind == "csv":
@@ -137,18 +136,9 @@ def run_data_config(run_dir: str | Path | None, csv_path: str | Path):
     return CsvData(csv=str(csv_path), shape=[16, 16])
 
 
-def explained_run(explained: str | Path) -> Path | None:
-    """The run folder an `icam explain` output folder was made with (from its summary.json)."""
-    summary = Path(explained) / "summary.json"
-    run_dir = (json.loads(summary.read_text()).get("run") or {}).get("run_dir") if summary.is_file() else None
-    return Path(run_dir) if run_dir else None
-
-
 def read_run_table(run_dir: str | Path | None, csv_path: str | Path):
     """A cohort table as the run reads it: its column names, classes, and its splits.csv for rows
     without a split. Problems with rows are a DataError."""
-    from .data.table import DataError, read_table
-
     table = read_table(csv_path, run_data_config(run_dir, csv_path), require_label=False, run_dir=run_dir)
     if table.problems:
         raise DataError(table.problems, f"{csv_path}: ", skippable=False)
@@ -192,7 +182,6 @@ def record_resume(run_dir: Path, step: int) -> None:
 
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl."""
-
     def __init__(self, path: Path):
         self.path = path
 
@@ -226,7 +215,8 @@ def warn_if_slow_bf16() -> None:
 
 def build_fabric(config: Config) -> Fabric:
     """The Fabric of ``config.runtime`` (accelerator, devices, precision), for ICAM and the baselines alike."""
-    from lightning_fabric import Fabric
+    from lightning_fabric import Fabric  # here, not at the top: a second of importing that only training needs
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
 
     rt = config.runtime
     if rt.precision.startswith("bf16") and rt.accelerator == "cpu":
@@ -234,7 +224,7 @@ def build_fabric(config: Config) -> Fabric:
     torch.backends.cudnn.benchmark = rt.cudnn_benchmark
     try:
         return Fabric(accelerator=rt.accelerator, devices=rt.devices, num_nodes=rt.num_nodes, precision=rt.precision)
-    except (RuntimeError, ValueError) as e:  # e.g. "No supported gpu backend found!" on a CPU machine
+    except (RuntimeError, ValueError, MisconfigurationException) as e:  # "No supported gpu backend found!"
         raise MachineError(f"runtime.accelerator={rt.accelerator}, devices={rt.devices}: {e} (this machine: "
                            f"{torch.cuda.device_count()} CUDA devices; --accelerator auto uses what there is)") from e
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import faulthandler
+import gc
 import math
 import shutil
 import signal
@@ -34,6 +36,7 @@ from .checkpoint import BestCheckpoint, checkpoint_state, load_checkpoint, save_
 from .config import Config
 from .data import ClassBalancedBatchSampler
 from .data.table import class_names, num_classes_of
+from .errors import UserError
 from .files import write_json
 from .model import ICAM, translation_partners
 from .nets import ContentDiscriminator, DomainDiscriminators
@@ -76,7 +79,6 @@ def lr_factor(schedule: str, steps: int, decay_start: float):
 
 class StopRequested:
     """SIGTERM (SLURM's time limit) or Ctrl-C: finish the current step, checkpoint, exit."""
-
     def __init__(self):
         self.requested = False
 
@@ -100,7 +102,6 @@ class StopRequested:
 
 class Trainer:
     """Holds the networks, optimisers and schedules of one run and performs its updates."""
-
     def __init__(self, config: Config, fabric: Fabric, model: ICAM, train_set, val_set=None,
                  run_dir: Path | None = None, show_progress: bool = True):
         self.config, self.fabric = config, fabric
@@ -135,9 +136,9 @@ class Trainer:
         has_gt = self.val_set is not None and self.val_set.has_gt_maps
         selection = selection_metric(self.config.train.selection, self.regressing, has_gt)
         if selection == "mae" and not self.regressing:
-            raise ValueError("train.selection=mae needs a regression target in the data and loss.regression > 0")
+            raise UserError("train.selection=mae needs a regression target in the data and loss.regression > 0")
         if selection == "ncc" and not has_gt:
-            raise ValueError("train.selection=ncc needs ground-truth maps in the validation data")
+            raise UserError("train.selection=ncc needs ground-truth maps in the validation data")
         return selection
 
     def _discriminators(self, model: ICAM) -> tuple[DomainDiscriminators, ContentDiscriminator]:
@@ -277,7 +278,6 @@ class Trainer:
 
     def train_step(self, batches: list[dict]) -> dict[str, torch.Tensor]:
         """One iteration: Dc twice, then D, then encoders + generator (three batches).
-
         Mixed precision covers each forward pass and its loss, never an optimiser step:
         autocast keeps the low-precision copy of a weight until its context ends, so a forward
         in the same context after a step would see the weights from before it."""
@@ -337,7 +337,7 @@ class Trainer:
     def load_state_dict(self, state: dict, weights_only: bool = False) -> None:
         """Restore a checkpoint; ``weights_only`` takes the networks alone (``--init-from``)."""
         if ICAM.complete_hparams(state["model_hparams"]) != ICAM.complete_hparams(self.raw_model.hparams):
-            raise ValueError(f"checkpoint model {state['model_hparams']} does not match this config's "
+            raise UserError(f"checkpoint model {state['model_hparams']} does not match this config's "
                              f"{self.raw_model.hparams}")
         target_stats = (self.raw_model.target_mean.clone(), self.raw_model.target_std.clone())
         for name, net in self.networks().items():
@@ -466,9 +466,8 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
     weights start this run (ICAM-reg fine-tuning from a classification run).
     """
     if config.method != "icam":
-
         if resume is not None or init_from is not None or stop_at is not None:
-            raise ValueError(f"--resume, --init-from and --stop-at are for ICAM runs, not method={config.method}")
+            raise UserError(f"--resume, --init-from and --stop-at are for ICAM runs, not method={config.method}")
         return train_baseline(config, show_progress)
     resumed = load_checkpoint(resume, "last") if resume is not None else None  # a truncated one: one line, first
     if resume is not None:
@@ -484,7 +483,7 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
     train_set = cohorts["train"]
     num_classes = num_classes_of(config.data, train_set.labels.tolist())
     if config.model.num_classes not in (None, num_classes):
-        raise ValueError(f"model.num_classes is {config.model.num_classes} but the training labels are "
+        raise UserError(f"model.num_classes is {config.model.num_classes} but the training labels are "
                          f"0..{num_classes - 1}")
     m = config.model
     model = ICAM(train_set.image_shape, num_classes, train_set.in_channels, m.width, m.init, m.upsampling,
@@ -521,9 +520,6 @@ def leave_process_group(fabric: Fabric) -> None:
     (a barrier), let the workers finish with the GIL free, free the DDP wrappers while the group
     is still registered, then destroy it. Last resort: a watchdog outside the interpreter (it
     needs no GIL) prints every thread's stack and ends the process."""
-    import faulthandler
-    import gc
-
     faulthandler.dump_traceback_later(TEARDOWN_SECONDS, exit=True)
     try:
         fabric.barrier()

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, fingerprint, load_checkpoint, run_folder
+from ..checkpoint import CheckpointError, CheckpointFile, read_checkpoint
 from ..config import build_config
 from ..data.table import class_names
+from ..errors import UserError
 from ..methods import POSTHOC
 from ..model import Prediction
 from ..progress import StepProgress
@@ -41,20 +42,24 @@ class BaselineModel:
         self.num_classes = self.hparams["num_classes"]
         self.run_dir: Path | None = None  # the run folder it was loaded from (its splits.csv)
         self.fingerprint = ""  # its checkpoint's SHA-256, stamped on the maps it writes
+        self.checkpoint_path: Path | None = None  # the file it was opened from
         self.class_names = class_names(self.config.data, self.num_classes)
         if posthoc is not None and (self.method != "resnet" or posthoc not in POSTHOC):
-            raise ValueError(f"--posthoc {posthoc}: post-hoc methods ({', '.join(POSTHOC)}) explain a ResNet run; "
+            raise UserError(f"--posthoc {posthoc}: post-hoc methods ({', '.join(POSTHOC)}) explain a ResNet run; "
                              f"this is a {self.method} run")
         self.posthoc = posthoc
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, which: str = "best", device=None, posthoc: str | None = None):
-        state = load_checkpoint(path, which)
-        if state.get("method", "icam") == "icam":
-            raise CheckpointError(f"{path} is an ICAM checkpoint; load it with icam.load_run")
-        model = cls(state, device or ("cuda" if torch.cuda.is_available() else "cpu"), posthoc)
-        model.run_dir = run_folder(path)
-        model.fingerprint = fingerprint(path, which)
+        return cls.from_file(read_checkpoint(path, which), device, posthoc)
+
+    @classmethod
+    def from_file(cls, checkpoint: CheckpointFile, device=None, posthoc: str | None = None):
+        """The model of a checkpoint read once (``checkpoint.read_checkpoint``)."""
+        if checkpoint.state.get("method", "icam") == "icam":
+            raise CheckpointError(f"{checkpoint.path} is an ICAM checkpoint; open it with icam.open_run")
+        model = cls(checkpoint.state, device or ("cuda" if torch.cuda.is_available() else "cpu"), posthoc)
+        model.run_dir, model.checkpoint_path, model.fingerprint = checkpoint.run_dir, checkpoint.path, checkpoint.sha256
         return model
 
     @property
@@ -69,9 +74,9 @@ class BaselineModel:
     def check_makes_maps(self) -> None:
         """A clear error when this model cannot make maps (a CNN, or a ResNet without --posthoc)."""
         if self.method == "resnet" and self.posthoc is None:
-            raise ValueError(f"a ResNet run is explained by a post-hoc method: --posthoc one of {', '.join(POSTHOC)}")
+            raise UserError(f"a ResNet run is explained by a post-hoc method: --posthoc one of {', '.join(POSTHOC)}")
         if not self.makes_maps:
-            raise ValueError(f"method {self.method} makes predictions, not maps")
+            raise UserError(f"method {self.method} makes predictions, not maps")
 
     @property
     def name(self) -> str:
@@ -81,7 +86,7 @@ class BaselineModel:
         """Images as the model takes them: batched, its shape checked, on its device, float32."""
         x = x[None] if x.dim() == len(self.image_shape) + 1 else x
         if tuple(x.shape[2:]) != self.image_shape:
-            raise ValueError(f"the model takes images of shape {self.image_shape}, got {tuple(x.shape[2:])}")
+            raise UserError(f"the model takes images of shape {self.image_shape}, got {tuple(x.shape[2:])}")
         return x.to(self.device, torch.float32)
 
     @torch.no_grad()

@@ -17,6 +17,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..nets.blocks import conv as reflect_conv
 from ..nets.blocks import layer_type
 from ..nets.encoders import AttributeEncoder
@@ -152,4 +153,4 @@ def build_network(hparams: dict) -> torch.nn.Module:
         return AttributeCNN(d, latent, outputs, hparams["in_channels"], width)
     if method == "vagan":
         return UNetMapGenerator(d, hparams["in_channels"], width)
-    raise ValueError(f"unknown baseline method {method!r}")
+    raise UserError(f"unknown baseline method {method!r}")

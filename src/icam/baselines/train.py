@@ -19,6 +19,7 @@ from ..checkpoint import BestCheckpoint, checkpoint_state, save_checkpoint
 from ..config import Config
 from ..data import ClassBalancedBatchSampler
 from ..data.table import num_classes_of
+from ..errors import UserError
 from ..metrics import balanced_accuracy, confusion_matrix, ncc
 from ..progress import StepProgress
 from ..run import MetricsLog, build_fabric, start_run
@@ -86,7 +87,7 @@ def _mixed_precision(config: Config, fabric):
 
 def train_baseline(config: Config, show_progress: bool = True) -> dict:
     if config.runtime.devices not in (1, "1") or config.runtime.num_nodes != 1:
-        raise ValueError(f"baselines train on one device (method={config.method}); set --devices 1")
+        raise UserError(f"baselines train on one device (method={config.method}); set --devices 1")
     fabric = build_fabric(config)
     cohorts, run_dir, val_set = start_run(config, fabric)
     train_set = cohorts["train"]
@@ -116,7 +117,7 @@ def _train_supervised(config, fabric, train_set, val_set, run_dir, hparams, prog
     if regress:
         known = train_set.targets[~torch.isnan(train_set.targets)]
         if len(known) < 2:
-            raise ValueError("method=cnn-regressor needs a continuous target in the training data")
+            raise UserError("method=cnn-regressor needs a continuous target in the training data")
         extra = {"target_mean": float(known.mean()), "target_std": float(known.std()) or 1.0}
     run = _Run(config, run_dir, hparams, "mae" if regress else "balanced_accuracy", model, optimizer, extra)
     batches = _batches(train_set, config, max(1, b.batch_size // hparams["num_classes"]))
@@ -180,7 +181,7 @@ def _train_vagan(config, fabric, train_set, val_set, run_dir, hparams, progress)
     before a WGAN-GP critic, with an L1 penalty on M. One direction (1 → 0), as in its paper."""
     b = config.baseline
     if hparams["num_classes"] != 2:
-        raise ValueError("VA-GAN translates between two classes; the data has "
+        raise UserError("VA-GAN translates between two classes; the data has "
                          f"{hparams['num_classes']}")
     generator = build_network(hparams).to(fabric.device)
     critic = WGANCritic(len(hparams["image_shape"]), tuple(hparams["image_shape"]), hparams["in_channels"],

@@ -14,11 +14,14 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import CsvData
 from .brain_synth import DESIGNS, GENERATOR_VERSION
 from .cohort import InMemoryCohort
+from .nifti import NiftiCohort, PreprocessingCache, Spatial, cohort_intensity_range, fill_cache
 from .sampling import ClassBalancedBatchSampler
 from .splits import SPLITS, assign_splits
 from .squares import make_squares
+from .synth_export import write_brain_synth
 from .table import DataError, Problem, class_problems, read_table
 
 
@@ -62,9 +65,6 @@ def _synth_settings(data_config, seed: int) -> tuple[int, dict, Path]:
 def _brain_synth_on_disk(data_config, seed: int, progress) -> Cohorts:
     """brain-synth, 2D or 3D: written once as NIfTI + CSV (like `icam synth`), then read as a user
     cohort, through the preprocessing cache: training never holds the whole cohort in memory."""
-    from ..config import CsvData
-    from .synth_export import write_brain_synth
-
     base, settings, folder = _synth_settings(data_config, seed)
     if not (folder / "cohort.csv").is_file():
         write_brain_synth(folder, len(data_config.shape), data_config.n_subjects, base, tuple(data_config.shape),
@@ -80,8 +80,6 @@ def _brain_synth_on_disk(data_config, seed: int, progress) -> Cohorts:
 def load_csv_cohorts(data_config, seed: int, progress=None) -> Cohorts:
     """Read and check the table, assign splits where it has none, fill the preprocessing cache
     (decoding and checking every image), and build one dataset per split."""
-    from .nifti import NiftiCohort, PreprocessingCache, Spatial, cohort_intensity_range, fill_cache
-
     csv_path = Path(data_config.csv)
     table = read_table(csv_path, data_config)
     rows, problems = table.rows, table.problems

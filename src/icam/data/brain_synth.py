@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from .atlas import CORTICAL_REGIONS, Atlas, atlas_on_grid
 from .squares import gaussian_smooth
 
@@ -104,7 +105,7 @@ DESIGNS = {
 
 def design_of(name: str) -> Design:
     if name not in DESIGNS:
-        raise ValueError(f"unknown synthetic cohort {name!r}; choose one of {', '.join(DESIGNS)}")
+        raise UserError(f"unknown synthetic cohort {name!r}; choose one of {', '.join(DESIGNS)}")
     return DESIGNS[name]
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import splits_for
+from .nifti import check_files, slices_among_volumes
 from .splits import SPLITS
 from .table import Problem, class_names, class_problems, num_classes_of, read_table
 
@@ -14,9 +16,6 @@ from .table import Problem, class_names, class_problems, num_classes_of, read_ta
 def check_cohort(csv_path: str | Path, data_config, seed: int = 0, workers: int = 0,
                  progress=None) -> tuple[dict, list[Problem]]:
     """Read the table, decode every image, mask and map, and check them; (summary, problems)."""
-    from . import splits_for
-    from .nifti import check_files, slices_among_volumes
-
     table = read_table(csv_path, data_config)
     rows, problems = table.rows, table.problems
     shapes, file_problems = check_files(rows, workers, progress)

@@ -12,6 +12,8 @@ from typing import TypedDict
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import UserError
+
 
 class Item(TypedDict, total=False):
     """One image of a cohort, as every cohort yields it (a dict, so a DataLoader batches it key by
@@ -31,10 +33,10 @@ class InMemoryCohort(Dataset):
                  gt_maps: torch.Tensor | None = None, masks: torch.Tensor | None = None):
         n = len(images)
         if images.dim() not in (4, 5):
-            raise ValueError(f"images must be (N, C, H, W) or (N, C, D, H, W), got {tuple(images.shape)}")
+            raise UserError(f"images must be (N, C, H, W) or (N, C, D, H, W), got {tuple(images.shape)}")
         for name, t in (("labels", labels), ("targets", targets), ("gt_maps", gt_maps), ("masks", masks)):
             if t is not None and len(t) != n:
-                raise ValueError(f"{name} has {len(t)} entries for {n} images")
+                raise UserError(f"{name} has {len(t)} entries for {n} images")
         self.images = images
         self.labels = labels.long()
         self.targets = targets.float() if targets is not None else torch.full((n,), float("nan"))

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import UserError
 from ..files import write_atomically
 from .cohort import Item
 from .resample import resample_to_grid
@@ -343,7 +344,7 @@ class PreprocessingCache:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ValueError(f"cannot create the preprocessing cache {self.directory} ({e.strerror}); set "
+            raise UserError(f"cannot create the preprocessing cache {self.directory} ({e.strerror}); set "
                              "data.cache_dir to a folder you can write") from None
         self.spatial = spatial
         self.max_brain_cropped = max_brain_cropped
@@ -448,7 +449,6 @@ class NiftiCohort(Dataset):
         self.entries = [entries[r.number] for r in rows]
         self.spatial = Spatial.of(data_config)
         self.intensity_range = intensity_range
-        self.model_fingerprint = ""  # set by the model that explains it: maps written carry it
         self.augment = augment and data_config.augment.enabled
         self._augmenter: Callable | None = None
         # each row's facts (affines, source grid, brain extent)
@@ -530,7 +530,7 @@ class NiftiCohort(Dataset):
         if mode != "cohort":
             lo, hi = self._volume_range(path)
         elif self.intensity_range is None:
-            raise ValueError("data.intensity is cohort, but this cohort was given no intensity range")
+            raise UserError("data.intensity is cohort, but this cohort was given no intensity range")
         else:
             lo, hi = self.intensity_range
         scaled = np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1)

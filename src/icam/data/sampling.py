@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from ..errors import UserError
+
 
 class ClassBalancedBatchSampler(Sampler[list[int]]):
     def __init__(self, labels: torch.Tensor, images_per_class: int, seed: int = 0, rank: int = 0,
@@ -24,7 +26,7 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         self.by_class = [torch.nonzero(labels == k).flatten() for k in range(self.num_classes)]
         missing = [k for k, idx in enumerate(self.by_class) if len(idx) == 0]
         if self.num_classes < 2 or missing:
-            raise ValueError(f"class-balanced sampling needs at least one image of each class 0..K-1 (K ≥ 2); "
+            raise UserError(f"class-balanced sampling needs at least one image of each class 0..K-1 (K ≥ 2); "
                              f"classes without images: {missing or 'all but one'}")
         self.images_per_class, self.seed = images_per_class, seed
         self.rank, self.world_size, self.start_batch = rank, world_size, start_batch

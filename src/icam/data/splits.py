@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..errors import UserError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -31,9 +33,9 @@ def assign_splits(subjects: Sequence, labels: Sequence[int], targets: Sequence[f
     least three subjects gives val and test one subject at least.
     """
     if len(subjects) != len(labels):
-        raise ValueError(f"{len(subjects)} subjects but {len(labels)} labels: one label per row is needed")
+        raise UserError(f"{len(subjects)} subjects but {len(labels)} labels: one label per row is needed")
     if any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
-        raise ValueError(f"split fractions must be non-negative and sum to 1, got {fractions}")
+        raise UserError(f"split fractions must be non-negative and sum to 1, got {fractions}")
     rows_of = defaultdict(list)
     for row, subject in enumerate(subjects):
         rows_of[subject].append(row)

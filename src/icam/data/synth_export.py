@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from .atlas import PLANES
 from .brain_synth import DESIGNS, design_of, render_subjects, slice_positions_mm, subject_targets
 from .splits import SPLITS, assign_splits
+from .squares import make_squares
 
 SHAPE_3D = (64, 80, 64)  # the default volume; 2D slices default to their design's shape_2d
 COLUMNS = ["image", "label", "target", "subject", "split", "mask", "gt_map", "counterfactual", "slice_mm", "severity"]
@@ -49,9 +51,9 @@ def write_brain_synth(out: str | Path, dims: int = 2, n: int = 100, seed: int = 
     cohort_design = design_of(design)
     shape = tuple(shape or (cohort_design.shape_2d if dims == 2 else SHAPE_3D))
     if len(shape) != dims:
-        raise ValueError(f"--size needs {dims} numbers for a {dims}D cohort, got {shape}")
+        raise UserError(f"--size needs {dims} numbers for a {dims}D cohort, got {shape}")
     if min(shape) < 16:  # the files may have any shape (training fits them to data.shape); anatomy needs pixels
-        raise ValueError(f"--size: every side must be 16 or more, got {'x'.join(map(str, shape))}")
+        raise UserError(f"--size: every side must be 16 or more, got {'x'.join(map(str, shape))}")
     for folder in ("images", "masks", "gt_maps", "counterfactuals"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     subjects = list(range(n))
@@ -148,11 +150,9 @@ def write_squares(out: str | Path, n: int = 600, size: int = 64, seed: int = 0,
     has a score t ~ U(0, 1) that sets its boxes' intensity, class 1 where t ≥ 0.5, and its
     ground truth is the boxes' mask (what a translation to the other class must change).
     A second kind of cohort for `icam benchmark --set cohort=squares`: no anatomy, no brain mask."""
-    from .squares import make_squares
-
     out = Path(out)
     if size % 16:
-        raise ValueError(f"the side must be a multiple of 16 (the model's requirement), got {size}")
+        raise UserError(f"the side must be a multiple of 16 (the model's requirement), got {size}")
     for folder in ("images", "gt_maps"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     cohort = make_squares(n, size, continuous_target=True, seed=seed)

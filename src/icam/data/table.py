@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from .splits import SPLITS
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input data; the message names each row or file and what was expected. ``skippable``:
     whether leaving rows out (data.skip_bad) is a way on for the command that met them; it is
     offered only when every problem is a row's."""
@@ -319,7 +320,7 @@ def _splits_from_run(rows: list[Row], splits_csv: Path) -> None:
 def require_split(table: Table, split: str, path: Path) -> list[Row]:
     """The rows of one split; one clear line when the table and the run give no splits."""
     if table.split_source == "none":
-        raise ValueError(f"{path}: --split {split}: the table has no split column, and the run has no splits.csv to "
+        raise UserError(f"{path}: --split {split}: the table has no split column, and the run has no splits.csv to "
                          f"take them from; drop --split, or add a split column (train/val/test)")
     return [r for r in table.rows if r.split == split]
 

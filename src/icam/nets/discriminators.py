@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .blocks import Blocks, ConvNormAct, conv
 
 
@@ -60,7 +61,7 @@ class ContentDiscriminator(nn.Module):
                  num_classes: int, layers: int = 3, norm: bool = True, reads: str = "pooled"):
         super().__init__()
         if reads not in CONTENT_DISCRIMINATOR_READS:
-            raise ValueError(f"the content discriminator reads one of {CONTENT_DISCRIMINATOR_READS}, got {reads!r}")
+            raise UserError(f"the content discriminator reads one of {CONTENT_DISCRIMINATOR_READS}, got {reads!r}")
         # Stop halving at side 2: InstanceNorm needs more than one element per channel.
         halvings = _halvings(content_shape, smallest=4, most=layers)
         blocks = [ConvNormAct(spatial_dims, channels, channels, 3, stride=2, padding=1, norm=norm)

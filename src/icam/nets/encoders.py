@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .blocks import Blocks, ConvNormAct, DownResBlock, GaussianNoise, ResBlock, conv
 
 
@@ -44,7 +45,7 @@ class AttributeEncoder(nn.Module):
                  channels: int = 1):
         super().__init__()
         if stride not in (8, 16):
-            raise ValueError(f"the attribute latent's stride must be 8 or 16, got {stride}")
+            raise UserError(f"the attribute latent's stride must be 8 or 16, got {stride}")
         self.trunk = Blocks(
             conv(spatial_dims, in_channels, width, 4, stride=2, padding=1),
             DownResBlock(spatial_dims, width, 2 * width),

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .blocks import AttributeModulation, Checkpointable, ResBlock, UpBlock, conv
 
 ATTRIBUTE_INJECTIONS = ("input", "every-scale")
@@ -27,7 +28,7 @@ class Generator(Checkpointable):
                  gate: bool = False):
         super().__init__()
         if attribute_injection not in ATTRIBUTE_INJECTIONS:
-            raise ValueError(f"attribute_injection must be one of {ATTRIBUTE_INJECTIONS}, got {attribute_injection!r}")
+            raise UserError(f"attribute_injection must be one of {ATTRIBUTE_INJECTIONS}, got {attribute_injection!r}")
         mixed = content_channels + width
         self.attribute_stem = ResBlock(spatial_dims, attribute_channels, width, norm)
         self.body = nn.Sequential(*[ResBlock(spatial_dims, mixed, norm=norm) for _ in range(res_blocks)])

@@ -16,6 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..methods import POSTHOC
+from ..outputs import ExplanationFolder
+from ..run import read_run_table
+
 FA_CMAP = "RdBu_r"
 DPI = 150
 # the letters at the (left, right, bottom, top) edges of each view of a RAS volume, as drawn
@@ -255,12 +259,10 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
     ground truth and the first method's mean map share one symmetric colour range; the first
     method's variance follows when written; every other map has its own range. None without
     test rows. ``run_dir``: the run, when the explanations do not name theirs."""
-    from ..methods import POSTHOC
-    from ..run import explained_run, read_json, read_run_table
-
-    first_folder = next(iter(methods.values()))
-    table = read_run_table(explained_run(first_folder) or run_dir, csv_path)
-    explained = [r for r in table.rows if (first_folder / "maps" / f"{r.id}_fa_mean.nii.gz").is_file()]
+    folders = {name: ExplanationFolder(folder) for name, folder in methods.items()}
+    first_folder = next(iter(folders.values()))
+    table = read_run_table(first_folder.run_dir() or run_dir, csv_path)
+    explained = [r for r in table.rows if first_folder.map(r.id).is_file()]
     rows = [r for r in explained if r.split == "test"] or explained
     by_class = [[r for r in rows if r.label == k] for k in sorted({r.label for r in rows})]
     chosen = [r for group in zip(*by_class) for r in group][:subjects] or rows[:subjects]
@@ -269,15 +271,15 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
     names = list(methods)
 
     # the method each folder's summary.json names (post-hoc name, vagan), read once, not per row
-    method_of = {name: read_json(folder / "summary.json").get("method", "") for name, folder in methods.items()}
+    method_of = {name: folder.read_summary().get("method", "") for name, folder in folders.items()}
 
     def panels_for(row):
         """(image, mask, [(title, data, colour limit, kind)]) of one subject, on the axial slice
         (RAS, as the figures' convention) where the first method's map is largest."""
         stem = row.id
-        written_mask = first_folder / "maps" / f"{stem}_mask.nii.gz"
+        written_mask = first_folder.map(stem, "mask")
         mask_file = row.mask or (written_mask if written_mask.is_file() else None)
-        maps = {name: folder / "maps" / f"{stem}_fa_mean.nii.gz" for name, folder in methods.items()}
+        maps = {name: folder.map(stem) for name, folder in folders.items()}
         volumes = {name: _ras_volume(path) if path.is_file() else None for name, path in maps.items()}
         mask_volume = _ras_volume(mask_file) if mask_file else None
         first_volume = volumes[names[0]]
@@ -296,7 +298,7 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
         if gt is not None:
             panels.append(("ground truth", gt, "change"))
         panels.append((f"{names[0]}: mean FA", first, "change"))
-        variance = methods[names[0]] / "maps" / f"{stem}_fa_var.nii.gz"
+        variance = first_folder.map(stem, "fa_var")
         if variance.is_file():
             panels.append((f"{names[0]}: variance", axial(_ras_volume(variance)), "var"))
         for name in names[1:]:  # post-hoc maps are relevance (scored by |map|); VA-GAN's is a signed change
@@ -345,6 +347,9 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
             bar = fig.colorbar(scalar, ax=axes[:, column], shrink=0.8, label=label, location="bottom", aspect=12)
             bar.set_ticks([low, (low + high) / 2, high], labels=[f"{t:.2g}" for t in (low, (low + high) / 2, high)])
     return fig
+
+
+TSNE_MINIMUM = 30  # explained scans a t-SNE of attribute means needs: fewer make a picture of noise (perplexity ~ n/3)
 
 
 def tsne_figure(path: str | Path, attributes: np.ndarray, labels: np.ndarray, targets: np.ndarray | None,

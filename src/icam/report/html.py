@@ -25,11 +25,12 @@ import yaml
 
 from ..evaluate import prediction_metrics
 from ..files import write_atomically
-from ..inference import TSNE_MINIMUM
 from ..intervals import describe, paired_difference
 from ..metrics import Direction, confusion_matrix
+from ..outputs import ExplanationFolder
+from ..predictions import read_predictions
 from ..run import read_json, read_metrics
-from .figures import DPI, gallery_figure, pyplot
+from .figures import DPI, TSNE_MINIMUM, gallery_figure, pyplot
 from .health import GREEN, health_findings, healthy_line
 
 
@@ -289,13 +290,9 @@ def _curves_figure(chain: list[Path]) -> Figure | None:
 def predictions_section(report: Report, explained: Path, metrics: dict) -> dict:
     """The confusion matrix and predicted-vs-true targets; ``metrics`` (prediction_metrics of the
     same table) gives their figures with intervals."""
-    from ..data.table import names_from_columns
-
-    with (explained / "predictions.csv").open(newline="") as f:
-        reader = csv.DictReader(f)
-        names, records = names_from_columns(reader.fieldnames or []), list(reader)
-    labelled = [r for r in records if r.get("label", "") in names and r.get("predicted_class", "") in names]
-    regressed = [r for r in records if r.get("target", "") != "" and r.get("predicted_target", "") != ""]
+    names, records = read_predictions(ExplanationFolder(explained).predictions)
+    labelled = [r for r in records if r.label in names and r.predicted_class in names]
+    regressed = [r for r in records if r.target is not None and r.predicted_target is not None]
     if not labelled and not regressed:
         return {}
     plt = pyplot()
@@ -303,8 +300,8 @@ def predictions_section(report: Report, explained: Path, metrics: dict) -> dict:
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.4), squeeze=False, layout="constrained")
     facts, i = {}, 0
     if labelled:
-        labels = np.array([names.index(r["label"]) for r in labelled])
-        predicted = np.array([names.index(r["predicted_class"]) for r in labelled])
+        labels = np.array([names.index(str(r.label)) for r in labelled])
+        predicted = np.array([names.index(str(r.predicted_class)) for r in labelled])
         k = len(names)
         confusion = confusion_matrix(labels, predicted, k).long().numpy()
         ax = axes[0, i]
@@ -320,8 +317,8 @@ def predictions_section(report: Report, explained: Path, metrics: dict) -> dict:
         ax.set_title(f"confusion matrix: accuracy {facts['accuracy_text']}", fontsize=10)
         i += 1
     if regressed:
-        true = np.array([float(r["target"]) for r in regressed])
-        predicted = np.array([float(r["predicted_target"]) for r in regressed])
+        true = np.array([r.target for r in regressed], dtype=float)
+        predicted = np.array([r.predicted_target for r in regressed], dtype=float)
         r = metrics["regression"]
         facts["mae"], facts["mae_text"] = r["mae"], describe(r["mae"], r["mae_ci"], r["n"], 2)
         facts["r"] = r.get("pearson", float("nan"))  # undefined with two points or a constant prediction
@@ -382,7 +379,7 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
                    class_names: Sequence[str] = ("0", "1")) -> dict:
     rows, facts = [], {}
     for name, folder in methods.items():
-        path = folder / "evaluation.json"
+        path = ExplanationFolder(folder).evaluation
         if not path.is_file():
             continue
         maps = json.loads(path.read_text())["maps"]
@@ -397,7 +394,7 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
                                                                                       "pointing")])
     body: list[Block] = []
     made = [f"{name}: {recipe}" for name, folder in methods.items()
-            if (recipe := map_recipe(read_json(folder / "summary.json")))]
+            if (recipe := map_recipe(ExplanationFolder(folder).read_summary()))]
     if made:
         body.append(Note("How the maps were made. " + "; ".join(made) + "."))
     if rows:
@@ -448,7 +445,7 @@ def _differences(methods: dict[str, Path]) -> list:
     """The first method's NCC minus each other's on the same subjects, with a paired bootstrap
     interval: whether "ICAM beats Grad-CAM" holds beyond the spread of these subjects."""
     def per_subject(folder):
-        path = folder / "per_subject_maps.csv"
+        path = ExplanationFolder(folder).per_subject
         return {r["id"]: r for r in csv.DictReader(path.open())} if path.is_file() else {}
     names = list(methods)
     first = per_subject(methods[names[0]])
@@ -485,9 +482,10 @@ def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[s
     first = next(iter(explained.values()), None)
     facts, summary = {}, {}
     if first is not None:
-        metrics = prediction_metrics(first / "predictions.csv")  # once: the banner, the figures, the headline
-        summary = read_json(first / "summary.json")
-        health_section(report, metrics, summary, read_json(first / "evaluation.json").get("maps"))
+        folder = ExplanationFolder(first)
+        metrics = prediction_metrics(folder.predictions)  # once: the banner, the figures, the headline
+        summary = folder.read_summary()
+        health_section(report, metrics, summary, read_json(folder.evaluation).get("maps"))
         if metrics:
             facts = predictions_section(report, first, metrics)
     if csv_path is not None and first is not None:
@@ -501,8 +499,8 @@ def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[s
         images_section(report, "Largest prediction errors", outliers,
                        "The test scans whose regressed target is furthest from the truth, with their maps (input, "
                        "mean FA, variance, ground truth).", first)
-        if (first / "figures" / "tsne.png").is_file():
-            images_section(report, "Attribute space", [first / "figures" / "tsne.png"],
+        if folder.tsne.is_file():
+            images_section(report, "Attribute space", [folder.tsne],
                            f"t-SNE of the attribute means of the {summary.get('explained', 'explained')} explained "
                            "scans, coloured by class and by target: class-relevant information should separate "
                            "here.", first)
