@@ -20,7 +20,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto  # one process per core (pytest-xdist)
 
 bench: setup
 	$(BIN)/python benchmarks/train_step.py --modes fp32 fp32-cl

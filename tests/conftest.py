@@ -22,6 +22,13 @@ def tiny_config(tmp_path):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_worker():
+    """Tests run in one process per core (pytest-xdist, `-n auto`): torch's threads would oversubscribe them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _cache_home(tmp_path_factory):
     """The preprocessing cache defaults to the user's cache folder: tests keep theirs apart."""
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache-home"))
