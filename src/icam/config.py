@@ -17,12 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
+from .methods import Method
 
 # option values that several modules name, each spelled once
 Translation = Literal["image", "residual", "gated"]  # what a translation is (model.translation)
 Sampling = Literal["prior", "counterfactual"]  # how a map's attributes are drawn
 Reference = Literal["input", "reconstruction", "own-class"]  # what a translation is compared with
-Method = Literal["icam", "resnet", "vagan", "cnn-regressor", "cnn-classifier"]  # what a run trains
 Which = Literal["best", "last"]  # a run folder's checkpoints
 DecodePrecision = Literal["32-true", "bf16-mixed"]  # how an explainer decodes its translations
 

@@ -112,8 +112,7 @@ class Interpolation:
 
 def _chunk_for(shape: tuple[int, ...], device: torch.device) -> int:
     """How many images to decode at once: about 2^20 voxels on a CPU (larger batches run slower
-    per image there: 1.40 s per 100 samples in chunks of 50, 1.65 s in one batch of 100, at
-    128², width 16), 2^24 on a GPU."""
+    per image there; `benchmarks/explain.py` measures it), 2^24 on a GPU."""
     return max(1, (2**24 if device.type == "cuda" else 2**20) // math.prod(shape))
 
 
@@ -124,8 +123,8 @@ class Explainer:
                  checkpoint: dict | None = None, channels_last: bool = True):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        # channels-last: 1.5x faster decoding on this CPU (transposed convolutions twice as fast);
-        # torch.compile was slower than this, and fails on channels-last single-channel inputs
+        # channels-last: faster decoding on CPUs (the transposed convolutions above all; benchmarks/
+        # explain.py); torch.compile was slower than this, and fails on channels-last single-channel inputs
         self.memory_format = None
         if channels_last:
             self.memory_format = torch.channels_last if model.spatial_dims == 2 else torch.channels_last_3d

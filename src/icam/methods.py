@@ -1,8 +1,14 @@
 """Every method icam trains or explains with, by the name its folders and options use, with the
-label tables and reports give it: one registry, read by the baselines, the benchmark, the CLI
-and the report."""
+label tables and reports give it: one registry, read by the config, the baselines, the
+benchmark, the CLI and the report. Two vocabularies, each spelled here once: what a run trains
+(``Method``, the config's ``method``) and what makes a map (a folder under maps/ or explained/:
+ICAM's two stages, a ResNet's post-hoc methods, VA-GAN)."""
 
 from __future__ import annotations
+
+from typing import Literal
+
+Method = Literal["icam", "resnet", "vagan", "cnn-regressor", "cnn-classifier"]  # what a run trains
 
 # post-hoc maps of a trained ResNet (captum), by their --posthoc name
 POSTHOC_LABELS = {"gradcam": "Grad-CAM", "guided_gradcam": "guided Grad-CAM", "guided_backprop": "guided backprop",

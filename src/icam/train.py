@@ -179,7 +179,7 @@ class Trainer:
         cfg = self.config.train
 
         def adam(params, lr):
-            # fused: one kernel for all parameters (measured 20 ms → 2.4 ms per step for 3.8 M on 2 CPU cores)
+            # fused: one kernel for all parameters, several times faster than a loop over them
             return torch.optim.Adam([p for p in params if p.requires_grad], lr=lr, betas=tuple(cfg.betas),
                                     weight_decay=cfg.weight_decay, fused=True)
         return (adam(model.parameters(), cfg.lr), adam(domain.parameters(), cfg.lr),

@@ -126,8 +126,7 @@ class BaselineModel:
 # stride grows until the positions fit.
 OCCLUSION_POSITIONS = 20_000
 # input voxels per forward pass (perturbed copies × image size). A GPU wants large batches; a
-# CPU is fastest at a few volumes (ResNet width 16, 2-core Xeon: 64×80×64 at 70 ms per image in
-# fours, 89 in 64s; 32×48×32 at 5.7 ms in fours, 11 in 64s)
+# CPU is fastest at a few volumes (benchmarks/occlusion.py measures both)
 OCCLUSION_BATCH_VOXELS = {"cuda": 2 ** 25, "cpu": 2 ** 20}
 
 

@@ -151,14 +151,31 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
     class: it gets UNKNOWN_LABEL. Rows without a split take their split from ``run_dir``'s
     splits.csv when given (matched by subject, then by image)."""
     path = Path(path)
-    columns = data_config.columns
-    class_thresholds = getattr(data_config, "class_thresholds", None)
-    classes = getattr(data_config, "classes", None)
     if not path.is_file():
         raise DataError([Problem(None, "the cohort table does not exist", str(path.absolute()))])
     header, records, delimiter = read_records(path)
-    decimal_comma = delimiter == ";"  # where the comma is the decimal mark, spreadsheets separate by semicolons
-    names = {k: getattr(columns, k) for k in ("image", "label", "target", "subject", "split", "mask", "gt_map")}
+    reader = _RowReader(path, _column_names(header, data_config, require_label, path), header, data_config,
+                        require_label, decimal_comma=delimiter == ";")
+    for i, record in enumerate(records):
+        reader.read(i + 2, record)
+    rows, problems = reader.rows, reader.problems + reader.label_problems()
+    identity, duplicates = assign_identity(rows)
+    problems += duplicates + _split_problems(rows)
+    split_source = "table" if any(r.split for r in rows) else "none"
+    if run_dir is not None and not all(r.split for r in rows) and (Path(run_dir) / "splits.csv").is_file():
+        _splits_from_run(rows, Path(run_dir) / "splits.csv")
+        split_source = "run"
+    return Table(rows, problems, reader.excluded, split_source, identity, reader.warnings())
+
+
+COLUMN_KEYS = ("image", "label", "target", "subject", "split", "mask", "gt_map")
+
+
+def _column_names(header: list[str], data_config, require_label: bool, path: Path) -> dict[str, str]:
+    """Each column's name in this table (``data.columns``); a column asked for that is absent is
+    one problem of the whole table, raised at once."""
+    columns = data_config.columns
+    names = {k: getattr(columns, k) for k in COLUMN_KEYS}
     if names["image"] not in header:
         raise DataError([Problem(1, f"no '{names['image']}' column; the header has: {', '.join(header) or 'nothing'}",
                                  str(path))])
@@ -167,98 +184,137 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
         if require_label and names[key] != defaults[key].default and names[key] not in header:
             raise DataError([Problem(1, f"no '{names[key]}' column (data.columns.{key}); the header has: "
                                         f"{', '.join(header)}", str(path))])
-    has_label, has_target = names["label"] in header, names["target"] in header
-    if require_label and not has_label and not (has_target and class_thresholds):
+    thresholds = getattr(data_config, "class_thresholds", None)
+    if require_label and names["label"] not in header and not (names["target"] in header and thresholds):
         raise DataError([Problem(1, f"no '{names['label']}' column, and no '{names['target']}' column with "
                                     f"data.class_thresholds to derive the class from", str(path))])
-    root = path.parent
-    rows, problems, excluded = [], [], []
-    not_numbers: dict[str, list[int]] = {}
-    case_matched: dict[tuple[str, str], list[int]] = {}
+    return names
 
-    def file_of(key: str, record: dict, number: int, row_problems: list[Problem]) -> Path | None:
-        value = (record.get(names[key]) or "").strip()
+
+class _LeftOut(Exception):
+    """A row left out by design: its label is no class (MCI for [CN, AD]), or no class number."""
+
+
+class _RowReader:
+    """Reads the rows of one table, one at a time, gathering what each row is (``rows``), its
+    problems, the rows left out, and what is said once for many rows (labels that are not class
+    numbers, labels matched ignoring case)."""
+
+    def __init__(self, path: Path, names: dict[str, str], header: list[str], data_config, require_label: bool,
+                 decimal_comma: bool):
+        self.path, self.names, self.require_label, self.decimal_comma = path, names, require_label, decimal_comma
+        self.classes = getattr(data_config, "classes", None)
+        self.thresholds = getattr(data_config, "class_thresholds", None)
+        self.has_label, self.has_target = names["label"] in header, names["target"] in header
+        self.rows: list[Row] = []
+        self.problems: list[Problem] = []
+        self.excluded: list[Problem] = []
+        self.not_numbers: dict[str, list[int]] = {}
+        self.case_matched: dict[tuple[str, str], list[int]] = {}
+
+    def _text(self, record: dict, key: str) -> str:
+        return (record.get(self.names[key]) or "").strip()
+
+    def read(self, number: int, record: dict) -> None:
+        problems: list[Problem] = []
+        image = self._file("image", record, number, problems)
+        if image is None:
+            problems.append(Problem(number, f"empty '{self.names['image']}'"))
+        raw_target = self._text(record, "target") if self.has_target else ""
+        target = self._target(raw_target, number, problems)
+        raw_label = self._text(record, "label") if self.has_label else ""
+        try:
+            label = self._label(raw_label, raw_target, target, number, problems, image)
+        except _LeftOut:
+            return
+        split = self._text(record, "split").lower() or None
+        if split is not None and split not in SPLITS:
+            problems.append(Problem(number, f"split {split!r} is not one of {', '.join(SPLITS)}"))
+        mask, gt_map = (self._file(key, record, number, problems) for key in ("mask", "gt_map"))
+        if problems:
+            self.problems.extend(problems)
+            return
+        assert image is not None and label is not None  # a row without either has a problem above
+        used = set(self.names.values())
+        self.rows.append(Row(number, image, label, target, self._text(record, "subject"), split, mask, gt_map,
+                             {k: v for k, v in record.items() if k not in used}, raw_label))
+
+    def _file(self, key: str, record: dict, number: int, problems: list[Problem]) -> Path | None:
+        """A file the row names (relative to the table), or None; a missing one is a problem."""
+        value = self._text(record, key)
         if not value:
             return None
-        file = Path(value) if Path(value).is_absolute() else root / value
+        file = Path(value) if Path(value).is_absolute() else self.path.parent / value
         if not file.is_file():
-            row_problems.append(Problem(number, f"{key} file not found", str(file)))
+            problems.append(Problem(number, f"{key} file not found", str(file)))
         return file
 
-    for i, record in enumerate(records):
-        number = i + 2
-        row_problems: list[Problem] = []
-        image = file_of("image", record, number, row_problems)
-        if image is None:
-            row_problems.append(Problem(number, f"empty '{names['image']}'"))
-        target = math.nan
-        raw_target = (record.get(names["target"]) or "").strip() if has_target else ""
-        if raw_target:
-            try:
-                target = float(raw_target.replace(",", ".") if decimal_comma else raw_target)
-                if not math.isfinite(target):
-                    raise ValueError
-            except ValueError:
-                row_problems.append(Problem(number, f"target {raw_target!r} is not a finite number"))
-        raw_label = (record.get(names["label"]) or "").strip() if has_label else ""
-        label = None
-        if raw_label and classes:
-            label, case_only = class_of(raw_label, classes)
-            if case_only:
-                case_matched.setdefault((raw_label, str(classes[label])), []).append(number)
-            if label is None and require_label:
-                excluded.append(Problem(number, f"label {raw_label!r} is not one of data.classes "
-                                                f"[{', '.join(map(str, classes))}]", str(image or "")))
-                continue
-            label = UNKNOWN_LABEL if label is None else label
-        elif raw_label:
-            try:
-                label = int(float(raw_label))
-                if label < 0 or label != float(raw_label):
-                    raise ValueError
-            except ValueError:
-                if require_label:  # one line for all such rows, below
-                    not_numbers.setdefault(raw_label, []).append(number)
-                    continue
-                label = UNKNOWN_LABEL
-        elif class_thresholds and not math.isnan(target):
-            label = int(np.searchsorted(np.asarray(class_thresholds), target, side="right"))
-        elif not require_label:
-            label = UNKNOWN_LABEL
-        elif not row_problems:
-            row_problems.append(Problem(number, "empty label, and no data.class_thresholds to derive the class from "
-                                                "its target" if raw_target else "no label, and no target to derive "
-                                                "it from"))
-        split = (record.get(names["split"]) or "").strip().lower() or None
-        if split is not None and split not in SPLITS:
-            row_problems.append(Problem(number, f"split {split!r} is not one of {', '.join(SPLITS)}"))
-        mask, gt_map = (file_of(key, record, number, row_problems) for key in ("mask", "gt_map"))
-        if row_problems:
-            problems.extend(row_problems)
-            continue
-        assert image is not None and label is not None  # a row without either has a problem above
-        subject = (record.get(names["subject"]) or "").strip()
-        used = {names[k] for k in names}
-        rows.append(Row(number, image, label, target, subject, split, mask, gt_map,
-                        {k: v for k, v in record.items() if k not in used}, raw_label))
-    if not_numbers:
+    def _target(self, raw: str, number: int, problems: list[Problem]) -> float:
+        """The row's target; NaN when unknown (a semicolon table may write a decimal comma)."""
+        if not raw:
+            return math.nan
+        try:
+            target = float(raw.replace(",", ".") if self.decimal_comma else raw)
+        except ValueError:
+            target = math.nan
+        if not math.isfinite(target):
+            problems.append(Problem(number, f"target {raw!r} is not a finite number"))
+        return target
+
+    def _label(self, raw: str, raw_target: str, target: float, number: int, problems: list[Problem],
+               image: Path | None) -> int | None:
+        """The row's class: by name in data.classes, as a class number, or from its target and
+        data.class_thresholds; UNKNOWN_LABEL when predicting. Raises _LeftOut for rows left out."""
+        if raw and self.classes:
+            label, case_only = class_of(raw, self.classes)
+            if case_only and label is not None:
+                self.case_matched.setdefault((raw, str(self.classes[label])), []).append(number)
+            if label is None and self.require_label:
+                self.excluded.append(Problem(number, f"label {raw!r} is not one of data.classes "
+                                                     f"[{', '.join(map(str, self.classes))}]", str(image or "")))
+                raise _LeftOut
+            return UNKNOWN_LABEL if label is None else label
+        if raw:
+            number_label = _class_number(raw)
+            if number_label is None and self.require_label:  # one line for all such rows: label_problems
+                self.not_numbers.setdefault(raw, []).append(number)
+                raise _LeftOut
+            return UNKNOWN_LABEL if number_label is None else number_label
+        if self.thresholds and not math.isnan(target):
+            return int(np.searchsorted(np.asarray(self.thresholds), target, side="right"))
+        if not self.require_label:
+            return UNKNOWN_LABEL
+        if not problems:
+            problems.append(Problem(number, "empty label, and no data.class_thresholds to derive the class from its "
+                                            "target" if raw_target else "no label, and no target to derive it from"))
+        return None
+
+    def label_problems(self) -> list[Problem]:
+        """One problem for every label that is not a class number (with the fix: data.classes)."""
+        if not self.not_numbers:
+            return []
         shown = ", ".join(f"{v!r} (rows {', '.join(map(str, n[:3]))}{', …' if len(n) > 3 else ''})"
-                          for v, n in list(not_numbers.items())[:6])
-        problems.append(Problem(None, f"labels are not class numbers 0, 1, 2, …: {shown}. Name the classes in the "
-                                      f"config, e.g. data.classes: [{', '.join(list(not_numbers)[:2])}] (the position "
-                                      f"is the class; rows with a label not listed are left out and listed in "
-                                      f"excluded.csv)", str(path)))
-    warnings = ["labels matched to data.classes only when case is ignored: " + "; ".join(
-        f"{raw!r} as {name} (rows {', '.join(map(str, numbers[:5]))}{', …' if len(numbers) > 5 else ''})"
-        for (raw, name), numbers in case_matched.items())] if case_matched else []
-    identity, duplicates = assign_identity(rows)
-    problems.extend(duplicates)
-    problems.extend(_split_problems(rows))
-    split_source = "table" if any(r.split for r in rows) else "none"
-    if run_dir is not None and not all(r.split for r in rows) and (Path(run_dir) / "splits.csv").is_file():
-        _splits_from_run(rows, Path(run_dir) / "splits.csv")
-        split_source = "run"
-    return Table(rows, problems, excluded, split_source, identity, warnings)
+                          for v, n in list(self.not_numbers.items())[:6])
+        return [Problem(None, f"labels are not class numbers 0, 1, 2, …: {shown}. Name the classes in the config, "
+                              f"e.g. data.classes: [{', '.join(list(self.not_numbers)[:2])}] (the position is the "
+                              "class; rows with a label not listed are left out and listed in excluded.csv)",
+                        str(self.path))]
+
+    def warnings(self) -> list[str]:
+        if not self.case_matched:
+            return []
+        return ["labels matched to data.classes only when case is ignored: " + "; ".join(
+            f"{raw!r} as {name} (rows {', '.join(map(str, numbers[:5]))}{', …' if len(numbers) > 5 else ''})"
+            for (raw, name), numbers in self.case_matched.items())]
+
+
+def _class_number(raw: str) -> int | None:
+    """A label written as a class number (0, 1, 2.0), else None."""
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return int(value) if math.isfinite(value) and value >= 0 and value == int(value) else None
 
 
 def nifti_stem(path: str | Path) -> str:

@@ -12,7 +12,9 @@ dots per inch with text of 10 pt or more.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -252,6 +254,25 @@ def _display_range(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return np.clip(2 * (image - lo) / max(hi - lo, 1e-12) - 1, -1, 1)
 
 
+class Panel(NamedTuple):
+    title: str
+    data: np.ndarray | None
+    kind: str  # input, change (ground truth and mean FA: one shared scale), var, relevance (post-hoc), signed
+
+
+@dataclass
+class GalleryRow:
+    """One subject of the gallery on its axial slice: the image, its mask and a panel per map."""
+
+    stem: str
+    image: np.ndarray
+    mask: np.ndarray | None
+    panels: list[Panel]
+    cut: str  # where the slice lies (mm)
+    aspect: float
+    facts: str  # what is known of the subject (label, target)
+
+
 def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, run_dir: Path | None = None):
     """The same test subjects of a cohort table (classes alternating, one row each) under every
     method's map (``methods``: name → an `icam explain` folder), next to the ground truth. The
@@ -268,74 +289,77 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
     chosen = [r for group in zip(*by_class) for r in group][:subjects] or rows[:subjects]
     if not chosen:
         return None
-    names = list(methods)
-
     # the method each folder's summary.json names (post-hoc name, vagan), read once, not per row
     method_of = {name: folder.read_summary().get("method", "") for name, folder in folders.items()}
+    return _draw_gallery([_gallery_row(row, folders, method_of) for row in chosen])
 
-    def panels_for(row):
-        """(image, mask, [(title, data, colour limit, kind)]) of one subject, on the axial slice
-        (RAS, as the figures' convention) where the first method's map is largest."""
-        stem = row.id
-        written_mask = first_folder.map(stem, "mask")
-        mask_file = row.mask or (written_mask if written_mask.is_file() else None)
-        maps = {name: folder.map(stem) for name, folder in folders.items()}
-        volumes = {name: _ras_volume(path) if path.is_file() else None for name, path in maps.items()}
-        mask_volume = _ras_volume(mask_file) if mask_file else None
-        first_volume = volumes[names[0]]
-        energy = np.abs(first_volume * (mask_volume > 0 if mask_volume is not None else 1)).sum((0, 1))
-        k = int(np.argmax(energy))
 
-        def axial(volume):
-            return volume[:, :, k] if volume is not None else None
-        mask = axial(mask_volume)
-        image_volume, affine = _ras_image(row.image)
-        image = _display_range(axial(image_volume), mask)
-        gt = axial(_ras_volume(row.gt_map)) if row.gt_map else None
-        maps = {name: axial(volume) for name, volume in volumes.items()}
-        first = maps[names[0]]
-        panels = [("input", None, "input")]
-        if gt is not None:
-            panels.append(("ground truth", gt, "change"))
-        panels.append((f"{names[0]}: mean FA", first, "change"))
-        variance = first_folder.map(stem, "fa_var")
-        if variance.is_file():
-            panels.append((f"{names[0]}: variance", axial(_ras_volume(variance)), "var"))
-        for name in names[1:]:  # post-hoc maps are relevance (scored by |map|); VA-GAN's is a signed change
-            data = maps[name]
-            posthoc = method_of[name] in POSTHOC or (data is not None and data.min() >= 0)
-            panels.append((name, np.abs(data) if posthoc and data is not None else data,
-                           "relevance" if posthoc else "signed"))
-        cut = cut_label("axial", affine, (image_volume.shape[0] // 2, image_volume.shape[1] // 2, k))
-        return stem, image, mask, panels, cut, plane_aspect("axial", affine)
+def _gallery_row(row, folders: dict[str, ExplanationFolder], method_of: dict[str, str]) -> GalleryRow:
+    """One subject's panels on the axial slice (RAS, as the figures' convention) where the first
+    method's map is largest."""
+    names = list(folders)
+    first_folder = folders[names[0]]
+    written_mask = first_folder.map(row.id, "mask")
+    mask_file = row.mask or (written_mask if written_mask.is_file() else None)
+    volumes = {name: _ras_volume(folder.map(row.id)) if folder.map(row.id).is_file() else None
+               for name, folder in folders.items()}
+    mask_volume = _ras_volume(mask_file) if mask_file else None
+    first = volumes[names[0]]
+    assert first is not None  # the gallery shows subjects the first method explained
+    energy = np.abs(first * (mask_volume > 0 if mask_volume is not None else 1)).sum((0, 1))
+    k = int(np.argmax(energy))
 
-    built = [panels_for(row) for row in chosen]
-    # one scale for every intensity change (ground truth and the mean FA, all rows) and one for the
-    # variances; post-hoc maps are in other units, each shown relative to its own range
-    change = max([symmetric_limit(d, m) for _, _, m, panels, *_ in built for _, d, k in panels
-                  if k == "change" and d is not None] or [1.0])
-    spread = max([float(np.percentile(d[m > 0] if m is not None and (m > 0).any() else d, 99.5))
-                  for _, _, m, panels, *_ in built for _, d, k in panels if k == "var" and d is not None] or [1.0])
+    def axial(volume):
+        return volume[:, :, k] if volume is not None else None
+    mask = axial(mask_volume)
+    image_volume, affine = _ras_image(row.image)
+    maps = {name: axial(volume) for name, volume in volumes.items()}
+    panels = [Panel("input", None, "input")]
+    if row.gt_map:
+        panels.append(Panel("ground truth", axial(_ras_volume(row.gt_map)), "change"))
+    panels.append(Panel(f"{names[0]}: mean FA", maps[names[0]], "change"))
+    variance = first_folder.map(row.id, "fa_var")
+    if variance.is_file():
+        panels.append(Panel(f"{names[0]}: variance", axial(_ras_volume(variance)), "var"))
+    for name in names[1:]:  # post-hoc maps are relevance (scored by |map|); VA-GAN's is a signed change
+        data = maps[name]
+        posthoc = method_of[name] in POSTHOC or (data is not None and data.min() >= 0)
+        panels.append(Panel(name, np.abs(data) if posthoc and data is not None else data,
+                            "relevance" if posthoc else "signed"))
+    facts = ([row.raw_label] if row.raw_label else []) + ([f"target {row.target:.1f}"] if not np.isnan(row.target)
+                                                          else [])
+    return GalleryRow(row.id, _display_range(axial(image_volume), mask), mask, panels,
+                      cut_label("axial", affine, (image_volume.shape[0] // 2, image_volume.shape[1] // 2, k)),
+                      plane_aspect("axial", affine), ", ".join(facts))
+
+
+def _draw_gallery(rows: list[GalleryRow]):
+    """The rows drawn: one scale for every intensity change (ground truth and the mean FA, all
+    rows) and one for the variances; post-hoc maps are in other units, each shown relative to its
+    own range; one colour bar per scale."""
+    change = max([symmetric_limit(p.data, r.mask) for r in rows for p in r.panels
+                  if p.kind == "change" and p.data is not None] or [1.0])
+    spread = max([float(np.percentile(p.data[r.mask > 0] if r.mask is not None and (r.mask > 0).any() else p.data,
+                                      99.5))
+                  for r in rows for p in r.panels if p.kind == "var" and p.data is not None] or [1.0])
     plt = pyplot()
-    columns = len(built[0][3])
-    fig, axes = plt.subplots(len(built), columns, figsize=(2.6 * columns + 1.5, 2.6 * len(built)), squeeze=False,
+    columns = len(rows[0].panels)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(2.6 * columns + 1.5, 2.6 * len(rows)), squeeze=False,
                              layout="constrained")
-    for r, (stem, image, mask, panels, cut, aspect) in enumerate(built):
-        for c, (title, data, kind) in enumerate(panels):
+    for r, row in enumerate(rows):
+        for c, panel in enumerate(row.panels):
             ax = axes[r, c]
-            if kind == "var":
-                variance_panel(ax, data, mask, aspect=aspect, vmax=spread)
-            elif kind in ("relevance", "signed") and data is not None:
-                overlay(ax, image, data / symmetric_limit(data, mask), mask, 1.0, relevance=kind == "relevance",
-                        aspect=aspect)
+            if panel.kind == "var" and panel.data is not None:
+                variance_panel(ax, panel.data, row.mask, aspect=row.aspect, vmax=spread)
+            elif panel.kind in ("relevance", "signed") and panel.data is not None:
+                overlay(ax, row.image, panel.data / symmetric_limit(panel.data, row.mask), row.mask, 1.0,
+                        relevance=panel.kind == "relevance", aspect=row.aspect)
             else:
-                overlay(ax, image, data, mask, change, aspect=aspect)
+                overlay(ax, row.image, panel.data, row.mask, change, aspect=row.aspect)
             if r == 0:
-                ax.set_title(title, fontsize=10)
-        facts = [chosen[r].raw_label] if chosen[r].raw_label else []
-        facts += [f"target {chosen[r].target:.1f}"] if not np.isnan(chosen[r].target) else []
-        axes[r, 0].set_ylabel("\n".join(filter(None, (stem, ", ".join(facts), cut))), fontsize=10)
-    kinds = [k for _, _, k in built[0][3]]
+                ax.set_title(panel.title, fontsize=10)
+        axes[r, 0].set_ylabel("\n".join(filter(None, (row.stem, row.facts, row.cut))), fontsize=10)
+    kinds = [p.kind for p in rows[0].panels]
     bars = {"change": (FA_CMAP, -change, change, "change (input in [-1, 1])"),
             "var": ("magma", 0, spread, "variance over samples"),
             "relevance": (RELEVANCE_CMAP, 0, 1, "relevance / its 99.5th percentile"),
