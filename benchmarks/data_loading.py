@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from icam.config import CsvData
-from icam.data import load_csv_cohorts
+from icam.data import load_file_cohorts
 from icam.data.nifti import Spatial, preprocess
 
 
@@ -114,7 +114,7 @@ def main():
         config = CsvData(csv=str(table), shape=list(shape), cache_dir=str(folder / "cache"),
                           preprocess_workers=max(args.workers))
         started = time.perf_counter()
-        cached = load_csv_cohorts(config, seed=0)["train"]  # decodes every file once into the cache
+        cached = load_file_cohorts(config, seed=0)["train"]  # decodes every file once into the cache
         fill_s = time.perf_counter() - started
         decoding = DecodeEveryTime([folder / "images" / f"sub-{i:04d}.nii.gz" for i in range(args.n)], config)
         rates = {}

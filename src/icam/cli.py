@@ -28,7 +28,7 @@ from .config import (
     load_config,
     to_yaml,
 )
-from .data import load_csv_cohorts
+from .data import load_file_cohorts
 from .data.check import check_cohort
 from .data.synth_export import write_brain_synth
 from .demo import demo_settings, run_demo
@@ -45,6 +45,7 @@ from .inference import (
     predict_rows,
 )
 from .intervals import describe, mean_sd
+from .loaded_run import LoadedRun
 from .methods import METHOD_LABELS
 from .metrics import Direction
 from .outputs import ExplanationFolder, producer_of
@@ -258,15 +259,19 @@ def synth_command(
     typer.echo(f"cohort table: {Path(out) / 'cohort.csv'}")
 
 
-def _inputs(explainer, csv_path: Path | None, images: list[Path], split: str | None):
-    if (csv_path is None) == (not images):
-        raise UserError("give one of --csv CSV or --image FILE (repeatable)")
+def _inputs(model: LoadedRun, csv_path: Path | None, bids: Path | None, images: list[Path], split: str | None):
+    """The files to predict or explain: a table's, a BIDS dataset's, or single images."""
+    if (csv_path is not None) + (bids is not None) + bool(images) != 1:
+        raise UserError("give one of --csv CSV, --bids DATASET or --image FILE (repeatable)")
     if images:
         if split is not None:
-            raise UserError("--split selects rows of a --csv table; drop it with --image")
-        return load_images(explainer, images)
-    assert csv_path is not None  # one of the two, checked above
-    return load_inputs(explainer, csv_path, split)
+            raise UserError("--split selects rows of a --csv table or --bids dataset; drop it with --image")
+        return load_images(model, images)
+    if bids is not None and not bids.is_dir():
+        raise UserError(f"--bids {bids}: not a folder (the BIDS dataset's root, with dataset_description.json)")
+    source = csv_path or bids
+    assert source is not None  # one of them, checked above
+    return load_inputs(model, source, split)
 
 
 @app.command("predict")
@@ -274,6 +279,8 @@ def _inputs(explainer, csv_path: Path | None, images: list[Path], split: str | N
 def predict_command(
     run_dir: Path = typer.Argument(..., help="a run folder (or a checkpoint file)"),
     csv_path: Path | None = typer.Option(None, "--csv", help="a cohort table (labels optional)"),
+    bids: Path | None = typer.Option(None, "--bids", help="a BIDS dataset's folder (labels from participants.tsv, "
+                                                          "optional)"),
     image: list[Path] = typer.Option([], "--image", help="a NIfTI image (repeat for several)"),
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="the predictions table to write"),
     split: str | None = typer.Option(None, help="only the table's rows of this split (train/val/test)"),
@@ -285,7 +292,7 @@ def predict_command(
     Example: icam predict runs/my-run --csv data/synth2d/cohort.csv --split test -o test_predictions.csv
     """
     model = open_run(run_dir, which, device)  # any method's run
-    records = predict_rows(model, _inputs(model, csv_path, image, split))
+    records = predict_rows(model, _inputs(model, csv_path, bids, image, split))
     out.parent.mkdir(parents=True, exist_ok=True)
     write_predictions(out, records)
     typer.echo(f"predicted {len(records)} images: {out}")
@@ -297,6 +304,8 @@ def explain_command(
     run_dir: Path = typer.Argument(..., help="a run folder (or a checkpoint file)"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for maps, figures and tables"),
     csv_path: Path | None = typer.Option(None, "--csv", help="a cohort table (labels optional)"),
+    bids: Path | None = typer.Option(None, "--bids", help="a BIDS dataset's folder (labels from participants.tsv, "
+                                                          "optional)"),
     image: list[Path] = typer.Option([], "--image", help="a NIfTI image (repeat for several)"),
     split: str | None = typer.Option(None, help="only the table's rows of this split (e.g. test)"),
     limit: int | None = typer.Option(None, help="explain at most this many images (all are predicted)"),
@@ -361,9 +370,9 @@ def explain_command(
     folder = ExplanationFolder(out)
 
     def explain_with_icam(explainer: Explainer) -> None:
-        if csv_path is not None or image:
+        if csv_path is not None or bids is not None or image:
             target = _class_index(explainer.class_names, target_class)
-            dataset = _inputs(explainer, csv_path, image, split)
+            dataset = _inputs(explainer, csv_path, bids, image, split)
             with Progress(transient=True) as bar:
                 task = bar.add_task("explaining", total=len(dataset) if limit is None else min(limit, len(dataset)))
                 summary = explain_cohort(explainer, dataset, folder, target_class=target, from_label=from_label,
@@ -374,7 +383,7 @@ def explain_command(
                                          progress=lambda done, total: bar.update(task, completed=done))
             _say_explained(summary)
         elif not pair and not interpolate:
-            raise UserError("nothing to explain: give --csv, --image, --pair or --interpolate")
+            raise UserError("nothing to explain: give --csv, --bids, --image, --pair or --interpolate")
         if pair:
             explain_pair(explainer, pair[0], pair[1], folder)
         if interpolate:
@@ -384,7 +393,8 @@ def explain_command(
         if isinstance(model, Explainer):
             explain_with_icam(model)
         else:
-            predict_or_attribute(model, _inputs(model, csv_path, image, split), folder, limit=limit, figures=figures)
+            dataset = _inputs(model, csv_path, bids, image, split)
+            predict_or_attribute(model, dataset, folder, limit=limit, figures=figures)
     typer.echo(f"outputs: {out}")
 
 
@@ -562,7 +572,7 @@ app.add_typer(data_app, name="data")
 @data_app.command("check")
 @handled
 def data_check_command(
-    csv_path: Path = typer.Argument(..., metavar="CSV", help="the cohort table"),
+    csv_path: Path = typer.Argument(..., metavar="CSV|BIDS", help="the cohort table, or a BIDS dataset's folder"),
     config: Path | None = typer.Option(None, "--config", "-c", help="a config whose data section names columns, "
                                                                           "class thresholds, split fractions"),
     set_: list[str] = typer.Option([], "--set", help="override a key, e.g. --set data.columns.label=diagnosis"),
@@ -571,7 +581,7 @@ def data_check_command(
                                                                 "cache (needs the run's config: data.shape, …)"),
     debug: bool = DEBUG,
 ):
-    """Check a cohort table and every image it lists; print a summary and every problem.
+    """Check a cohort table (or a BIDS dataset) and every image it lists; print a summary and every problem.
     Finds missing or unreadable files, 4D images, NaN or constant images, bad labels and
     targets, subjects in two splits and classes without training images. Exit status 1 when
     any problem is found. With --fill-cache the preprocessing cache is filled as training
@@ -579,16 +589,24 @@ def data_check_command(
 
     Example: icam data check cohort.csv --set data.columns.label=diagnosis
     Example: icam data check cohort.csv -c my-3d.yaml --fill-cache --workers 16
+    Example: icam data check openneuro/ds000001 --set data.columns.label=group --set data.classes=[HC,AD]
     """
-    table = {"data.kind": "csv", "data.csv": csv_path,
-             **({} if _has_shape(config, set_) else {"data.shape": [16, 16]})}
-    cfg = load_config(config, set_, table)
-    summary, problems = check_cohort(csv_path, cfg.data, cfg.seed, workers)
+    source = {"data.kind": "bids", "data.bids_root": csv_path} if csv_path.is_dir() else \
+        {"data.kind": "csv", "data.csv": csv_path}
+    cfg = load_config(config, set_, {**source, **({} if _has_shape(config, set_) else {"data.shape": [16, 16]})})
+    summary, problems = check_cohort(cfg.data, cfg.seed, workers)
     problems = sorted(problems, key=lambda p: (p.row is not None, p.row or 0))
     counts = ", ".join(f"{name} {n}" for name, n in zip(summary["classes"], summary["class_counts"]))
     typer.echo(f"{summary['usable_rows']} usable rows of {summary['rows']}, {summary['subjects']} subjects; "
                f"images per class: {counts}; splits {summary['splits']} ({summary['split_source']})")
     typer.echo(summary["identity"])
+    if summary["dataset"]:
+        found = summary["dataset"]
+        typer.echo(f"BIDS: {found['scans']} scans of {found['subjects']} subjects, {found['sessions']} sessions "
+                   f"(ses-*) of {found['subjects_with_sessions']}; "
+                   + (f"no scan for {len(found['without_scan'])} participant(s): "
+                      f"{', '.join(found['without_scan'][:5])}; " if found["without_scan"] else "")
+                   + f"{found['target_unknown']} scans without a target")
     for warning in summary["warnings"]:
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     if summary["excluded"]:
@@ -607,7 +625,7 @@ def data_check_command(
         if not _has_shape(config, set_):
             raise UserError("--fill-cache needs data.shape (the run's config, or --set data.shape=[…])")
 
-        cohorts = load_csv_cohorts(cfg.data.model_copy(update={"preprocess_workers": workers}), cfg.seed)
+        cohorts = load_file_cohorts(cfg.data.model_copy(update={"preprocess_workers": workers}), cfg.seed)
         typer.echo(f"preprocessing cache filled: {cohorts.info['cache']}")
 
 

@@ -115,10 +115,9 @@ class Augmentation(Section):
     probability: float = Field(0.5, ge=0, le=1)
 
 
-class CsvData(Section):
-    """Your own cohort: a CSV with one row per image (paths relative to the CSV) and NIfTI files."""
-    kind: Literal["csv"] = "csv"
-    csv: str = Field(..., description="path of the cohort table" + RELATIVE_PATH)
+class FileData(Section):
+    """A cohort of NIfTI files on disk, read through a table (CSV) or a BIDS dataset, and how
+    every image is preprocessed: what the two kinds share."""
     columns: CsvColumns = CsvColumns()
     classes: list[int | float | str] | None = Field(
         None, description="the label values that are classes, in class order, e.g. [CN, AD]: rows with another "
@@ -159,6 +158,34 @@ class CsvData(Section):
                                               "instead of stopping")
 
     _shape = field_validator("shape")(_check_shape)
+
+    def listed_in(self, source: str | Path) -> CsvData | BidsData:
+        """These settings reading another listing of files: a CSV, or a BIDS dataset's folder
+        (the dataset's filters kept when these settings are a dataset's)."""
+        shared = {k: v for k, v in self.model_dump().items() if k in FileData.model_fields}
+        if Path(source).is_dir():
+            filters = {k: getattr(self, k) for k in ("suffix", "session", "acquisition", "run") if hasattr(self, k)}
+            return BidsData(**shared, **filters, bids_root=str(source))
+        return CsvData(**shared, csv=str(source))
+
+
+class CsvData(FileData):
+    """Your own cohort: a CSV with one row per image (paths relative to the CSV) and NIfTI files."""
+    kind: Literal["csv"] = "csv"
+    csv: str = Field(..., description="path of the cohort table" + RELATIVE_PATH)
+
+
+class BidsData(FileData):
+    """A BIDS dataset: scans found with pybids (sub-*/[ses-*/]anat/*_T1w.nii.gz), labels and
+    targets from participants.tsv (a session's own values from its sessions.tsv), columns named
+    by data.columns (label, target; the subject is participant_id)."""
+    kind: Literal["bids"] = "bids"
+    bids_root: str = Field(..., description="the dataset's folder (it holds dataset_description.json)"
+                                            + RELATIVE_PATH)
+    suffix: str = Field("T1w", description="which scans: the BIDS suffix")
+    session: str | int | None = Field(None, description="only this session (e.g. 1 for ses-1); null: every session")
+    acquisition: str | None = Field(None, description="only this acquisition (acq-…); null: any")
+    run: int | None = Field(None, description="only this run (run-…); null: any (several are several scans)")
 
 
 # model.preset=paper: the paper's and the authors' network and explanations, where icam's defaults differ
@@ -334,7 +361,7 @@ class Config(Section):
     seed: int = 0
     out_dir: str = Field("runs", description="run folders are created inside" + RELATIVE_PATH)
     name: str | None = Field(None, description="run folder name; a timestamp when null")
-    data: Annotated[SquaresData | BrainSynthData | CsvData, Field(discriminator="kind")] = SquaresData()
+    data: Annotated[SquaresData | BrainSynthData | CsvData | BidsData, Field(discriminator="kind")] = SquaresData()
     model: ModelConfig = ModelConfig()
     loss: LossWeights = LossWeights()
     train: TrainConfig = TrainConfig()
@@ -369,7 +396,7 @@ def _fields_at(path: tuple, model: type[BaseModel] = Config) -> list[str]:
     return list(model.model_fields)
 
 
-DATA_KINDS = ("squares", "brain-synth", "csv")
+DATA_KINDS = ("squares", "brain-synth", "csv", "bids")
 
 
 def _explain(error: ValidationError, source: str) -> ConfigError:
@@ -439,7 +466,8 @@ def merge_trees(base: dict, update: dict) -> dict:
 
 def _other_kind_keys(data: dict, source: str) -> None:
     """One line when a data section mixes kinds (a squares dump with data.kind=csv set)."""
-    kinds: dict[str, type[Section]] = {"squares": SquaresData, "brain-synth": BrainSynthData, "csv": CsvData}
+    kinds: dict[str, type[Section]] = {"squares": SquaresData, "brain-synth": BrainSynthData, "csv": CsvData,
+                                       "bids": BidsData}
     own = kinds.get(str(data.get("kind")))
     if own is None:
         return
@@ -470,7 +498,8 @@ def as_saved(tree: dict) -> dict:
     return tree
 
 
-PATH_KEYS = (("data", "csv"), ("data", "cache_dir"), ("out_dir",))  # a config's keys that name files or folders
+# a config's keys that name files or folders
+PATH_KEYS = (("data", "csv"), ("data", "bids_root"), ("data", "cache_dir"), ("out_dir",))
 
 
 def paths_relative_to(tree: dict, folder: Path) -> dict:
@@ -549,8 +578,12 @@ def commented_yaml(section: BaseModel, indent: int = 0) -> str:
 
 
 def defaults_for(kind: str) -> Config:
-    """The default config for a data kind; for csv, with placeholders for the table and the shape."""
+    """The default config for a data kind; for csv and bids, with placeholders for the table (or
+    dataset) and the shape."""
     if kind not in DATA_KINDS:
         raise ConfigError(f"unknown data kind {kind!r}; choose one of {', '.join(DATA_KINDS)}")
-    data = {"kind": kind, **({"csv": "cohort.csv", "shape": [128, 128]} if kind == "csv" else {})}
+    placeholders: dict[str, dict[str, Any]] = {"csv": {"csv": "cohort.csv", "shape": [128, 128]},
+                    "bids": {"bids_root": "bids", "shape": [128, 128], "columns": {"label": "diagnosis",
+                                                                                   "target": "age"}}}
+    data = {"kind": kind, **placeholders.get(kind, {})}
     return build_config({"data": data}, "defaults")

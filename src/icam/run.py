@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .config import Config, CsvData, load_config, to_yaml
-from .data import build_cohorts
-from .data.table import DataError, read_table
+from .config import BidsData, Config, CsvData, FileData, load_config, to_yaml
+from .data import build_cohorts, read_cohort
+from .data.table import DataError
 from .files import folder_lock, write_json
 from .outputs import write_csv
 
@@ -126,20 +126,18 @@ def write_data_files(run_dir: Path, cohorts) -> None:
     (run_dir / "data.json").write_text(json.dumps({"splits": counts, **cohorts.info}, indent=2))
 
 
-def run_data_config(run_dir: str | Path | None, csv_path: str | Path):
-    """How a run reads a cohort table (column names, classes): its own data section when it was
-    trained on a table, else the defaults."""
+def run_data_config(run_dir: str | Path | None, csv_path: str | Path) -> CsvData | BidsData:
+    """How a run reads a cohort table or BIDS dataset (column names, classes): its own data
+    section when it was trained on files, else the defaults."""
     config_file = Path(run_dir) / "config.yaml" if run_dir else None
     data = load_config(config_file, saved=True).data if config_file is not None and config_file.is_file() else None
-    if data is not None and data.kind == "csv":
-        return data.model_copy(update={"csv": str(csv_path)})
-    return CsvData(csv=str(csv_path), shape=[16, 16])
+    return (data if isinstance(data, FileData) else CsvData(csv="", shape=[16, 16])).listed_in(csv_path)
 
 
 def read_run_table(run_dir: str | Path | None, csv_path: str | Path):
     """A cohort table as the run reads it: its column names, classes, and its splits.csv for rows
     without a split. Problems with rows are a DataError."""
-    table = read_table(csv_path, run_data_config(run_dir, csv_path), require_label=False, run_dir=run_dir)
+    table = read_cohort(run_data_config(run_dir, csv_path), require_label=False, run_dir=run_dir)
     if table.problems:
         raise DataError(table.problems, f"{csv_path}: ", skippable=False)
     return table

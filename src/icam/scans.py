@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import BrainSynthData, CsvData
+from .config import BidsData, BrainSynthData, CsvData, FileData
+from .data import read_cohort
 from .data.brain_synth import DESIGNS
 from .data.cohort import Item
 from .data.nifti import NiftiCohort, PreprocessingCache, Spatial, fill_cache
-from .data.table import DataError, Problem, read_table, require_split
+from .data.table import DataError, Problem, require_split
 from .errors import UserError
 from .outputs import ExplanationFolder, write_map
 
@@ -27,18 +28,20 @@ if TYPE_CHECKING:
     from .loaded_run import LoadedRun
 
 
-def preprocessing_for(model: LoadedRun, csv_path: Path) -> CsvData:
-    """The data settings that turn files into what this model was trained on."""
+def preprocessing_for(model: LoadedRun, source: Path) -> CsvData | BidsData:
+    """The data settings that turn the files ``source`` lists (a CSV, or a BIDS dataset's folder)
+    into what this model was trained on."""
     data = model.config.data if model.config is not None else None
-    if data is not None and data.kind == "csv":
-        return data.model_copy(update={"csv": str(csv_path), "skip_bad": False, "max_brain_cropped": 1.0,
-                                       "augment": data.augment.model_copy(update={"enabled": False})})
+    if isinstance(data, FileData):
+        return data.listed_in(source).model_copy(update={
+            "skip_bad": False, "max_brain_cropped": 1.0, "augment": data.augment.model_copy(update={"enabled": False})})
     # brain-synth files are already in [−1, 1] and span one field of view at any size (resize, the
     # whole image); squares were min–max scaled per image and have no anatomy to mask
     synth = isinstance(data, BrainSynthData)
-    return CsvData(csv=str(csv_path), shape=list(model.image_shape), intensity="none" if synth else "minmax",
+    return CsvData(csv="", shape=list(model.image_shape), intensity="none" if synth else "minmax",
                    fit="resize" if synth else "pad_crop", brain_mask="auto" if data is None else "none",
-                   slice_axis=DESIGNS[data.design].slice_axis if isinstance(data, BrainSynthData) else 2)
+                   slice_axis=DESIGNS[data.design].slice_axis if isinstance(data, BrainSynthData) else 2
+                   ).listed_in(source)
 
 
 def load_images(model: LoadedRun, images: list[Path]) -> NiftiCohort:
@@ -61,11 +64,12 @@ def load_images(model: LoadedRun, images: list[Path]) -> NiftiCohort:
 
 
 def load_inputs(model: LoadedRun, csv_path: Path, split: str | None = None) -> NiftiCohort:
-    """Read, check and preprocess the listed files (labels and targets optional), through the
-    run's column names, classes, splits and preprocessing."""
+    """Read, check and preprocess the files a table lists (``csv_path``: a CSV, or a BIDS
+    dataset's folder; labels and targets optional), through the run's column names, classes,
+    splits and preprocessing."""
     data = preprocessing_for(model, csv_path)
     run_dir = model.run_dir
-    table = read_table(csv_path, data, require_label=False, run_dir=run_dir)
+    table = read_cohort(data, require_label=False, run_dir=run_dir)
     rows, problems = table.rows, table.problems
     for warning in table.warnings:
         warnings.warn(f"{csv_path}: {warning}", stacklevel=2)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import CsvData
+from .bids import read_bids
 from .brain_synth import DESIGNS, GENERATOR_VERSION
 from .cohort import InMemoryCohort
 from .nifti import NiftiCohort, PreprocessingCache, Spatial, cohort_intensity_range, fill_cache
@@ -22,7 +23,7 @@ from .sampling import ClassBalancedBatchSampler
 from .splits import SPLITS, assign_splits
 from .squares import make_squares
 from .synth_export import write_brain_synth
-from .table import DataError, Problem, class_problems, read_table
+from .table import DataError, Problem, Table, class_problems, read_table
 
 
 @dataclass
@@ -48,7 +49,7 @@ def build_cohorts(data_config, seed: int, progress=None) -> Cohorts:
                         for i, split in enumerate(SPLITS)})
     if kind == "brain-synth":
         return _brain_synth_on_disk(data_config, seed, progress)
-    return load_csv_cohorts(data_config, seed, progress)
+    return load_file_cohorts(data_config, seed, progress)
 
 
 def _synth_settings(data_config, seed: int) -> tuple[int, dict, Path]:
@@ -72,16 +73,28 @@ def _brain_synth_on_disk(data_config, seed: int, progress) -> Cohorts:
                           design=data_config.design)
     csv_config = CsvData(csv=str(folder / "cohort.csv"), shape=list(data_config.shape), intensity="none",
                          cache_dir=str(folder / ".icam-cache"), slice_axis=DESIGNS[data_config.design].slice_axis)
-    cohorts = load_csv_cohorts(csv_config, base, progress)
+    cohorts = load_file_cohorts(csv_config, base, progress)
     cohorts.info["brain_synth"] = settings
     return cohorts
 
 
-def load_csv_cohorts(data_config, seed: int, progress=None) -> Cohorts:
-    """Read and check the table, assign splits where it has none, fill the preprocessing cache
-    (decoding and checking every image), and build one dataset per split."""
-    csv_path = Path(data_config.csv)
-    table = read_table(csv_path, data_config)
+def cohort_source(data_config) -> Path:
+    """Where a cohort of files is listed: its CSV, or its BIDS dataset's folder."""
+    return Path(data_config.bids_root if data_config.kind == "bids" else data_config.csv)
+
+
+def read_cohort(data_config, require_label: bool = True, run_dir: str | Path | None = None) -> Table:
+    """The cohort a csv or bids data config lists, as one table (the same rows, whoever read them)."""
+    if data_config.kind == "bids":
+        return read_bids(data_config, require_label, run_dir)
+    return read_table(data_config.csv, data_config, require_label, run_dir)
+
+
+def load_file_cohorts(data_config, seed: int, progress=None) -> Cohorts:
+    """Read and check the table (a CSV or a BIDS dataset), assign splits where it has none, fill
+    the preprocessing cache (decoding and checking every image), and build one dataset per split."""
+    csv_path = cohort_source(data_config)
+    table = read_cohort(data_config)
     rows, problems = table.rows, table.problems
     for warning in table.warnings:
         warnings.warn(f"{csv_path}: {warning}", stacklevel=2)
@@ -91,6 +104,8 @@ def load_csv_cohorts(data_config, seed: int, progress=None) -> Cohorts:
     bad_rows = {p.row for p in problems}
     entries, image_problems = fill_cache(cache, [r for r in rows if r.number not in bad_rows],
                                          data_config.preprocess_workers, progress)
+    for p in image_problems:  # numbered as the table numbers its rows (a BIDS dataset: its scans)
+        p.where = table.where
     problems += image_problems
     bad_rows = {p.row for p in problems}
     if problems and (not data_config.skip_bad or None in bad_rows):
@@ -103,7 +118,7 @@ def load_csv_cohorts(data_config, seed: int, progress=None) -> Cohorts:
     datasets = {s: NiftiCohort([r for r, k in zip(rows, splits) if k == s], entries, data_config, augment=s == "train")
                 for s in SPLITS}
     info = {"csv": str(csv_path), "cache": str(cache.directory), "identity": table.identity,
-            "preprocessing": preprocessing_facts(rows, entries)}
+            "preprocessing": preprocessing_facts(rows, entries), **({"bids": table.facts} if table.facts else {})}
     if data_config.classes:
         info["classes"] = [str(c) for c in data_config.classes]
     if data_config.intensity == "cohort":

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
-from . import splits_for
+from . import read_cohort, splits_for
 from .nifti import check_files, slices_among_volumes
 from .splits import SPLITS
-from .table import Problem, class_names, class_problems, num_classes_of, read_table
+from .table import Problem, class_names, class_problems, num_classes_of
 
 
-def check_cohort(csv_path: str | Path, data_config, seed: int = 0, workers: int = 0,
-                 progress=None) -> tuple[dict, list[Problem]]:
-    """Read the table, decode every image, mask and map, and check them; (summary, problems)."""
-    table = read_table(csv_path, data_config)
+def check_cohort(data_config, seed: int = 0, workers: int = 0, progress=None) -> tuple[dict, list[Problem]]:
+    """Read the table (a CSV or a BIDS dataset), decode every image, mask and map, and check
+    them; (summary, problems)."""
+    table = read_cohort(data_config)
     rows, problems = table.rows, table.problems
     shapes, file_problems = check_files(rows, workers, progress)
+    for p in file_problems:  # numbered as the table numbers its rows (a BIDS dataset: its scans)
+        p.where = table.where
     problems += file_problems
     image_shapes = {number: found["image"] for number, found in shapes.items()}
     problems += slices_among_volumes(image_shapes, rows, len(data_config.shape) == 3)
@@ -50,6 +51,7 @@ def check_cohort(csv_path: str | Path, data_config, seed: int = 0, workers: int 
             f"the {s} split is empty ({subjects} subject{'s' * (subjects != 1)}; a subject's scans stay in one "
             "split): no validation or test scores" for s in ("val", "test")
             if good and not any(k == s for k in splits)],
+        "dataset": table.facts,
         "image_shapes": sorted({tuple(shapes[r.number]["image"]) for r in good}, key=str)[:10],
     }
     return summary, problems

@@ -45,11 +45,12 @@ class Problem:
     row: int | None  # spreadsheet row number (header = 1), None for cohort-wide problems
     message: str
     file: str | None = None
+    where: str = "row"  # what the number counts: a table's rows, or a BIDS dataset's scans
 
     def __str__(self) -> str:
         if self.row is None and self.file:  # a problem of one file, not of a table's row
             return f"{self.file}: {self.message}"
-        where = f"row {self.row}" if self.row is not None else "cohort"
+        where = f"{self.where} {self.row}" if self.row is not None else "cohort"
         return f"{where}: {self.message}" + (f" ({self.file})" if self.file else "")
 
 
@@ -82,6 +83,8 @@ class Table:
     split_source: str = "table"  # table, run (the run's splits.csv) or none
     identity: str = ""  # how ids and subjects were found (data check and train say it)
     warnings: list[str] = field(default_factory=list)  # what was read leniently (labels matched ignoring case)
+    where: str = "row"  # what its problems' numbers count: a table's rows or a dataset's scans
+    facts: dict = field(default_factory=dict)  # what a dataset reader found (BIDS: subjects, sessions, scans)
 
 
 def class_names(data_config, num_classes: int) -> list[str]:
@@ -154,8 +157,17 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
     if not path.is_file():
         raise DataError([Problem(None, "the cohort table does not exist", str(path.absolute()))])
     header, records, delimiter = read_records(path)
-    reader = _RowReader(path, _column_names(header, data_config, require_label, path), header, data_config,
-                        require_label, decimal_comma=delimiter == ";")
+    return table_of(path, header, records, data_config, require_label, run_dir, decimal_comma=delimiter == ";")
+
+
+def table_of(source: Path, header: list[str], records: list[dict], data_config, require_label: bool = True,
+             run_dir: str | Path | None = None, decimal_comma: bool = False, where: str = "row") -> Table:
+    """Records (one dict per image, keyed by ``data.columns``' names) read as a cohort table's
+    rows, whoever listed them: a CSV (``read_table``) or a BIDS dataset (``data.bids``). Rows
+    are numbered from 2 as a spreadsheet shows them, and problems name them ``where`` ("row",
+    or "scan" for a dataset without a table)."""
+    reader = _RowReader(source, _column_names(header, data_config, require_label, source), header, data_config,
+                        require_label, decimal_comma, where)
     for i, record in enumerate(records):
         reader.read(i + 2, record)
     rows, problems = reader.rows, reader.problems + reader.label_problems()
@@ -165,7 +177,7 @@ def read_table(path: str | Path, data_config, require_label: bool = True, run_di
     if run_dir is not None and not all(r.split for r in rows) and (Path(run_dir) / "splits.csv").is_file():
         _splits_from_run(rows, Path(run_dir) / "splits.csv")
         split_source = "run"
-    return Table(rows, problems, reader.excluded, split_source, identity, reader.warnings())
+    return Table(rows, problems, reader.excluded, split_source, identity, reader.warnings(), where)
 
 
 COLUMN_KEYS = ("image", "label", "target", "subject", "split", "mask", "gt_map")
@@ -201,8 +213,9 @@ class _RowReader:
     numbers, labels matched ignoring case)."""
 
     def __init__(self, path: Path, names: dict[str, str], header: list[str], data_config, require_label: bool,
-                 decimal_comma: bool):
+                 decimal_comma: bool, where: str):
         self.path, self.names, self.require_label, self.decimal_comma = path, names, require_label, decimal_comma
+        self.where = where
         self.classes = getattr(data_config, "classes", None)
         self.thresholds = getattr(data_config, "class_thresholds", None)
         self.has_label, self.has_target = names["label"] in header, names["target"] in header
@@ -212,6 +225,9 @@ class _RowReader:
         self.not_numbers: dict[str, list[int]] = {}
         self.case_matched: dict[tuple[str, str], list[int]] = {}
 
+    def _problem(self, number: int, message: str, file: str | None = None) -> Problem:
+        return Problem(number, message, file, self.where)
+
     def _text(self, record: dict, key: str) -> str:
         return (record.get(self.names[key]) or "").strip()
 
@@ -219,7 +235,7 @@ class _RowReader:
         problems: list[Problem] = []
         image = self._file("image", record, number, problems)
         if image is None:
-            problems.append(Problem(number, f"empty '{self.names['image']}'"))
+            problems.append(self._problem(number, f"empty '{self.names['image']}'"))
         raw_target = self._text(record, "target") if self.has_target else ""
         target = self._target(raw_target, number, problems)
         raw_label = self._text(record, "label") if self.has_label else ""
@@ -229,7 +245,7 @@ class _RowReader:
             return
         split = self._text(record, "split").lower() or None
         if split is not None and split not in SPLITS:
-            problems.append(Problem(number, f"split {split!r} is not one of {', '.join(SPLITS)}"))
+            problems.append(self._problem(number, f"split {split!r} is not one of {', '.join(SPLITS)}"))
         mask, gt_map = (self._file(key, record, number, problems) for key in ("mask", "gt_map"))
         if problems:
             self.problems.extend(problems)
@@ -246,7 +262,7 @@ class _RowReader:
             return None
         file = Path(value) if Path(value).is_absolute() else self.path.parent / value
         if not file.is_file():
-            problems.append(Problem(number, f"{key} file not found", str(file)))
+            problems.append(self._problem(number, f"{key} file not found", str(file)))
         return file
 
     def _target(self, raw: str, number: int, problems: list[Problem]) -> float:
@@ -258,7 +274,7 @@ class _RowReader:
         except ValueError:
             target = math.nan
         if not math.isfinite(target):
-            problems.append(Problem(number, f"target {raw!r} is not a finite number"))
+            problems.append(self._problem(number, f"target {raw!r} is not a finite number"))
         return target
 
     def _label(self, raw: str, raw_target: str, target: float, number: int, problems: list[Problem],
@@ -270,7 +286,7 @@ class _RowReader:
             if case_only and label is not None:
                 self.case_matched.setdefault((raw, str(self.classes[label])), []).append(number)
             if label is None and self.require_label:
-                self.excluded.append(Problem(number, f"label {raw!r} is not one of data.classes "
+                self.excluded.append(self._problem(number, f"label {raw!r} is not one of data.classes "
                                                      f"[{', '.join(map(str, self.classes))}]", str(image or "")))
                 raise _LeftOut
             return UNKNOWN_LABEL if label is None else label
@@ -285,8 +301,9 @@ class _RowReader:
         if not self.require_label:
             return UNKNOWN_LABEL
         if not problems:
-            problems.append(Problem(number, "empty label, and no data.class_thresholds to derive the class from its "
-                                            "target" if raw_target else "no label, and no target to derive it from"))
+            problems.append(self._problem(number, "empty label, and no data.class_thresholds to derive the class from "
+                                                  "its target" if raw_target else "no label, and no target to derive "
+                                                  "it from"))
         return None
 
     def label_problems(self) -> list[Problem]:
