@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import stat
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -118,12 +119,38 @@ def test_train_explain_and_report_on_a_dataset(dataset, bids_run, tmp_path):
     result = runner.invoke(app, ["explain", str(bids_run), "--bids", str(dataset), "--out", str(out), "--which",
                                  "last", "--n-samples", "2", "--min-probability", "0.5", "--figures", "none"])
     assert result.exit_code == 0, result.output
-    maps = sorted(p.name for p in (out / "maps").glob("*_fa_mean.nii.gz"))
-    assert len(maps) == 14 and "sub-01_ses-2_T1w_fa_mean.nii.gz" in maps  # MCI too: it is predicted, not trained
-    predictions = {r["id"]: r for r in csv.DictReader((out / "predictions.csv").open())}
+    predictions = {r["id"]: r for r in csv.DictReader((out / "predictions.tsv").open(), delimiter="\t")}
     assert predictions["sub-01_ses-2_T1w"]["target"] == "65.0" and predictions["sub-09_T1w"]["label"] == "MCI"
     report = runner.invoke(app, ["report", str(bids_run), "--explained", str(out), "-o", str(tmp_path / "r.html")])
     assert report.exit_code == 0, report.output
+    assert "prediction results" in (tmp_path / "r.html").read_text()  # the figure of the dataset's predictions
+
+
+def test_explanations_of_a_dataset_are_a_bids_derivative_pybids_indexes(dataset, bids_run, tmp_path):
+    from bids import BIDSLayout
+
+    out = tmp_path / "derivatives" / "icam"
+    result = runner.invoke(app, ["explain", str(bids_run), "--bids", str(dataset), "--out", str(out), "--which",
+                                 "last", "--n-samples", "2", "--min-probability", "0.5", "--figures", "none"])
+    assert result.exit_code == 0, result.output
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "icam"
+    checkpoint = json.loads((out / "icam-outputs.json").read_text())["producer"]["checkpoint_sha256"]
+    assert checkpoint in description["GeneratedBy"][0]["Description"]
+    layout = BIDSLayout(str(dataset), derivatives=str(out), validate=False)
+    means = layout.get(scope="derivatives", desc="famean", extension=".nii.gz")
+    assert len(means) == 14  # every scan, MCI too: it is predicted and explained, not trained on
+    assert {m.entities["subject"] for m in means} == {f"{i:02d}" for i in range(1, 12)}
+    longitudinal = layout.get(scope="derivatives", subject="01", session="2", desc="famean", extension=".nii.gz")
+    assert [m.filename for m in longitudinal] == ["sub-01_ses-2_desc-famean_T1w.nii.gz"]
+    for desc in ("favar", "translation"):
+        assert len(layout.get(scope="derivatives", desc=desc, extension=".nii.gz")) == 14
+    assert len(layout.get(scope="derivatives", desc="brain", suffix="mask", extension=".nii.gz")) == 14
+    sidecar = json.loads(Path(longitudinal[0].path.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["Samples"] == 2 and sidecar["TargetClass"] in ("CN", "AD") and sidecar["Reference"] == "input"
+    assert sidecar["Sources"] == [str(dataset / "sub-01" / "ses-2" / "anat" / "sub-01_ses-2_T1w.nii.gz")]
+    scored = runner.invoke(app, ["report", str(bids_run), "--explained", str(out), "-o", str(tmp_path / "r.html")])
+    assert scored.exit_code == 0, scored.output
 
 
 def test_bad_datasets_are_one_line_naming_the_file(tmp_path):

@@ -345,6 +345,10 @@ def explain_command(
     precision: DecodePrecision = typer.Option(
         "32-true", help="decoding of the translations: 32-true, or bf16-mixed (faster on a GPU or a CPU with bf16 "
                         "instructions; maps differ by bf16 rounding)"),
+    bids_derivatives: bool = typer.Option(
+        False, "--bids-derivatives", help="write --out as a BIDS derivatives dataset (derivatives/icam: maps named "
+                                          "by the scans' BIDS entities, JSON sidecars, TSV tables); the default "
+                                          "with --bids"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the outputs another model wrote into --out "
                                                               "(they are cleared first)"),
     posthoc: str | None = typer.Option(None, help="for a ResNet baseline run: gradcam, guided_gradcam, "
@@ -367,7 +371,7 @@ def explain_command(
                         "content code to refine (leave them out)")
     elif model.method == "resnet":
         model.check_makes_maps()  # a ResNet is explained by a post-hoc method
-    folder = ExplanationFolder(out)
+    folder = ExplanationFolder(out, bids=bids is not None or bids_derivatives)
 
     def explain_with_icam(explainer: Explainer) -> None:
         if csv_path is not None or bids is not None or image:
@@ -549,13 +553,13 @@ def _report_parts(folder: Path, explained: list[Path], csv_path: Path | None):
         runs = [folder / "runs" / n for n in ("icam-reg", "icam") if (folder / "runs" / n / "config.yaml").is_file()]
         run_dir = runs[0] if runs else None
     for d in explained:
-        ExplanationFolder(d).require_complete()
-        if not ExplanationFolder(d).predictions.is_file():
+        ExplanationFolder.at(d).require_complete()
+        if not ExplanationFolder.at(d).predictions.is_file():
             raise UserError(f"--explained {d}: not an icam explain output folder (no predictions.csv there)")
     found = explained or [d for n in names for base in ("explained", "maps") for d in [folder / base / n]
-                          if (d / "maps").is_dir()]
+                          if ExplanationFolder.at(d).has_maps()]
     for d in found:
-        ExplanationFolder(d).require_complete()
+        ExplanationFolder.at(d).require_complete()
     maps = {names.get(d.name, d.name): d for d in found}
     table = csv_path or (folder / "cohort" / "cohort.csv" if (folder / "cohort" / "cohort.csv").is_file() else None)
     benchmark = folder if (folder / "results").is_dir() else None

@@ -265,9 +265,8 @@ class BenchmarkRun:
 
     def score(self, folder: Path) -> dict:
         """The maps and predictions in ``folder`` against the test split's ground truth."""
-        if not (folder / "maps").is_dir():  # predictions only
-
-            return prediction_metrics(folder / "predictions.csv")
+        if not ExplanationFolder.at(folder).has_maps():  # predictions only
+            return prediction_metrics(ExplanationFolder.at(folder).predictions)
         return evaluate_outputs(folder, self.csv_path, "test")
 
     def diagnostics(self, run: str) -> dict:

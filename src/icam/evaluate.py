@@ -46,7 +46,7 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
     written with them. Directions: NCC(+) over subjects of class 0 (translated 0 → 1, effects
     added), NCC(−) over class 1 (1 → 0, effects removed). Without ground-truth maps, only the
     predictions are scored."""
-    folder, csv_path = ExplanationFolder(Path(outputs)), Path(csv_path)
+    folder, csv_path = ExplanationFolder.at(Path(outputs)), Path(csv_path)
     folder.require_complete()
     table = read_run_table(run_dir or folder.run_dir(), csv_path)
     rows = table.rows if split is None else require_split(table, split, csv_path)

@@ -83,10 +83,16 @@ class Explanation:
         refined = f", refined {self.refinement.steps}" if self.refinement else ""
         return f"{self.translation} vs {self.reference}, {self.sampling}{refined}"
 
-    def scan_maps(self, direction: str, index: int = 0) -> ScanMaps:
-        """Scan ``index``'s maps as arrays, with what made them and ``direction`` ("AD->CN, 100 samples")."""
+    def scan_maps(self, source: str, target: str, index: int = 0) -> ScanMaps:
+        """Scan ``index``'s maps as arrays, with what made them: translated from class ``source``
+        to ``target`` (their names)."""
+        facts = {"SourceClass": source, "TargetClass": target, "Samples": self.n_samples,
+                 "Translation": self.translation, "Reference": self.reference, "Sampling": self.sampling,
+                 "AcceptanceRate": round(self.acceptance_rate, 4), "Fallback": self.fallback,
+                 "RefinementSteps": self.refinement.steps if self.refinement else 0}
         return ScanMaps(self.mean[index, 0].cpu().numpy(), self.var[index, 0].cpu().numpy(),
-                        self.translated[index, 0].cpu().numpy(), self.recipe, direction)
+                        self.translated[index, 0].cpu().numpy(), self.recipe,
+                        f"{source}->{target}, {self.n_samples} samples", facts)
 
 
 @dataclass
@@ -222,10 +228,10 @@ class Explainer:
         explanation = self.explain(scan.image, **options)
         if out is not None:
             folder = ExplanationFolder(Path(out))
-            direction = (f"{self.class_names[int(explanation.prediction.predicted_class[0])]}->"
-                         f"{self.class_names[int(explanation.target_class[0])]}, {explanation.n_samples} samples")
+            maps = explanation.scan_maps(self.class_names[int(explanation.prediction.predicted_class[0])],
+                                         self.class_names[int(explanation.target_class[0])])
             with folder.claim(producer_of(self)):
-                write_scan_maps(folder, scan.dataset, 0, explanation.scan_maps(direction), self.fingerprint)
+                write_scan_maps(folder, scan.dataset, 0, maps, self.fingerprint)
                 write_mask(folder, scan.item, scan.dataset, 0, self.fingerprint)
         return explanation
 

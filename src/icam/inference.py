@@ -92,7 +92,9 @@ def attribute_cohort(model: LoadedRun, dataset: NiftiCohort, folder: Explanation
         label = int(item["label"])
         fa = model.attribute(item["image"], target=None if label == UNKNOWN_LABEL else label)[0, 0].cpu().numpy()
         ident = output_id(dataset, i)
-        write_map(fa, dataset, i, folder.map(ident, "fa_mean"), f"icam {model.name} map", model.fingerprint)
+        path = write_map(fa, dataset, i, folder.map(ident, "fa_mean"), f"icam {model.name} map", model.fingerprint)
+        folder.describe(path, {"Description": f"{model.name} map", "Method": model.name,
+                               "Sources": [dataset.source(i).file]})
         mask = brain_mask(item)
         write_mask(folder, item, dataset, i, model.fingerprint)
         records[i].mean_abs_fa = float(np.abs(fa)[mask > 0].mean())
@@ -196,8 +198,8 @@ def explain_cohort(explainer: Explainer, dataset: NiftiCohort, folder: Explanati
         explanation, source_class = _explain_scan(explainer, item, target_class, from_label, options)
         mean, mask = explanation.mean[0, 0].cpu().numpy(), brain_mask(item)
         target_name = _target_name(explainer, explanation)
-        direction = f"{source_class}->{target_name}, {n_samples} samples"
-        write_scan_maps(folder, dataset, i, explanation.scan_maps(direction), explainer.fingerprint, native_intensity)
+        write_scan_maps(folder, dataset, i, explanation.scan_maps(source_class, target_name), explainer.fingerprint,
+                        native_intensity)
         if explanation.refinement is not None:
             refined.append(explanation.refinement)
         write_mask(folder, item, dataset, i, explainer.fingerprint)
@@ -282,8 +284,11 @@ def _write_reconstruction_map(explainer: Explainer, explanation: Explanation, it
     written beside its other maps; returns its mean |FA| in the brain."""
     own = explainer.explain(item["image"], target=int(explanation.prediction.predicted_class[0]), **options)
     own_mean = own.mean[0, 0].cpu().numpy()
-    write_map(own_mean, dataset, i, folder.map(output_id(dataset, i), "reconstruction_fa_mean"),
-              f"icam mean FA map to its own class, {options['n_samples']} samples", explainer.fingerprint)
+    description = f"icam mean FA map to its own class, {options['n_samples']} samples"
+    path = write_map(own_mean, dataset, i, folder.map(output_id(dataset, i), "reconstruction_fa_mean"), description,
+                     explainer.fingerprint)
+    folder.describe(path, {"Description": f"{description}: the model's noise floor", "Samples": options["n_samples"],
+                           "Sources": [dataset.source(i).file]})
     return float(np.abs(own_mean)[brain_mask(item) > 0].mean())
 
 

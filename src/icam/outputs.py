@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -30,6 +31,7 @@ from .files import LOCK, folder_lock, write_atomically, write_json
 if TYPE_CHECKING:
     from .loaded_run import LoadedRun
 
+MANIFEST = "icam-outputs.json"
 MAP_STAMP = 16  # hex digits of the checkpoint's SHA-256 in each map's aux_file
 
 
@@ -77,6 +79,10 @@ def map_stamp(path: Path) -> str:
 
 
 MapKind = Literal["fa_mean", "fa_var", "translated", "mask", "reconstruction_fa_mean"]
+# each kind's BIDS desc label (letters and digits only); the mask is a BIDS mask (desc-brain_mask)
+BIDS_DESC = {"fa_mean": "famean", "fa_var": "favar", "translated": "translation", "mask": "brain",
+             "reconstruction_fa_mean": "reconstructionfamean"}
+BIDS_VERSION = "1.9.0"
 
 
 @dataclass(frozen=True)
@@ -87,15 +93,32 @@ class ExplanationFolder:
     maps/<id>_<kind>.nii.gz      fa_mean, fa_var, translated, mask, reconstruction_fa_mean, on each input's grid
     figures/<id>_fa.png, tsne.png
     predictions.csv, outliers.csv, summary.json; evaluation.json, per_subject_maps.csv (icam evaluate)
-    icam-outputs.json            the manifest: producer, command, time, complete
+    icam-outputs.json            the manifest: producer, command, time, complete, layout
     <a>_with_<b>_*.nii.gz, …     pairs and interpolations, at the top
+
+    ``bids``: a BIDS derivatives dataset instead (``derivatives/icam``): dataset_description.json,
+    maps as sub-01/[ses-1/]anat/sub-01_[ses-1_]desc-famean_T1w.nii.gz (desc-favar,
+    desc-translation; the mask desc-brain_mask), each with a JSON sidecar saying what made it,
+    and the tables as .tsv; figures, summary and manifest as above.
     """
 
     root: Path
+    bids: bool = False
+
+    @classmethod
+    def at(cls, root: Path) -> ExplanationFolder:
+        """The folder an explain wrote, in the layout its manifest names."""
+        manifest = Path(root) / MANIFEST
+        layout = json.loads(manifest.read_text()).get("layout") if manifest.is_file() else None
+        return cls(Path(root), layout == "bids")
 
     @property
     def maps(self) -> Path:
-        return self.root / "maps"
+        """Where the maps are (a BIDS derivative's are in its subject folders)."""
+        return self.root if self.bids else self.root / "maps"
+
+    def has_maps(self) -> bool:
+        return any(self.root.glob("sub-*")) if self.bids else self.maps.is_dir()
 
     @property
     def figures(self) -> Path:
@@ -103,7 +126,21 @@ class ExplanationFolder:
 
     def map(self, ident: str, kind: str = "fa_mean") -> Path:
         """A scan's map of one kind (``MapKind``; `icam evaluate --suffix` may name any)."""
-        return self.maps / f"{ident}_{kind}.nii.gz"
+        if not self.bids:
+            return self.maps / f"{ident}_{kind}.nii.gz"
+        *entities, suffix = ident.split("_")
+        if not entities or not entities[0].startswith("sub-") or not all("-" in e for e in entities):
+            raise UserError(f"a BIDS derivative names maps by the scan's BIDS entities; {ident!r} is no BIDS name "
+                            "(sub-01[_ses-1]_T1w): explain without --bids-derivatives")
+        desc = BIDS_DESC.get(kind, "".join(c for c in kind if c.isalnum()))
+        folder = self.root / entities[0] / next((e for e in entities if e.startswith("ses-")), "") / "anat"
+        name = "_".join([*entities, f"desc-{desc}", "mask" if kind == "mask" else suffix])
+        return folder / f"{name}.nii.gz"
+
+    def describe(self, path: Path, fields: dict) -> None:
+        """A BIDS derivative's JSON sidecar of one map (what made it); nothing in the plain layout."""
+        if self.bids:
+            write_json(path.with_name(path.name.removesuffix(".nii.gz") + ".json"), fields)
 
     def figure(self, ident: str) -> Path:
         return self.figures / f"{ident}_fa.png"
@@ -112,13 +149,16 @@ class ExplanationFolder:
     def tsne(self) -> Path:
         return self.figures / "tsne.png"
 
+    def _table(self, name: str) -> Path:
+        return self.root / f"{name}.{'tsv' if self.bids else 'csv'}"
+
     @property
     def predictions(self) -> Path:
-        return self.root / "predictions.csv"
+        return self._table("predictions")
 
     @property
     def outliers(self) -> Path:
-        return self.root / "outliers.csv"
+        return self._table("outliers")
 
     @property
     def summary(self) -> Path:
@@ -130,14 +170,19 @@ class ExplanationFolder:
 
     @property
     def per_subject(self) -> Path:
-        return self.root / "per_subject_maps.csv"
+        return self._table("per_subject_maps")
 
     @property
     def manifest(self) -> Path:
-        return self.root / "icam-outputs.json"
+        return self.root / MANIFEST
+
+    @property
+    def description(self) -> Path:
+        return self.root / "dataset_description.json"
 
     def create(self) -> None:
-        """The folder and its maps/ and figures/, before anything is written into them."""
+        """The folder and its maps/ and figures/, before anything is written into them (a BIDS
+        derivative's subject folders come with their maps)."""
         for folder in (self.root, self.maps, self.figures):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -184,18 +229,35 @@ class ExplanationFolder:
                                           f"checkpoint {str(previous.get('checkpoint_sha256', ''))[:12]}); give a new "
                                           "folder, or --overwrite to replace them")
                 self._clear()
-            record = {"producer": producer, "command": sys.argv, "complete": False, "time": _now()}
+            record = {"producer": producer, "command": sys.argv, "complete": False, "time": _now(),
+                      "layout": "bids" if self.bids else "icam"}
             write_json(self.manifest, record)
+            if self.bids:
+                write_json(self.description, {
+                    "Name": "icam feature-attribution maps", "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
+                    "GeneratedBy": [{"Name": "icam", "Version": _version(), "Description": (
+                        f"ICAM maps of the run {producer.get('run')}, checkpoint SHA-256 "
+                        f"{producer.get('checkpoint_sha256')}")}]})
             yield
             write_json(self.manifest, {**record, "complete": True, "finished": _now()})
 
     def _clear(self) -> None:
-        """Everything an explain (or evaluate) wrote here before, the manifest aside."""
-        for folder in (self.maps, self.figures):
+        """Everything an explain (or evaluate) wrote here before, in either layout, the manifest aside."""
+        for folder in (self.root / "maps", self.figures, *self.root.glob("sub-*")):
             shutil.rmtree(folder, ignore_errors=True)
-        for table in (self.predictions, self.outliers, self.summary, self.evaluation, self.per_subject,
-                      *self.root.glob("*.nii.gz"), *self.root.glob("*_interpolation.*"), *self.root.glob("*_fa.png")):
-            table.unlink(missing_ok=True)
+        for layout in (ExplanationFolder(self.root), ExplanationFolder(self.root, bids=True)):
+            for table in (layout.predictions, layout.outliers, layout.per_subject):
+                table.unlink(missing_ok=True)
+        for file in (self.summary, self.evaluation, self.description, *self.root.glob("*.nii.gz"),
+                     *self.root.glob("*_interpolation.*"), *self.root.glob("*_fa.png")):
+            file.unlink(missing_ok=True)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("icam")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
 
 
 def _now() -> str:
@@ -212,10 +274,11 @@ def producer_of(model: LoadedRun) -> dict:
 
 def write_csv(path: Path, records: list[dict]) -> Path:
     """A table with every key any record has (in first-seen order; missing cells empty), written
-    to a temporary file and renamed into place: never half a table."""
+    to a temporary file and renamed into place: never half a table. A .tsv is tab-separated."""
     def write(temporary: Path) -> None:
         with temporary.open("w", newline="") as f:
-            writer = csv.DictWriter(f, list(dict.fromkeys(k for r in records for k in r)))
+            writer = csv.DictWriter(f, list(dict.fromkeys(k for r in records for k in r)),
+                                    delimiter="\t" if path.suffix == ".tsv" else ",")
             writer.writeheader()
             writer.writerows(records)
     return write_atomically(path, write)

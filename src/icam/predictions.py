@@ -3,12 +3,11 @@ are floats or None and classes are names; text only at the edge (one writer, one
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.table import names_from_columns, probability_columns
+from .data.table import names_from_columns, probability_columns, read_records
 from .outputs import write_csv
 
 BASE_COLUMNS = ("id", "row", "file", "slice", "label", "target")  # always written, empty when unknown
@@ -82,8 +81,8 @@ def write_predictions(path: Path, records: list[PredictionRecord], extra: list[d
 
 
 def read_predictions(path: Path) -> tuple[list[str], list[PredictionRecord]]:
-    """The class names (from the probability columns) and the records of a predictions.csv."""
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        names = names_from_columns(reader.fieldnames or [])
-        return names, [PredictionRecord.from_row(row, names) for row in reader]
+    """The class names (from the probability columns) and the records of a predictions table
+    (.csv, or a BIDS derivative's .tsv)."""
+    header, rows, _ = read_records(path)
+    names = names_from_columns(header)
+    return names, [PredictionRecord.from_row(row, names) for row in rows]

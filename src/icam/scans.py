@@ -9,7 +9,7 @@ import csv
 import json
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -132,8 +132,11 @@ def brain_mask(item: Item) -> np.ndarray:
 def write_mask(folder: ExplanationFolder, item: Item, dataset: NiftiCohort, i: int, stamp: str) -> None:
     """The brain mask the maps were masked and scored with, on the input's grid (once per scan)."""
     if "mask" in item:
-        write_map(item["mask"][0].numpy(), dataset, i, folder.map(output_id(dataset, i), "mask"),
-                  "icam brain mask (table or foreground)", stamp, "range", mode="nearest")
+        path = write_map(item["mask"][0].numpy(), dataset, i, folder.map(output_id(dataset, i), "mask"),
+                         "icam brain mask (table or foreground)", stamp, "range", mode="nearest")
+        folder.describe(path, {"Description": "the brain mask icam's maps were masked and scored with (the table's, "
+                                              "else the scan's foreground)", "Type": "Brain",
+                               "Sources": [dataset.source(i).file]})
 
 
 def write_scan_maps(folder: ExplanationFolder, dataset: NiftiCohort, i: int, maps: ScanMaps, stamp: str,
@@ -141,15 +144,17 @@ def write_scan_maps(folder: ExplanationFolder, dataset: NiftiCohort, i: int, map
     """Item ``i``'s mean and variance FA maps and mean translation (``maps/<id>_fa_mean.nii.gz``,
     …) on its input's own grid, each stamped with its checkpoint's hash; the description says
     what made them (``recipe``: "residual vs input, refined 50"; NIfTI keeps 80 characters, so
-    it comes first) and the ``direction`` ("AD->CN, 100 samples")."""
+    it comes first) and the ``direction`` ("AD->CN, 100 samples"); a BIDS derivative's sidecars
+    say it all (``maps.facts``)."""
     ident = output_id(dataset, i)
-    write_map(maps.mean, dataset, i, folder.map(ident, "fa_mean"), f"icam FA mean, {maps.recipe}: {maps.direction}",
-              stamp)
-    write_map(maps.var, dataset, i, folder.map(ident, "fa_var"), f"icam FA variance, {maps.recipe}: {maps.direction}",
-              stamp, "range")
     translated = dataset.denormalise(maps.translated, i) if native_intensity else maps.translated
-    write_map(translated, dataset, i, folder.map(ident, "translated"), f"icam mean translation {maps.direction}"
-              + (", input units" if native_intensity else ""), stamp, "range")
+    for kind, array, description, display in (
+            ("fa_mean", maps.mean, f"icam FA mean, {maps.recipe}: {maps.direction}", "symmetric"),
+            ("fa_var", maps.var, f"icam FA variance, {maps.recipe}: {maps.direction}", "range"),
+            ("translated", translated, f"icam mean translation {maps.direction}"
+             + (", input units" if native_intensity else ""), "range")):
+        path = write_map(array, dataset, i, folder.map(ident, kind), description, stamp, display)
+        folder.describe(path, {"Description": description, **maps.facts, "Sources": [dataset.source(i).file]})
 
 
 @dataclass
@@ -161,3 +166,4 @@ class ScanMaps:
     translated: np.ndarray
     recipe: str  # "residual vs input, counterfactual" (Explanation.recipe)
     direction: str  # "AD->CN, 100 samples"
+    facts: dict = field(default_factory=dict)  # the same, one by one (a BIDS derivative's sidecars)

@@ -280,7 +280,7 @@ def gallery_figure(csv_path: Path, methods: dict[str, Path], subjects: int = 4, 
     ground truth and the first method's mean map share one symmetric colour range; the first
     method's variance follows when written; every other map has its own range. None without
     test rows. ``run_dir``: the run, when the explanations do not name theirs."""
-    folders = {name: ExplanationFolder(folder) for name, folder in methods.items()}
+    folders = {name: ExplanationFolder.at(folder) for name, folder in methods.items()}
     first_folder = next(iter(folders.values()))
     table = read_run_table(first_folder.run_dir() or run_dir, csv_path)
     explained = [r for r in table.rows if first_folder.map(r.id).is_file()]

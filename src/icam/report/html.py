@@ -290,7 +290,7 @@ def _curves_figure(chain: list[Path]) -> Figure | None:
 def predictions_section(report: Report, explained: Path, metrics: dict) -> dict:
     """The confusion matrix and predicted-vs-true targets; ``metrics`` (prediction_metrics of the
     same table) gives their figures with intervals."""
-    names, records = read_predictions(ExplanationFolder(explained).predictions)
+    names, records = read_predictions(ExplanationFolder.at(explained).predictions)
     labelled = [r for r in records if r.label in names and r.predicted_class in names]
     regressed = [r for r in records if r.target is not None and r.predicted_target is not None]
     if not labelled and not regressed:
@@ -379,7 +379,7 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
                    class_names: Sequence[str] = ("0", "1")) -> dict:
     rows, facts = [], {}
     for name, folder in methods.items():
-        path = ExplanationFolder(folder).evaluation
+        path = ExplanationFolder.at(folder).evaluation
         if not path.is_file():
             continue
         maps = json.loads(path.read_text())["maps"]
@@ -394,7 +394,7 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
                                                                                       "pointing")])
     body: list[Block] = []
     made = [f"{name}: {recipe}" for name, folder in methods.items()
-            if (recipe := map_recipe(ExplanationFolder(folder).read_summary()))]
+            if (recipe := map_recipe(ExplanationFolder.at(folder).read_summary()))]
     if made:
         body.append(Note("How the maps were made. " + "; ".join(made) + "."))
     if rows:
@@ -445,7 +445,7 @@ def _differences(methods: dict[str, Path]) -> list:
     """The first method's NCC minus each other's on the same subjects, with a paired bootstrap
     interval: whether "ICAM beats Grad-CAM" holds beyond the spread of these subjects."""
     def per_subject(folder):
-        path = ExplanationFolder(folder).per_subject
+        path = ExplanationFolder.at(folder).per_subject
         return {r["id"]: r for r in csv.DictReader(path.open())} if path.is_file() else {}
     names = list(methods)
     first = per_subject(methods[names[0]])
@@ -482,7 +482,7 @@ def build_report(out: str | Path, run_dir: Path | None = None, explained: dict[s
     first = next(iter(explained.values()), None)
     facts, summary = {}, {}
     if first is not None:
-        folder = ExplanationFolder(first)
+        folder = ExplanationFolder.at(first)
         metrics = prediction_metrics(folder.predictions)  # once: the banner, the figures, the headline
         summary = folder.read_summary()
         health_section(report, metrics, summary, read_json(folder.evaluation).get("maps"))
