@@ -16,6 +16,7 @@ import typer
 import yaml
 from rich.progress import Progress
 
+from .bundle import export_bundle
 from .comparison import run_benchmark, settings_for
 from .config import (
     ConfigError,
@@ -639,6 +640,28 @@ def _has_shape(config: Path | None, sets: list[str]) -> bool:
         return True
     tree = yaml.safe_load(config.read_text()) if config and config.is_file() else {}
     return isinstance(tree, dict) and "shape" in (tree.get("data") or {})
+
+
+@app.command("export")
+@handled
+def export_command(
+    run_dir: Path = typer.Argument(..., help="an ICAM run folder"),
+    monai_bundle: Path = typer.Option(..., "--monai-bundle", help="the folder to write the MONAI bundle into "
+                                                                  "(new or empty)"),
+    which: Which = typer.Option("best", help="best or last checkpoint of the run"),
+    debug: bool = DEBUG,
+):
+    """Share a trained run as a MONAI bundle: configs/metadata.json, configs/inference.json (icam's
+    classes by _target_), models/model.pt; `python -m monai.bundle run` then predicts and explains
+    NIfTI files as `icam explain --image` does.
+
+    Example: icam export runs/reg --monai-bundle bundles/icam-reg
+    """
+    out = export_bundle(run_dir, which, monai_bundle)
+    typer.echo(f"MONAI bundle: {out}")
+    typer.echo(f"run it: python -m monai.bundle run --config_file {out / 'configs' / 'inference.json'} --meta_file "
+               f"{out / 'configs' / 'metadata.json'} --bundle_root {out} --images \"['scan.nii.gz']\" --output_dir "
+               "explained")
 
 
 @app.command("config")

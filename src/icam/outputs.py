@@ -235,7 +235,7 @@ class ExplanationFolder:
             if self.bids:
                 write_json(self.description, {
                     "Name": "icam feature-attribution maps", "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
-                    "GeneratedBy": [{"Name": "icam", "Version": _version(), "Description": (
+                    "GeneratedBy": [{"Name": "icam", "Version": icam_version(), "Description": (
                         f"ICAM maps of the run {producer.get('run')}, checkpoint SHA-256 "
                         f"{producer.get('checkpoint_sha256')}")}]})
             yield
@@ -253,7 +253,7 @@ class ExplanationFolder:
             file.unlink(missing_ok=True)
 
 
-def _version() -> str:
+def icam_version() -> str:
     try:
         return metadata.version("icam")
     except metadata.PackageNotFoundError:  # a source tree that was never installed
