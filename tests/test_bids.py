@@ -157,6 +157,10 @@ def test_bad_datasets_are_one_line_naming_the_file(tmp_path):
     root = tmp_path / "ds"
     write_dataset(root)
     check = ["data", "check", str(root), *sets(*SETTINGS)]
+    text = (root / "participants.tsv").read_text()
+    (root / "participants.tsv").write_text(text.replace("sub-03\tCN\t63", "sub-03\tCN\tn/a"))
+    result = runner.invoke(app, check)  # BIDS writes an unknown value as n/a: a scan without a target, no problem
+    assert result.exit_code == 0 and "1 scans without a target" in result.stdout, result.output
     (root / "participants.tsv").rename(tmp_path / "participants.tsv")
     result = runner.invoke(app, check)
     assert result.exit_code == EXIT_BAD_INPUT and f"{root / 'participants.tsv'}: no participants.tsv" in result.stderr

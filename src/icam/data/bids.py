@@ -13,6 +13,7 @@ from pathlib import Path
 from .table import DataError, Problem, Table, read_records, table_of
 
 SESSION = "session"  # the records' session column (ses-1), kept with each row
+MISSING = "n/a"  # how BIDS tables write a value that is not known
 
 
 def read_bids(data_config, require_label: bool = True, run_dir: str | Path | None = None) -> Table:
@@ -82,7 +83,7 @@ def _participants(root: Path, data_config, require_label: bool) -> dict[str, dic
         if needed[key] and column not in header:
             raise DataError([Problem(1, f"no '{column}' column (data.columns.{key}); the header has: "
                                         f"{', '.join(header)}", str(path))])
-    return {row["participant_id"].strip(): row for row in rows}
+    return {row["participant_id"].strip(): _known(row) for row in rows}
 
 
 def _session_values(root: Path, subject: str, session: str) -> dict[str, str]:
@@ -91,8 +92,13 @@ def _session_values(root: Path, subject: str, session: str) -> dict[str, str]:
     if not session or not path.is_file():
         return {}
     _, rows, _ = read_records(path)
-    return next(({k: v for k, v in row.items() if k != "session_id" and str(v).strip()} for row in rows
+    return next(({k: v for k, v in _known(row).items() if k != "session_id" and v} for row in rows
                  if row.get("session_id", "").strip() == session), {})
+
+
+def _known(row: dict) -> dict[str, str]:
+    """A BIDS table's row with its missing values ("n/a", as BIDS writes them) empty."""
+    return {k: "" if (v or "").strip() == MISSING else (v or "").strip() for k, v in row.items()}
 
 
 def _scans(root: Path, data_config):

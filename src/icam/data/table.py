@@ -321,7 +321,7 @@ class _RowReader:
         if not self.case_matched:
             return []
         return ["labels matched to data.classes only when case is ignored: " + "; ".join(
-            f"{raw!r} as {name} (rows {', '.join(map(str, numbers[:5]))}{', …' if len(numbers) > 5 else ''})"
+            f"{raw!r} as {name} ({self.where}s {', '.join(map(str, numbers[:5]))}{', …' if len(numbers) > 5 else ''})"
             for (raw, name), numbers in self.case_matched.items())]
 
 
