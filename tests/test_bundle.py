@@ -48,11 +48,15 @@ def test_a_bundle_runs_with_monai_and_gives_icams_predictions_and_maps(run_dir, 
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ours, theirs = (list(csv.DictReader((folder / "predictions.csv").open())) for folder in (reference, out))
-    keys = [k for k in ours[0] if k.startswith("p_") or k in ("id", "predicted_class", "mean_abs_fa")]
+    keys = [k for k in ours[0] if k.startswith("p_") or k in ("id", "predicted_class")]
     assert [{k: r[k] for k in keys} for r in ours] == [{k: r[k] for k in keys} for r in theirs]
-    for name in sorted(p.name for p in (reference / "maps").glob("*.nii.gz")):
-        assert np.array_equal(nib.load(str(reference / "maps" / name)).get_fdata(),
-                              nib.load(str(out / "maps" / name)).get_fdata()), name
+    # the same numbers to float32 precision (another process may sum with another number of threads)
+    assert np.allclose([float(r["mean_abs_fa"]) for r in ours], [float(r["mean_abs_fa"]) for r in theirs], rtol=1e-5)
+    names = sorted(p.name for p in (reference / "maps").glob("*.nii.gz"))
+    assert len(names) == 6 and names == sorted(p.name for p in (out / "maps").glob("*.nii.gz"))
+    for name in names:
+        assert np.allclose(nib.load(str(reference / "maps" / name)).get_fdata(),
+                           nib.load(str(out / "maps" / name)).get_fdata(), rtol=1e-4, atol=1e-6), name
 
 
 def test_export_writes_only_into_a_new_or_empty_folder(run_dir, tmp_path):
