@@ -11,6 +11,7 @@ dots per inch with text of 10 pt or more.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,11 @@ def variance_panel(ax, plane: np.ndarray, mask: np.ndarray | None, view: str = "
     return artist
 
 
+def _wrapped(title: str, fig) -> str:
+    """A title broken into lines that fit the figure's width (long BIDS names would be cut off)."""
+    return "\n".join(textwrap.wrap(title, max(40, int(fig.get_figwidth() * 13))))
+
+
 def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray, fa_var: np.ndarray | None,
                        mask: np.ndarray | None, title: str, gt_map: np.ndarray | None = None,
                        map_title: str = "mean FA over input", affine: np.ndarray | None = None) -> Path:
@@ -189,7 +195,7 @@ def explanation_figure(path: str | Path, image: np.ndarray, fa_mean: np.ndarray,
                          + (", both maps" if gt_map is not None else ""))
         elif kind == "var":
             fig.colorbar(artist, ax=axes[:, c], shrink=0.8, label="variance over samples")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(_wrapped(title, fig), fontsize=10)
     path = Path(path)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -222,7 +228,7 @@ def interpolation_strip(path: str | Path, images: np.ndarray, fa_maps: np.ndarra
     axes[0, 0].set_ylabel("translated")
     axes[1, 0].set_ylabel("change from step 0")
     cut = cut_label(view, affine, centre)
-    fig.suptitle(title + (f" ({cut})" if cut else ""), fontsize=10)
+    fig.suptitle(_wrapped(title + (f" ({cut})" if cut else ""), fig), fontsize=10)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return Path(path)
