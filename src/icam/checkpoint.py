@@ -15,7 +15,7 @@ import hashlib
 import io
 import math
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import UserError
+from .files import write_atomically
 
 if TYPE_CHECKING:
     from .config import Config
@@ -81,20 +82,16 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a write that was killed (the run is locked)
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-        if isinstance(e, RuntimeError):  # torch's writer reports a failed write so ("unexpected pos …")
-            raise OSError(errno.EIO, "the checkpoint could not be written (is the disk full?)", str(path)) from e
-        raise
+    def write(temporary: Path) -> None:
+        try:
+            with temporary.open("wb") as f:
+                torch.save({"format": FORMAT, **state}, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except RuntimeError as e:  # torch's writer reports a failed write so ("unexpected pos …")
+            raise OSError(errno.EIO, "the checkpoint could not be written (is the disk full?)") from e
+
+    write_atomically(path, write, f".{secrets.token_hex(3)}.tmp")  # a name the stale-file glob above finds
     return path
 
 
