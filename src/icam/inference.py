@@ -23,7 +23,7 @@ from .model import next_class
 from .outputs import ExplanationFolder, write_csv, write_map
 from .predictions import PredictionRecord, known_target, write_predictions
 from .report.figures import TSNE_MINIMUM, explanation_figure, interpolation_strip, tsne_figure
-from .scans import brain_mask, load_images, output_id, write_mask, write_scan_maps
+from .scans import brain_mask, load_images, output_id, write_mask, write_scan_map, write_scan_maps
 
 if TYPE_CHECKING:
     from .config import Reference, Sampling
@@ -92,9 +92,8 @@ def attribute_cohort(model: LoadedRun, dataset: NiftiCohort, folder: Explanation
         label = int(item["label"])
         fa = model.attribute(item["image"], target=None if label == UNKNOWN_LABEL else label)[0, 0].cpu().numpy()
         ident = output_id(dataset, i)
-        path = write_map(fa, dataset, i, folder.map(ident, "fa_mean"), f"icam {model.name} map", model.fingerprint)
-        folder.describe(path, {"Description": f"{model.name} map", "Method": model.name,
-                               "Sources": [dataset.source(i).file]})
+        write_scan_map(folder, dataset, i, "fa_mean", fa, f"icam {model.name} map", model.fingerprint,
+                       {"Description": f"{model.name} map", "Method": model.name})
         mask = brain_mask(item)
         write_mask(folder, item, dataset, i, model.fingerprint)
         records[i].mean_abs_fa = float(np.abs(fa)[mask > 0].mean())
@@ -285,10 +284,8 @@ def _write_reconstruction_map(explainer: Explainer, explanation: Explanation, it
     own = explainer.explain(item["image"], target=int(explanation.prediction.predicted_class[0]), **options)
     own_mean = own.mean[0, 0].cpu().numpy()
     description = f"icam mean FA map to its own class, {options['n_samples']} samples"
-    path = write_map(own_mean, dataset, i, folder.map(output_id(dataset, i), "reconstruction_fa_mean"), description,
-                     explainer.fingerprint)
-    folder.describe(path, {"Description": f"{description}: the model's noise floor", "Samples": options["n_samples"],
-                           "Sources": [dataset.source(i).file]})
+    write_scan_map(folder, dataset, i, "reconstruction_fa_mean", own_mean, description, explainer.fingerprint,
+                   {"Description": f"{description}: the model's noise floor", "Samples": options["n_samples"]})
     return float(np.abs(own_mean)[brain_mask(item) > 0].mean())
 
 

@@ -129,14 +129,22 @@ def brain_mask(item: Item) -> np.ndarray:
     return item["mask"][0].numpy() if "mask" in item else np.ones(item["image"].shape[1:], dtype=np.float32)
 
 
+def write_scan_map(folder: ExplanationFolder, dataset: NiftiCohort, i: int, kind: str, array: np.ndarray,
+                   description: str, stamp: str, facts: dict, display: str = "symmetric",
+                   mode: str = "bilinear") -> Path:
+    """One map of item ``i`` (``kind``: fa_mean, mask, …) where ``folder`` keeps it, on the input's
+    grid, and (a BIDS derivative) its sidecar: ``facts`` and the scan it came from."""
+    path = write_map(array, dataset, i, folder.map(output_id(dataset, i), kind), description, stamp, display, mode)
+    folder.describe(path, {**facts, "Sources": [dataset.source(i).file]})
+    return path
+
+
 def write_mask(folder: ExplanationFolder, item: Item, dataset: NiftiCohort, i: int, stamp: str) -> None:
     """The brain mask the maps were masked and scored with, on the input's grid (once per scan)."""
     if "mask" in item:
-        path = write_map(item["mask"][0].numpy(), dataset, i, folder.map(output_id(dataset, i), "mask"),
-                         "icam brain mask (table or foreground)", stamp, "range", mode="nearest")
-        folder.describe(path, {"Description": "the brain mask icam's maps were masked and scored with (the table's, "
-                                              "else the scan's foreground)", "Type": "Brain",
-                               "Sources": [dataset.source(i).file]})
+        write_scan_map(folder, dataset, i, "mask", item["mask"][0].numpy(), "icam brain mask (table or foreground)",
+                       stamp, {"Description": "the brain mask icam's maps were masked and scored with (the table's, "
+                                              "else the scan's foreground)", "Type": "Brain"}, "range", "nearest")
 
 
 def write_scan_maps(folder: ExplanationFolder, dataset: NiftiCohort, i: int, maps: ScanMaps, stamp: str,
@@ -146,15 +154,14 @@ def write_scan_maps(folder: ExplanationFolder, dataset: NiftiCohort, i: int, map
     what made them (``recipe``: "residual vs input, refined 50"; NIfTI keeps 80 characters, so
     it comes first) and the ``direction`` ("AD->CN, 100 samples"); a BIDS derivative's sidecars
     say it all (``maps.facts``)."""
-    ident = output_id(dataset, i)
     translated = dataset.denormalise(maps.translated, i) if native_intensity else maps.translated
     for kind, array, description, display in (
             ("fa_mean", maps.mean, f"icam FA mean, {maps.recipe}: {maps.direction}", "symmetric"),
             ("fa_var", maps.var, f"icam FA variance, {maps.recipe}: {maps.direction}", "range"),
             ("translated", translated, f"icam mean translation {maps.direction}"
              + (", input units" if native_intensity else ""), "range")):
-        path = write_map(array, dataset, i, folder.map(ident, kind), description, stamp, display)
-        folder.describe(path, {"Description": description, **maps.facts, "Sources": [dataset.source(i).file]})
+        write_scan_map(folder, dataset, i, kind, array, description, stamp, {"Description": description, **maps.facts},
+                       display)
 
 
 @dataclass
