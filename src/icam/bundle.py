@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy
 import torch
 
-from .checkpoint import resolve_checkpoint
 from .config import FileData, Reference, Sampling
 from .errors import UserError
 from .explain import Explainer
@@ -56,7 +55,8 @@ def export_bundle(run: Path, which: str, out: Path) -> Path:
         raise UserError(f"{run}: a bundle needs the run folder (its config.yaml and data.json), not a lone checkpoint")
     for folder in ("configs", "models"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(resolve_checkpoint(run, which), out / "models" / "model.pt")
+    assert model.checkpoint_path is not None  # opened from a file
+    shutil.copyfile(model.checkpoint_path, out / "models" / "model.pt")
     for name in ("config.yaml", "data.json"):  # the bundle root reads as the run folder: its preprocessing
         if (model.run_dir / name).is_file():
             shutil.copyfile(model.run_dir / name, out / name)

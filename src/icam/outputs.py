@@ -108,9 +108,7 @@ class ExplanationFolder:
     @classmethod
     def at(cls, root: Path) -> ExplanationFolder:
         """The folder an explain wrote, in the layout its manifest names."""
-        manifest = Path(root) / MANIFEST
-        layout = json.loads(manifest.read_text()).get("layout") if manifest.is_file() else None
-        return cls(Path(root), layout == "bids")
+        return cls(Path(root), cls(Path(root))._manifest_record().get("layout") == "bids")
 
     @property
     def maps(self) -> Path:
@@ -194,14 +192,17 @@ class ExplanationFolder:
         run_dir = (self.read_summary().get("run") or {}).get("run_dir")
         return Path(run_dir) if run_dir else None
 
+    def _manifest_record(self) -> dict:
+        return json.loads(self.manifest.read_text()) if self.manifest.is_file() else {}
+
     def producer(self) -> dict | None:
         """The run, checkpoint (and hash) and method that made this folder, from its manifest."""
-        return json.loads(self.manifest.read_text()).get("producer") if self.manifest.is_file() else None
+        return self._manifest_record().get("producer")
 
     def complete(self) -> bool | None:
         """Whether `icam explain` finished writing it (None: no manifest, not an explain folder).
         A folder written before completeness was recorded counts as complete."""
-        return json.loads(self.manifest.read_text()).get("complete", True) if self.manifest.is_file() else None
+        return self._manifest_record().get("complete", True) if self.manifest.is_file() else None
 
     def require_complete(self) -> None:
         """One line, not a misleading error further on, for a folder whose explain was interrupted."""
