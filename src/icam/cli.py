@@ -55,7 +55,6 @@ from .report.health import fallback_finding
 from .report.html import build_report
 from .run import MachineError
 from .scans import load_images, load_inputs
-from .train import train
 
 app = typer.Typer(
     help="Explain predictions on medical images with ICAM / ICAM-reg.\n\n"
@@ -175,6 +174,8 @@ def _train(config, set_, steps, out_dir, name, seed, accelerator, devices, num_n
     # the flags' values go in as typed (a path is not YAML); explicit --set entries come last and win
     cfg = load_config(config, set_, {key: value for key, value in flags.items() if value is not None},
                       saved=resume is not None)
+    from .train import train  # here: training's imports (Fabric, torch._dynamo) cost every other command a second
+
     summary = train(cfg, resume=resume, init_from=init_from, stop_at=stop_at, show_progress=not quiet)
     if summary is None:  # a worker rank, done: its run is written by rank 0. Exit now, running no destructors
         sys.stdout.flush()  # (the process group is gone; nothing of this process is left to clean up)

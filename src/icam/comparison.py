@@ -52,7 +52,6 @@ from .outputs import ExplanationFolder
 from .progress import StepProgress
 from .report.figures import DPI, gallery_figure, pyplot
 from .scans import load_inputs
-from .train import train
 from .validation import content_class_accuracy, summarise, validation_statistics
 
 
@@ -197,6 +196,8 @@ class BenchmarkRun:
 
     def _train(self, config: Config, **kwargs) -> str:
         with self._timed(f"train {config.name}", f"training {config.name}"):
+            from .train import train  # here: training's imports (Fabric, torch._dynamo) cost every command a second
+
             summary = train(config, show_progress=self.progress, **kwargs)
         assert summary is not None  # one process: the main one
         self.runs[str(config.name)] = summary["run_dir"]
