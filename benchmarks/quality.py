@@ -44,7 +44,7 @@ VARIANTS = {
     "no-domain-class": ["icam_set=[loss.domain_classification=0]"],
     "no-latent-regression": ["icam_set=[loss.latent_regression=0]"],
     "content-noise-3": ["icam_set=[model.content_noise=3]"],
-    "spectral-norm": ["icam_set=[model.discriminator_spectral_norm=true]"],
+    "no-spectral-norm": ["icam_set=[model.discriminator_spectral_norm=false]"],
     "steps-x2": ["icam_steps=2400", "icam_reg_steps=1200"],
     "dc-whole": ["icam_set=[model.content_discriminator_reads=whole]"],
     "dc-no-norm": ["icam_set=[model.content_discriminator_norm=false]"],

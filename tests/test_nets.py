@@ -57,6 +57,23 @@ def test_paper_sized_models_have_the_reference_parameter_counts():
     assert 8.5e6 < total3d < 9.5e6
 
 
+@pytest.mark.parametrize("shape", [(32, 32), (16, 16, 16)])
+def test_a_spectrally_normalised_judge_has_convolutions_of_norm_one(shape):
+    """Each convolution's largest singular value is held at 1 (its power iteration runs in
+    training passes), so a small texture cannot move the judge's output much."""
+    torch.manual_seed(0)
+    domain = DomainDiscriminator(len(shape), shape, 2, width=4, spectral_norm=True)
+    for _ in range(20):
+        domain(torch.randn(2, 1, *shape))
+    convolutions = [m for m in domain.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    assert len(convolutions) >= 3
+    for conv in convolutions:
+        sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
+        assert sigma == pytest.approx(1.0, abs=0.05)
+    plain = DomainDiscriminator(len(shape), shape, 2, width=4)
+    assert count(plain) == count(domain)  # the same weights, only re-scaled
+
+
 @pytest.mark.parametrize("shape, message", [((60, 64), "multiple of 16"), ((64,), "2 or 3 sides")])
 def test_bad_shapes_are_clear_errors(shape, message):
     with pytest.raises(ValueError, match=message):

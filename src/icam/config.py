@@ -190,14 +190,14 @@ class BidsData(FileData):
 
 # model.preset=paper: the paper's and the authors' network and explanations, where icam's defaults differ
 PAPER_MODEL = {"translation": "image", "generator_norm": "instance", "attribute_channels": 1,
-               "attribute_injection": "input", "attribute_sampling": "prior"}
+               "attribute_injection": "input", "attribute_sampling": "prior", "discriminator_spectral_norm": False}
 
 
 class ModelConfig(Section):
     preset: Literal["icam", "paper"] = Field(
         "icam", description="icam: icam's defaults; paper: the paper's model where they differ (an image translation, "
-                            "instance norms, a one-channel attribute joining at S/4, prior sampling); keys given "
-                            "beside it still win")
+                            "instance norms, a one-channel attribute joining at S/4, prior sampling, no spectral "
+                            "norm); keys given beside it still win")
     width: int = Field(16, ge=4, description="base channel width (the paper's 16: ~3 M parameters in 2D)")
     num_classes: int | None = Field(None, ge=2, description="inferred from the data when null")
     init: Literal["kaiming", "normal"] = Field(
@@ -212,8 +212,9 @@ class ModelConfig(Section):
         True, description="InstanceNorm in the content discriminator's layers (the authors' code asks for it "
                           "but never applies it)")
     discriminator_spectral_norm: bool = Field(
-        False, description="spectral normalisation of every convolution of the two domain discriminators (the paper "
-                           "has none)")
+        True, description="spectral normalisation of every convolution of the two domain discriminators: smoother "
+                          "judges that a texture cannot fool, so translations carry the change itself (the paper "
+                          "has none)")
     content_discriminator_reads: Literal["pooled", "whole"] = Field(
         "pooled", description="what the content discriminator classifies: its features averaged over space (the "
                               "paper's: what z_c holds anywhere) or the whole feature map (also where)")
