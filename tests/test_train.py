@@ -9,6 +9,7 @@ import yaml
 
 from icam.checkpoint import CheckpointError, load_checkpoint
 from icam.data import build_cohorts
+from icam.errors import UserError
 from icam.model import ICAM
 from icam.nets.blocks import set_activation_checkpointing
 from icam.run import read_metrics
@@ -117,6 +118,20 @@ def test_init_from_a_model_of_another_shape_is_refused(tiny_config):
     small = train(tiny_config(), show_progress=False)
     with pytest.raises(ValueError, match="does not match"):
         train(tiny_config("model.width=8"), init_from=small["run_dir"], show_progress=False)
+
+
+def test_init_from_a_run_with_other_discriminators_names_the_setting(tiny_config):
+    """A run from before spectral normalisation became the default holds plain discriminators:
+    continuing from it says which setting to match, and leaves no run folder behind."""
+    plain = train(tiny_config("model.discriminator_spectral_norm=false"), show_progress=False)
+    config = tiny_config()
+    with pytest.raises(UserError, match=r"model\.discriminator_spectral_norm=false, this config has true") as caught:
+        train(config, init_from=plain["run_dir"], show_progress=False)
+    assert caught.value.hint == "add --set model.discriminator_spectral_norm=false to continue from it"
+    assert sorted(p.name for p in Path(config.out_dir).iterdir()) == [Path(plain["run_dir"]).name]
+    matched = train(tiny_config("model.discriminator_spectral_norm=false"), init_from=plain["run_dir"],
+                    show_progress=False)
+    assert Path(matched["run_dir"]).is_dir()
 
 
 def test_loading_garbage_is_a_clear_error(tmp_path):

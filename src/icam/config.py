@@ -252,6 +252,10 @@ class ModelConfig(Section):
         return values
 
 
+# model keys that shape the discriminators (whose weights a checkpoint holds beside the model's)
+DISCRIMINATOR_KEYS = ("discriminator_spectral_norm", "content_discriminator_norm", "content_discriminator_reads")
+
+
 class LossWeights(Section):
     """λ of every term (paper eq. 5 and its appendix). Names match ``icam.losses``' terms."""
     content_adversarial: float = Field(1.0, ge=0, description="λDc: content discriminator vs content encoder")

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import faulthandler
 import gc
+import json
 import math
 import shutil
 import signal
@@ -33,7 +34,7 @@ from torch.utils.tensorboard import SummaryWriter
 from . import losses
 from .baselines.train import train_baseline
 from .checkpoint import BestCheckpoint, checkpoint_state, load_checkpoint, save_checkpoint
-from .config import Config
+from .config import DISCRIMINATOR_KEYS, Config, as_saved
 from .data import ClassBalancedBatchSampler
 from .data.table import class_names, num_classes_of
 from .errors import UserError
@@ -339,6 +340,13 @@ class Trainer:
         if ICAM.complete_hparams(state["model_hparams"]) != ICAM.complete_hparams(self.raw_model.hparams):
             raise UserError(f"checkpoint model {state['model_hparams']} does not match this config's "
                              f"{self.raw_model.hparams}")
+        saved = as_saved(state["config"])["model"]
+        for key in DISCRIMINATOR_KEYS:  # they shape the discriminators' weights, which the checkpoint holds too
+            ours = getattr(self.config.model, key)
+            if saved.get(key, ours) != ours:
+                raise UserError(f"the checkpoint's discriminators were trained with model.{key}="
+                                f"{json.dumps(saved[key])}, this config has {json.dumps(ours)}",
+                                hint=f"add --set model.{key}={json.dumps(saved[key])} to continue from it")
         target_stats = (self.raw_model.target_mean.clone(), self.raw_model.target_std.clone())
         for name, net in self.networks().items():
             net.load_state_dict(state[name])
