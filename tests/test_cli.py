@@ -14,6 +14,19 @@ def sets(*items):
     return [arg for item in items for arg in ("--set", item)]
 
 
+def test_the_command_list_shows_each_commands_summary_only():
+    """`icam --help` lists every command by its docstring's first paragraph: a command's
+    examples and details belong to its own --help."""
+    import typer.main
+
+    commands = typer.main.get_command(app).commands
+    assert {"train", "explain", "data"} <= set(commands)
+    for name, command in commands.items():
+        summary = command.get_short_help_str(limit=10_000)
+        assert "Example:" not in summary, name
+        assert (command.help or "").split("\n\n")[0].split() == summary.split(), name
+
+
 def test_train_prints_validation_and_the_run_folder(tmp_path):
     tmp_path = tmp_path / "study #2: runs"  # flags are taken as they are, not read as YAML
     result = runner.invoke(app, ["train", "-q", "--out", str(tmp_path), "--name", "r", *sets(*TINY)])

@@ -154,6 +154,7 @@ def train_command(
     debug: bool = DEBUG,
 ):
     """Train ICAM (or ICAM-reg, when the data has targets) and write a run folder.
+
     Example: icam train --steps 2000 --set data.image_size=128 --precision bf16-mixed
     """
     _train(config, set_, steps, out_dir, name, seed, accelerator, devices, num_nodes, precision,
@@ -221,6 +222,7 @@ def synth_command(
     debug: bool = DEBUG,
 ):
     """Write a synthetic brain cohort with exact ground-truth change maps (NIfTI + cohort.csv).
+
     Real anatomy (the MNI152 template shipped with nilearn), individual shapes, a target tied to a
     latent severity, and per-subject mixes of effects: brain-synth (the default) ages with
     ventricle enlargement, cortical atrophy and white-matter lesions, in axial slices; brain-deep
@@ -291,6 +293,7 @@ def predict_command(
     debug: bool = DEBUG,
 ):
     """Predict class probabilities (and the regressed target) for images; write a CSV.
+
     Example: icam predict runs/my-run --csv data/synth2d/cohort.csv --split test -o test_predictions.csv
     """
     model = open_run(run_dir, which, device)  # any method's run
@@ -443,6 +446,7 @@ def evaluate_command(
     debug: bool = DEBUG,
 ):
     """Score explanation maps against ground-truth change maps, and predictions against labels.
+
     Per subject against its own map: NCC (as the paper and VA-GAN), AUROC and average precision
     of |FA| for changed voxels, Dice of the top-k voxels, the pointing game; mean ± sd overall,
     for class 0 → 1 (NCC+) and 1 → 0 (NCC−). Writes evaluation.json and per_subject_maps.csv.
@@ -506,6 +510,7 @@ def demo_command(
     debug: bool = DEBUG,
 ):
     """See what icam does, in about ten minutes on a laptop CPU, with nothing to download.
+
     Makes a synthetic brain cohort with known changes, trains ICAM-reg (classification, then
     age regression), explains the test scans, compares the maps with Grad-CAM and guided
     backprop against the ground truth, and writes an HTML report.
@@ -535,6 +540,7 @@ def report_command(
     debug: bool = DEBUG,
 ):
     """Write a single self-contained HTML report (figures embedded, opens offline).
+
     Example: icam report runs/my-run --explained explained --csv cohort.csv
     """
     if not folder.is_dir():
@@ -588,6 +594,7 @@ def data_check_command(
     debug: bool = DEBUG,
 ):
     """Check a cohort table (or a BIDS dataset) and every image it lists; print a summary and every problem.
+
     Finds missing or unreadable files, 4D images, NaN or constant images, bad labels and
     targets, subjects in two splits and classes without training images. Exit status 1 when
     any problem is found. With --fill-cache the preprocessing cache is filled as training
@@ -677,6 +684,7 @@ def config_command(
     debug: bool = DEBUG,
 ):
     """Print the full resolved config (or the defaults), after validating it.
+
     Example: icam config --print-defaults --kind csv > my.yaml; icam config -c my.yaml --set train.steps=100
     """
     if print_defaults:

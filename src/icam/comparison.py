@@ -57,6 +57,7 @@ from .validation import content_class_accuracy, summarise, validation_statistics
 
 class BenchmarkSettings(Section):
     """What a benchmark run does; presets fill these, ``--set key=value`` changes any."""
+
     csv: str | None = Field(None, description="your cohort table (with gt_map); none: a synthetic cohort")
     cohort: Literal["brain-synth", "brain-deep", "squares"] = Field(
         "brain-synth", description="the synthetic cohort written when csv is none: brain-synth (axial 2D slices or "
@@ -133,6 +134,7 @@ class BenchmarkRun:
     """One benchmark folder: its cohort, its runs (``runs/<name>``), maps (``maps/<name>``) and
     timings, with one method per stage, so `icam benchmark` and the ablation bench
     (benchmarks/quality.py) train, explain and score the same way."""
+
     def __init__(self, settings: BenchmarkSettings, out: str | Path, log=print, device: str = "cpu",
                  progress: bool = False):
         self.settings, self.out, self.log, self.device = settings, Path(out), log, device

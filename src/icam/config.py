@@ -48,6 +48,7 @@ class Section(BaseModel):
 class SquaresData(Section):
     """The squares benchmark of VA-GAN/ICAM: class 1 adds a central box and a second box at
     one of two places (subtypes A and B) to smooth noise; ground truth is the boxes' mask."""
+
     kind: Literal["squares"] = "squares"
     image_size: int = Field(64, ge=16, description="side in pixels/voxels, a multiple of 16")
     spatial_dims: Literal[2, 3] = 2
@@ -81,6 +82,7 @@ Fractions = tuple[float, float, float]
 class BrainSynthData(Section):
     """The built-in synthetic ageing cohort on MNI152 anatomy (see ``icam synth --help``).
     Written once to ``cache_dir`` as NIfTI + CSV and read through the CSV path (2D and 3D)."""
+
     kind: Literal["brain-synth"] = "brain-synth"
     design: Literal["brain-synth", "brain-deep"] = Field(
         "brain-synth", description="brain-synth: axial slices, age, ventricles + cortex + lesions; brain-deep: coronal "
@@ -97,6 +99,7 @@ class BrainSynthData(Section):
 
 class CsvColumns(Section):
     """Column names of the cohort table."""
+
     image: str = "image"
     label: str = "label"
     target: str = "target"
@@ -171,6 +174,7 @@ class FileData(Section):
 
 class CsvData(FileData):
     """Your own cohort: a CSV with one row per image (paths relative to the CSV) and NIfTI files."""
+
     kind: Literal["csv"] = "csv"
     csv: str = Field(..., description="path of the cohort table" + RELATIVE_PATH)
 
@@ -258,6 +262,7 @@ DISCRIMINATOR_KEYS = ("discriminator_spectral_norm", "content_discriminator_norm
 
 class LossWeights(Section):
     """λ of every term (paper eq. 5 and its appendix). Names match ``icam.losses``' terms."""
+
     content_adversarial: float = Field(1.0, ge=0, description="λDc: content discriminator vs content encoder")
     domain_adversarial: float = Field(1.0, ge=0, description="λD: real/fake GAN loss, both discriminators")
     domain_classification_discriminator: float = Field(
@@ -343,6 +348,7 @@ class RuntimeConfig(Section):
 
 class BaselineConfig(Section):
     """Training of the comparison methods (``method`` other than icam; README: Baselines)."""
+
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(16, ge=2)
     width: int = Field(16, ge=4)

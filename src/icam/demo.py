@@ -26,6 +26,7 @@ from .scans import load_inputs
 
 class DemoSettings(Section):
     """What the demo runs; `icam demo --set key=value` changes one (written to settings.json)."""
+
     shape: tuple[int, int] = (64, 64)
     subjects: int = Field(600, ge=12)
     width: int = Field(8, ge=4)

@@ -31,6 +31,7 @@ def ncc(fa_maps: torch.Tensor, gt_maps: torch.Tensor, masks: torch.Tensor | None
 class Direction(str, Enum):
     """The two directions two-class maps are scored in (the paper's NCC(+) and NCC(−)); the value
     is the key of evaluate_outputs' "maps" in evaluation.json."""
+
     PLUS = "plus (class 0 → 1)"  # class-0 scans translated up: effects added
     MINUS = "minus (class 1 → 0)"  # class-1 scans translated down: effects removed
 

@@ -180,6 +180,7 @@ def record_resume(run_dir: Path, step: int) -> None:
 
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl."""
+
     def __init__(self, path: Path):
         self.path = path
 

@@ -80,6 +80,7 @@ def lr_factor(schedule: str, steps: int, decay_start: float):
 
 class StopRequested:
     """SIGTERM (SLURM's time limit) or Ctrl-C: finish the current step, checkpoint, exit."""
+
     def __init__(self):
         self.requested = False
 
@@ -103,6 +104,7 @@ class StopRequested:
 
 class Trainer:
     """Holds the networks, optimisers and schedules of one run and performs its updates."""
+
     def __init__(self, config: Config, fabric: Fabric, model: ICAM, train_set, val_set=None,
                  run_dir: Path | None = None, show_progress: bool = True):
         self.config, self.fabric = config, fabric
@@ -279,6 +281,7 @@ class Trainer:
 
     def train_step(self, batches: list[dict]) -> dict[str, torch.Tensor]:
         """One iteration: Dc twice, then D, then encoders + generator (three batches).
+
         Mixed precision covers each forward pass and its loss, never an optimiser step:
         autocast keeps the low-precision copy of a weight until its context ends, so a forward
         in the same context after a step would see the weights from before it."""

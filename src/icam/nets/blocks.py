@@ -30,6 +30,7 @@ class _PaddingInItsOwnDtype:
     autocast runs reflection padding in float32, so each padded bf16 convolution cost two
     extra copies of its input (up to float32, back down to bf16) and a padding pass at twice
     the bytes, in forward and backward. Padding copies values, so the result is the same."""
+
     # what the torch convolution it is mixed into holds
     padding_mode: Literal["zeros", "reflect", "replicate", "circular"]
     stride: tuple[int, ...]
@@ -70,6 +71,7 @@ class ChannelNorm(nn.Module):
     """LayerNorm over the channels at each voxel, with a per-channel affine. Unlike instance or
     layer norm, whose statistics span the whole image, it couples no two voxels: a change the
     attribute makes in one place stays there instead of shifting every voxel's features."""
+
     def __init__(self, channels: int, eps: float = 1e-5):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(channels))
@@ -98,6 +100,7 @@ class Checkpointable(nn.Module):
     """A network part that can run as one activation-checkpointing segment: only its inputs are
     kept for backward, and its forward runs again there (less memory, about one more forward
     pass). Full-size 3D volumes need it for batches beyond a few images."""
+
     checkpointing = False
 
     def segment(self, forward, *inputs: torch.Tensor) -> torch.Tensor:
@@ -109,6 +112,7 @@ class Checkpointable(nn.Module):
 class Blocks(nn.Sequential, Checkpointable):
     """A chain of blocks that checkpoints as one segment. Parameter names are nn.Sequential's,
     so checkpoints load either way."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.segment(super().forward, x)
 
@@ -131,6 +135,7 @@ def set_activation_checkpointing(module: nn.Module, enabled: bool) -> None:
 
 class ConvNormAct(nn.Sequential):
     """Conv → optional InstanceNorm → LeakyReLU (slope 0 gives ReLU)."""
+
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int,
                  stride: int = 1, padding: int = 0, norm: bool = False, negative_slope: float = 0.01):
         layers: list[nn.Module] = [conv(spatial_dims, in_channels, out_channels, kernel_size, stride, padding)]
@@ -148,6 +153,7 @@ class ResBlock(nn.Module):
     (the generator's attribute stem relies on this, as the authors' network does); from any
     other number of channels to another, the skip is a 1×1 convolution.
     """
+
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int | None = None, norm: str = "instance"):
         super().__init__()
         out_channels = out_channels or in_channels
@@ -170,6 +176,7 @@ class AttributeModulation(nn.Module):
     and β convolved from the attribute map brought (bilinear) to the features' size. At every
     scale of the decoder it lets the attribute change fine structure, not only what the S/4
     features carry. It starts as the identity (γ = β = 0)."""
+
     def __init__(self, spatial_dims: int, attribute_channels: int, features: int, hidden: int):
         super().__init__()
         self.shared = nn.Sequential(conv(spatial_dims, attribute_channels, hidden, 3, padding=1), nn.ReLU())
@@ -186,10 +193,12 @@ class AttributeModulation(nn.Module):
 
 class DownResBlock(nn.Module):
     """Residual down-sampling block of the attribute encoder (BicycleGAN's encoder block).
+
     Main path: LeakyReLU(0.2) → 3×3 conv → LeakyReLU(0.2) → 3×3 conv → 2× average pool;
     shortcut: 2× average pool → 1×1 conv. No normalisation. ``downsample=False`` leaves out
     both pools (the same block at full resolution).
     """
+
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, downsample: bool = True):
         super().__init__()
         pool = layer_type("AvgPool", spatial_dims)(2) if downsample else nn.Identity()
@@ -211,11 +220,13 @@ UPSAMPLING = ("transposed", "transposed-avgpool")
 
 class UpBlock(nn.Module):
     """×2 up-sampling → LayerNorm over (C, space) (``norm="channel"``: over C at each voxel) → LeakyReLU.
+
     ``transposed``: a transposed conv (k4, s2, p1). ``transposed-avgpool`` (the authors'
     block): the same conv with output padding (2S + 1) then a 2×2 average pool of stride 1
     (back to 2S), which smooths the transposed convolution's checkerboard.
     GroupNorm with one group is exactly a per-sample LayerNorm with a per-channel affine.
     """
+
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, mode: str = "transposed",
                  norm: str = "instance"):
         super().__init__()
@@ -255,6 +266,7 @@ def compile_networks(networks: list[nn.Module], how: str, mode: str = "default")
 
 class GaussianNoise(nn.Module):
     """Adds N(0, sd²) noise in training mode only, so evaluation is deterministic."""
+
     def __init__(self, sd: float = 1.0):
         super().__init__()
         self.sd = sd
