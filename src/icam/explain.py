@@ -18,6 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import torch
 
@@ -153,8 +154,8 @@ class Explainer:
 
     @precision.setter
     def precision(self, value: DecodePrecision) -> None:
-        if value not in ("32-true", "bf16-mixed"):
-            raise UserError(f"precision {value!r}: expected 32-true or bf16-mixed")
+        if value not in get_args(DecodePrecision):
+            raise UserError(f"precision {value!r}: expected one of {', '.join(get_args(DecodePrecision))}")
         if value == "bf16-mixed" and self.device.type == "cpu":
             warn_if_slow_bf16()
         self._precision = value
