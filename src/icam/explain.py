@@ -155,7 +155,7 @@ class Explainer:
     @precision.setter
     def precision(self, value: DecodePrecision) -> None:
         if value not in get_args(DecodePrecision):
-            raise UserError(f"precision {value!r}: expected one of {', '.join(get_args(DecodePrecision))}")
+            raise UserError(f"precision {value!r}: expected {' or '.join(get_args(DecodePrecision))}")
         if value == "bf16-mixed" and self.device.type == "cpu":
             warn_if_slow_bf16()
         self._precision = value
