@@ -34,7 +34,7 @@ from torch.utils.tensorboard import SummaryWriter
 from . import losses
 from .baselines.train import train_baseline
 from .checkpoint import BestCheckpoint, checkpoint_state, load_checkpoint, save_checkpoint
-from .config import DISCRIMINATOR_KEYS, Config, as_saved
+from .config import DISCRIMINATOR_KEYS, Config, ModelConfig, as_saved
 from .data import ClassBalancedBatchSampler
 from .data.table import class_names, num_classes_of
 from .errors import UserError
@@ -100,6 +100,11 @@ class StopRequested:
         for s, handler in self._previous.items():
             with contextlib.suppress(ValueError):
                 signal.signal(s, handler)
+
+
+def as_setting(value) -> str:
+    """A value as it is written after --set: resize, false, 4, [64, 64]."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 class Trainer:
@@ -340,16 +345,20 @@ class Trainer:
 
     def load_state_dict(self, state: dict, weights_only: bool = False) -> None:
         """Restore a checkpoint; ``weights_only`` takes the networks alone (``--init-from``)."""
-        if ICAM.complete_hparams(state["model_hparams"]) != ICAM.complete_hparams(self.raw_model.hparams):
-            raise UserError(f"checkpoint model {state['model_hparams']} does not match this config's "
-                             f"{self.raw_model.hparams}")
+        # what shapes the networks' weights: the model's hyperparameters and the discriminators' settings
         saved = as_saved(state["config"])["model"]
-        for key in DISCRIMINATOR_KEYS:  # they shape the discriminators' weights, which the checkpoint holds too
-            ours = getattr(self.config.model, key)
-            if saved.get(key, ours) != ours:
-                raise UserError(f"the checkpoint's discriminators were trained with model.{key}="
-                                f"{json.dumps(saved[key])}, this config has {json.dumps(ours)}",
-                                hint=f"add --set model.{key}={json.dumps(saved[key])} to continue from it")
+        theirs = {**ICAM.complete_hparams(state["model_hparams"]),
+                  **{key: saved[key] for key in DISCRIMINATOR_KEYS if key in saved}}
+        ours = {**ICAM.complete_hparams(self.raw_model.hparams),
+                **{key: getattr(self.config.model, key) for key in DISCRIMINATOR_KEYS}}
+        differing = [key for key in ours if key in theirs and theirs[key] != ours[key]]
+        if differing:
+            settings = [key for key in differing if key in ModelConfig.model_fields]
+            named = {key: f"model.{key}" if key in settings else key for key in differing}
+            raise UserError("the checkpoint does not match this config: " + "; ".join(
+                f"{named[key]} is {as_setting(theirs[key])} there, {as_setting(ours[key])} here" for key in differing),
+                hint=f"add {' '.join(f'--set model.{key}={as_setting(theirs[key])}' for key in settings)} to continue "
+                     "from it" if settings else None)
         target_stats = (self.raw_model.target_mean.clone(), self.raw_model.target_std.clone())
         for name, net in self.networks().items():
             net.load_state_dict(state[name])
