@@ -18,9 +18,10 @@ import time
 
 import torch
 
+from icam.config import load_config
 from icam.explain import Explainer
-from icam.model import ICAM
 from icam.run import cpu_model
+from icam.train import build_model
 
 
 def seconds_per_scan(explainer: Explainer, shape, n_samples: int, repeats: int, device) -> tuple[float, float]:
@@ -59,7 +60,7 @@ def main():
     torch.manual_seed(0)
     results = {}
     for width in args.width:
-        model = ICAM(tuple(args.shape), width=width)
+        model = build_model(load_config(None, [f"model.width={width}"]).model, tuple(args.shape), 2)
         explainer = Explainer(model, device=device, channels_last=args.channels_last)
         per_n = {}
         for n in args.samples:

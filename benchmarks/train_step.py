@@ -26,9 +26,8 @@ import torch
 
 from icam.config import load_config
 from icam.data import InMemoryCohort, make_squares
-from icam.model import ICAM
 from icam.run import build_fabric, cpu_has_bf16, cpu_model
-from icam.train import Trainer
+from icam.train import Trainer, build_model
 
 MODES = {
     "fp32": {"runtime.precision": "32-true"},
@@ -63,7 +62,7 @@ def measure(shape, mode, images_per_class, width, warmup, iterations, accelerato
         cohort = make_squares(n, shape[0], 2)
     else:  # any shape: random images, alternating labels
         cohort = InMemoryCohort(torch.rand(n, 1, *shape) * 2 - 1, torch.arange(n) % 2)
-    model = ICAM(shape, 2, 1, width)
+    model = build_model(config.model, shape, 2)  # icam's default network, as `icam train` builds it
     trainer = Trainer(config, fabric, model, cohort, None, None, show_progress=False)
     batches = trainer.batches()
     cuda = fabric.device.type == "cuda"

@@ -102,6 +102,13 @@ class StopRequested:
                 signal.signal(s, handler)
 
 
+def build_model(m: ModelConfig, image_shape: tuple[int, ...] | list[int], num_classes: int,
+                in_channels: int = 1) -> ICAM:
+    """The network ``model.*`` asks for, for images of this shape and this many classes."""
+    return ICAM(image_shape, num_classes, in_channels, m.width, m.init, m.upsampling, m.attribute_stride,
+                m.content_noise, m.translation, m.attribute_channels, m.attribute_injection, m.generator_norm)
+
+
 def as_setting(value) -> str:
     """A value as it is written after --set: resize, false, 4, [64, 64]."""
     return value if isinstance(value, str) else json.dumps(value)
@@ -505,10 +512,7 @@ def train(config: Config, *, resume: str | Path | None = None, init_from: str | 
     if config.model.num_classes not in (None, num_classes):
         raise UserError(f"model.num_classes is {config.model.num_classes} but the training labels are "
                          f"0..{num_classes - 1}")
-    m = config.model
-    model = ICAM(train_set.image_shape, num_classes, train_set.in_channels, m.width, m.init, m.upsampling,
-                 m.attribute_stride, m.content_noise, m.translation, m.attribute_channels, m.attribute_injection,
-                 m.generator_norm)
+    model = build_model(config.model, train_set.image_shape, num_classes, train_set.in_channels)
     trainer = Trainer(config, fabric, model, train_set, val_set, run_dir, show_progress)
     if resumed is not None:
         trainer.load_state_dict(resumed)
