@@ -349,3 +349,23 @@ def test_the_content_probe_reads_the_class_only_where_the_content_carries_it():
     train_set, test_set = InMemoryCohort(images[:80], labels[:80]), InMemoryCohort(images[80:], labels[80:])
     assert content_class_accuracy(Encoder(True), train_set, test_set) > 0.95
     assert content_class_accuracy(Encoder(False), train_set, test_set) < 0.75
+
+
+def test_counterfactual_random_attributes_keep_what_the_heads_do_not_read():
+    """train.random_attributes=counterfactual draws the random translations' attributes as the
+    maps do: each scan's own attribute mean, redrawn only in what the prediction heads read."""
+    trainer = _tiny_trainer(["train.random_attributes=counterfactual"])
+    model, seen = trainer.raw_model, {}
+    forward = model.forward
+
+    def recording(images, partner, random_attribute):
+        with torch.no_grad():  # the weights the draw saw (the step changes them)
+            seen.update(own=model.encode_attribute(images)[0], subspace=model.prediction_subspace(False),
+                        random=random_attribute)
+        return forward(images, partner, random_attribute)
+
+    model.forward = recording
+    trainer.train_step(next(trainer.batches()))
+    outside = torch.eye(model.latent_size) - seen["subspace"].T @ seen["subspace"]
+    assert torch.allclose(seen["random"] @ outside, seen["own"] @ outside, atol=1e-5)
+    assert not torch.allclose(seen["random"], seen["own"], atol=1e-3)  # the part the heads read is drawn

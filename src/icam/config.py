@@ -294,6 +294,10 @@ class TrainConfig(Section):
     content_discriminator_grad_clip: float | None = Field(5.0, gt=0)
     rejection_candidates: int = Field(
         16, ge=1, description="random attributes drawn per image and step; the first of its class is used")
+    random_attributes: Sampling = Field(
+        "prior", description="how the attributes of the random translations in training are drawn: prior (the "
+                             "paper) or counterfactual (the scan's own with only what the heads read redrawn, as "
+                             "the maps draw them)")
     log_every: int = Field(25, ge=1)
     validate_every: int = Field(250, ge=1)
     image_every: int = Field(500, ge=1, description="TensorBoard image grids")

@@ -245,8 +245,14 @@ class Trainer:
         partner = translation_partners(labels, self.raw_model.num_classes)
         translated_labels = labels[partner]
         with self.fabric.autocast():
+            drawn_like = {}
+            if self.config.train.random_attributes == "counterfactual":
+                with torch.no_grad():
+                    own = self.raw_model.encode_attribute(images)[0].float()
+                drawn_like = self.raw_model.sampling_arguments("counterfactual", own, self.regressing)
             sample = self.raw_model.sample_attribute(translated_labels, max_candidates=None,
-                                                     candidates_per_row=self.config.train.rejection_candidates)
+                                                     candidates_per_row=self.config.train.rejection_candidates,
+                                                     **drawn_like)
             out = self.model(images, partner, sample.attribute)
             real_enc, fake_enc, real_rand, fake_rand = self.domain_discriminators(
                 images, out.translated.detach(), out.randomly_translated.detach())
