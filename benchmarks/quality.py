@@ -23,6 +23,8 @@ import math
 import time
 from pathlib import Path
 
+import yaml
+
 from icam.comparison import DIAGNOSTICS, BenchmarkRun, settings_for
 from icam.metrics import Direction
 
@@ -77,6 +79,17 @@ VARIANTS = {
 }
 # they change the maps, not the model: a variant made of these and another's settings reuses its model
 EXPLANATION_ONLY = ("reference", "n_samples", "min_probability", "sampling", "refine_steps")
+
+
+def with_variant(settings: list[str], variant: str) -> list[str]:
+    """``settings`` then the variant's, where the run-config overrides of both (``icam_set``) are
+    joined, the variant's last, rather than the variant's replacing those given with --set."""
+    def run_overrides(items: list[str]) -> list[str]:
+        return [o for item in items if item.startswith("icam_set=") for o in yaml.safe_load(item.partition("=")[2])]
+
+    joined = run_overrides(settings) + run_overrides(VARIANTS[variant])
+    rest = [item for item in settings + VARIANTS[variant] if not item.startswith("icam_set=")]
+    return rest + ([f"icam_set=[{','.join(joined)}]"] if joined else [])
 
 
 def model_source(variant: str) -> str:
@@ -179,7 +192,7 @@ def run_seed(seed: int, variants: list[str], args) -> dict:
     for variant in variants:
         if variant in results and not args.rescore:
             continue
-        bench.settings = settings_for(args.preset, args.set + [f"seed={seed}"] + VARIANTS[variant])
+        bench.settings = settings_for(args.preset, with_variant(args.set + [f"seed={seed}"], variant))
         source = model_source(variant)
         if source not in trained:
             started = time.perf_counter()

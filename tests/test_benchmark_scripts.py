@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -49,7 +50,7 @@ def test_quality_bench_trains_variants_and_reuses_the_model_for_map_only_ones(tm
     tiny = ["cohort=squares", "subjects=24", "icam_steps=3", "icam_reg_steps=3", "resnet_steps=3", "cnn_steps=3",
             "n_samples=4", "width=4", "baseline_validate_every=2", "translations_per_image=2"]
     args = ["--out", str(tmp_path), "--seeds", "0", "--variants", "default", "no-ema", "reference-reconstruction"]
-    for item in tiny:
+    for item in [*tiny, "icam_set=[train.log_every=1]"]:  # joined with each variant's own run overrides
         args += ["--set", item]
     line = run_benchmark("quality.py", *args)
     assert set(line["means"]) == {"default", "no-ema", "reference-reconstruction", "baselines"}
@@ -62,6 +63,8 @@ def test_quality_bench_trains_variants_and_reuses_the_model_for_map_only_ones(tm
     assert runs == ["cnn-classifier", "cnn-regressor", "default-icam", "default-icam-reg", "no-ema-icam",
                     "no-ema-icam-reg", "resnet"]
     assert "| no-ema |" in (tmp_path / "quality.md").read_text()
+    trained = yaml.safe_load((tmp_path / "seed0" / "runs" / "no-ema-icam-reg" / "config.yaml").read_text())
+    assert trained["train"]["log_every"] == 1 and trained["train"]["ema_decay"] is None
 
 
 def test_occlusion_benchmark_bounds_the_positions_and_times_both_settings():
