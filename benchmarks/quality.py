@@ -51,6 +51,7 @@ VARIANTS = {
     "no-content-adversary": ["icam_set=[loss.content_adversarial=0]"],
     "map-l1-x0.2": ["icam_set=[loss.fa_map_l1=2]"],
     "train-counterfactual": ["icam_set=[train.random_attributes=counterfactual]"],
+    "transposed-upsampling": ["icam_set=[model.upsampling=transposed]"],
     "dc-whole": ["icam_set=[model.content_discriminator_reads=whole]"],
     "dc-no-norm": ["icam_set=[model.content_discriminator_norm=false]"],
     "dc-x10": ["icam_set=[loss.content_adversarial=10]"],

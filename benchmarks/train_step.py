@@ -51,9 +51,9 @@ MODES = {
 }
 
 
-def measure(shape, mode, images_per_class, width, warmup, iterations, accelerator):
+def measure(shape, mode, images_per_class, width, warmup, iterations, accelerator, settings=()):
     overrides = [f"model.width={width}", f"train.images_per_class={images_per_class}",
-                 f"runtime.accelerator={accelerator}"] + [f"{k}={v}" for k, v in MODES[mode].items()]
+                 f"runtime.accelerator={accelerator}"] + [f"{k}={v}" for k, v in MODES[mode].items()] + list(settings)
     config = load_config(None, overrides)
     fabric = build_fabric(config)
     fabric.seed_everything(0, verbose=False)
@@ -95,12 +95,12 @@ def progress(what: str, result) -> None:
     print(f"{what}: {json.dumps(result)}", file=sys.stderr, flush=True)
 
 
-def largest_batch(shape, mode, width, warmup, iterations, accelerator, start: int, most: int = 64):
+def largest_batch(shape, mode, width, warmup, iterations, accelerator, start: int, most: int = 64, settings=()):
     """Double images per class from ``start`` while an iteration fits in the capped GPU memory."""
     fits, per_class = None, start
     while per_class <= most:
         try:
-            fits = measure(shape, mode, per_class, width, warmup, iterations, accelerator)
+            fits = measure(shape, mode, per_class, width, warmup, iterations, accelerator, settings)
             progress(f"{mode} batch {2 * per_class}", fits)
         except torch.OutOfMemoryError:
             progress(f"{mode} batch {2 * per_class}", "out of memory")
@@ -127,6 +127,8 @@ def main():
     p.add_argument("--memory-gib", type=float, default=24.0, help="GPU memory the largest batch must fit in")
     p.add_argument("--max-batch-modes", nargs="+", default=None, choices=list(MODES),
                    help="modes to find the largest batch of (default: --modes)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a run-config override for every mode, e.g. --set model.upsampling=transposed (repeatable)")
     args = p.parse_args()
     if args.dims is not None and args.dims != len(args.shape):
         p.error(f"--dims {args.dims} but --shape has {len(args.shape)} sides")
@@ -143,7 +145,7 @@ def main():
             progress(mode, skipped[mode])
             continue
         results[mode] = measure(tuple(args.shape), mode, args.images_per_class, args.width, args.warmup,
-                                args.iterations, args.accelerator)
+                                args.iterations, args.accelerator, args.set)
         progress(mode, results[mode])
     fastest = min(results, key=lambda m: results[m]["median_s"]) if results else None
     largest = {}
@@ -152,10 +154,11 @@ def main():
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_gib * 2**30 / total))
         # fewer iterations per probe: the larger batches are slow, and only their fit is in question
         largest = {mode: largest_batch(tuple(args.shape), mode, args.width, 2, 5, args.accelerator,
-                                       start=args.images_per_class) for mode in args.max_batch_modes or args.modes}
+                                       start=args.images_per_class, settings=args.set)
+                   for mode in args.max_batch_modes or args.modes}
     line = {
         "benchmark": "train_step", "shape": args.shape, "images_per_class": args.images_per_class,
-        "width": args.width, "iteration": "2xDc + D + E/G (three batches)",
+        "width": args.width, "settings": args.set, "iteration": "2xDc + D + E/G (three batches)",
         "modes": results, "fastest": fastest, "skipped": skipped,
         "speedup_fastest_vs_fp32": (round(results["fp32"]["median_s"] / results[fastest]["median_s"], 2)
                                     if "fp32" in results else None),

@@ -32,8 +32,10 @@ def run_benchmark(name: str, *args: str) -> dict:
 
 def test_train_step_benchmark_3d_with_activation_checkpointing():
     line = run_benchmark("train_step.py", "--dims", "3", "--shape", "16", "16", "16", "--width", "4",
-                         "--modes", "fp32", "fp32-ckpt", "--warmup", "1", "--iterations", "2")
+                         "--modes", "fp32", "fp32-ckpt", "--warmup", "1", "--iterations", "2",
+                         "--set", "model.upsampling=transposed")  # the paper's up-sampling, timed beside icam's
     assert set(line["modes"]) == {"fp32", "fp32-ckpt"} and line["fastest"] in line["modes"]
+    assert line["settings"] == ["model.upsampling=transposed"]
     assert all(m["median_s"] > 0 and m["batch"] == 2 for m in line["modes"].values())
 
 

@@ -99,9 +99,11 @@ def test_cli_config_error_is_one_line_and_a_hint():
 def test_the_papers_model_is_one_setting_and_keys_beside_it_win():
     paper = load_config(None, ["model.preset=paper"]).model
     assert (paper.translation, paper.generator_norm, paper.attribute_channels, paper.attribute_injection,
-            paper.attribute_sampling, paper.discriminator_spectral_norm) == ("image", "instance", 1, "input", "prior",
-                                                                             False)
-    assert load_config(None, []).model.discriminator_spectral_norm  # icam's judges are spectrally normalised
+            paper.attribute_sampling, paper.discriminator_spectral_norm, paper.upsampling) == (
+        "image", "instance", 1, "input", "prior", False, "transposed")
+    icam_model = load_config(None, []).model
+    # icam's judges are spectrally normalised, and its generator up-samples without a checkerboard
+    assert icam_model.discriminator_spectral_norm and icam_model.upsampling == "resize"
     assert load_config(None, ["model.preset=paper", "model.translation=residual"]).model.translation == "residual"
     with pytest.raises(ConfigError, match=r"'model.preset'.*'icam' or 'paper'"):
         load_config(None, ["model.preset=authors"])

@@ -5,6 +5,7 @@ import torch
 
 from icam.model import ICAM
 from icam.nets import ContentDiscriminator, DomainDiscriminator
+from icam.nets.blocks import UpBlock
 
 
 def count(module):
@@ -107,6 +108,25 @@ def test_the_authors_upsampling_block_has_the_same_weights_and_shapes(shape):
     assert smoothed.decode(smoothed.encode_content(x), smoothed.encode_attribute(x)[0]).shape == x.shape
     with pytest.raises(ValueError, match="upsampling must be one of"):
         ICAM(shape, width=4, upsampling="bilinear")
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_resize_upsampling_has_no_checkerboard(spatial_dims):
+    """A transposed convolution's kernel overlaps its outputs unevenly, so even a constant map
+    comes out striped with period 2 (the checkerboard a residual map shows); nearest-neighbour
+    resizing then a convolution treats every output voxel alike."""
+    torch.manual_seed(0)
+    constant = torch.ones(1, 8, *[6] * spatial_dims)
+    inside = (slice(None), slice(None), *[slice(2, -2)] * spatial_dims)  # away from the zero padding
+    for mode, striped in (("transposed", True), ("resize", False)):
+        up = UpBlock(spatial_dims, 8, 4, mode)
+        out = up(constant)[inside]
+        assert out.shape[2:] == (8,) * spatial_dims
+        spread = (out - out.mean(dim=tuple(range(2, 2 + spatial_dims)), keepdim=True)).abs().max()
+        assert (spread > 1e-3) == striped, mode
+    shape = (32, 32) if spatial_dims == 2 else (16, 32, 16)
+    model, x = ICAM(shape, width=4, upsampling="resize"), torch.rand(2, 1, *shape) * 2 - 1
+    assert model.decode(model.encode_content(x), model.encode_attribute(x)[0]).shape == x.shape
 
 
 def test_regional_compilation_compiles_each_outermost_repeated_block_and_nothing_else(monkeypatch):

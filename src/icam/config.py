@@ -194,14 +194,15 @@ class BidsData(FileData):
 
 # model.preset=paper: the paper's and the authors' network and explanations, where icam's defaults differ
 PAPER_MODEL = {"translation": "image", "generator_norm": "instance", "attribute_channels": 1,
-               "attribute_injection": "input", "attribute_sampling": "prior", "discriminator_spectral_norm": False}
+               "attribute_injection": "input", "attribute_sampling": "prior", "discriminator_spectral_norm": False,
+               "upsampling": "transposed"}
 
 
 class ModelConfig(Section):
     preset: Literal["icam", "paper"] = Field(
         "icam", description="icam: icam's defaults; paper: the paper's model where they differ (an image translation, "
                             "instance norms, a one-channel attribute joining at S/4, prior sampling, no spectral "
-                            "norm); keys given beside it still win")
+                            "norm, transposed-convolution up-sampling); keys given beside it still win")
     width: int = Field(16, ge=4, description="base channel width (the paper's 16: ~3 M parameters in 2D)")
     num_classes: int | None = Field(None, ge=2, description="inferred from the data when null")
     init: Literal["kaiming", "normal"] = Field(
@@ -244,9 +245,11 @@ class ModelConfig(Section):
                              "the decoder's failure to reproduce the scan; residual: the scan plus the decoded change "
                              "G(z_c, z_a) − G(z_c, z_a(scan)), so maps hold only what the attribute changes; "
                              "gated: that change where a gate the generator also outputs opens")
-    upsampling: Literal["transposed", "transposed-avgpool"] = Field(
-        "transposed", description="the generator's ×2 steps: a transposed conv, or (the authors') one with output "
-                                  "padding then a 2×2 average pool of stride 1, which smooths checkerboard artefacts")
+    upsampling: Literal["transposed", "transposed-avgpool", "resize"] = Field(
+        "resize", description="the generator's ×2 steps: resize (nearest-neighbour ×2 then a 3×3 conv: every voxel "
+                              "treated alike, so a map has no checkerboard), transposed (a transposed conv, the "
+                              "paper's), or transposed-avgpool (the authors': output padding then a 2×2 average pool "
+                              "of stride 1)")
 
     @model_validator(mode="before")
     @classmethod

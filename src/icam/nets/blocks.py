@@ -215,15 +215,17 @@ class DownResBlock(nn.Module):
         return self.main(x) + self.shortcut(x)
 
 
-UPSAMPLING = ("transposed", "transposed-avgpool")
+UPSAMPLING = ("transposed", "transposed-avgpool", "resize")
 
 
 class UpBlock(nn.Module):
     """×2 up-sampling → LayerNorm over (C, space) (``norm="channel"``: over C at each voxel) → LeakyReLU.
 
-    ``transposed``: a transposed conv (k4, s2, p1). ``transposed-avgpool`` (the authors'
-    block): the same conv with output padding (2S + 1) then a 2×2 average pool of stride 1
-    (back to 2S), which smooths the transposed convolution's checkerboard.
+    ``resize``: nearest-neighbour ×2 then a 3×3 conv, which treats every output voxel alike
+    (Odena et al. 2016). ``transposed``: a transposed conv (k4, s2, p1), whose kernel overlaps
+    its outputs unevenly: a checkerboard that a residual map, the difference of two decodings,
+    shows. ``transposed-avgpool`` (the authors' block): the same conv with output padding
+    (2S + 1) then a 2×2 average pool of stride 1 (back to 2S), which smooths it.
     GroupNorm with one group is exactly a per-sample LayerNorm with a per-channel affine.
     """
 
@@ -233,8 +235,12 @@ class UpBlock(nn.Module):
         if mode not in UPSAMPLING:
             raise UserError(f"upsampling must be one of {UPSAMPLING}, got {mode!r}")
         smooth = mode == "transposed-avgpool"
-        layers = [layer_type("ConvTranspose", spatial_dims)(in_channels, out_channels, 4, stride=2, padding=1,
-                                                            output_padding=int(smooth), bias=False)]
+        if mode == "resize":
+            layers = [nn.Upsample(scale_factor=2, mode="nearest"),
+                      layer_type("Conv", spatial_dims)(in_channels, out_channels, 3, padding=1, bias=False)]
+        else:
+            layers = [layer_type("ConvTranspose", spatial_dims)(in_channels, out_channels, 4, stride=2, padding=1,
+                                                                output_padding=int(smooth), bias=False)]
         if smooth:
             layers.append(layer_type("AvgPool", spatial_dims)(2, stride=1))
         self.block = nn.Sequential(*layers,
