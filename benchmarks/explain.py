@@ -20,8 +20,8 @@ import torch
 
 from icam.config import load_config
 from icam.explain import Explainer
+from icam.model import build_model
 from icam.run import cpu_model
-from icam.train import build_model
 
 
 def seconds_per_scan(explainer: Explainer, shape, n_samples: int, repeats: int, device) -> tuple[float, float]:

@@ -26,8 +26,9 @@ import torch
 
 from icam.config import load_config
 from icam.data import InMemoryCohort, make_squares
+from icam.model import build_model
 from icam.run import build_fabric, cpu_has_bf16, cpu_model
-from icam.train import Trainer, build_model
+from icam.train import Trainer
 
 MODES = {
     "fp32": {"runtime.precision": "32-true"},

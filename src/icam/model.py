@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Reference, Sampling, Translation
+from .config import ModelConfig, Reference, Sampling, Translation
 from .errors import UserError
 from .nets import AttributeEncoder, ContentEncoder, Generator
 from .nets.blocks import init_weights
@@ -404,3 +404,10 @@ class ICAM(nn.Module):
             translated=translated, reconstructed=reconstructed, randomly_translated=randomly_translated,
             cycle_reconstructed=cycle_reconstructed, random_attribute_estimate=cycle_mu[n:],
         )
+
+
+def build_model(m: ModelConfig, image_shape: tuple[int, ...] | list[int], num_classes: int,
+                in_channels: int = 1) -> ICAM:
+    """The network ``model.*`` asks for, for images of this shape and this many classes."""
+    return ICAM(image_shape, num_classes, in_channels, m.width, m.init, m.upsampling, m.attribute_stride,
+                m.content_noise, m.translation, m.attribute_channels, m.attribute_injection, m.generator_norm)

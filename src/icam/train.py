@@ -39,7 +39,7 @@ from .data import ClassBalancedBatchSampler
 from .data.table import class_names, num_classes_of
 from .errors import UserError
 from .files import write_json
-from .model import ICAM, translation_partners
+from .model import ICAM, build_model, translation_partners
 from .nets import ContentDiscriminator, DomainDiscriminators
 from .nets.blocks import compile_networks, init_weights, set_activation_checkpointing
 from .progress import StepProgress
@@ -100,13 +100,6 @@ class StopRequested:
         for s, handler in self._previous.items():
             with contextlib.suppress(ValueError):
                 signal.signal(s, handler)
-
-
-def build_model(m: ModelConfig, image_shape: tuple[int, ...] | list[int], num_classes: int,
-                in_channels: int = 1) -> ICAM:
-    """The network ``model.*`` asks for, for images of this shape and this many classes."""
-    return ICAM(image_shape, num_classes, in_channels, m.width, m.init, m.upsampling, m.attribute_stride,
-                m.content_noise, m.translation, m.attribute_channels, m.attribute_injection, m.generator_norm)
 
 
 def as_setting(value) -> str:
