@@ -76,6 +76,7 @@ VARIANTS = {
     "samples-25": ["n_samples=25"],
     "samples-100": ["n_samples=100"],
     "samples-200": ["n_samples=200"],
+    "threshold-0.5": ["min_probability=0.5"],
     "threshold-0.99": ["min_probability=0.99"],
 }
 # they change the maps, not the model: a variant made of these and another's settings reuses its model

@@ -83,3 +83,33 @@ def test_explain_benchmark_times_both_precisions():
     assert set(figures) == {"2", "4", "2 bf16-mixed", "4 bf16-mixed"}
     assert all(f["seconds_per_scan"] > 0 and 0 < f["acceptance_rate"] <= 1 for f in figures.values())
     assert line["processor"] and line["results"]["width4"]["seconds_per_extra_sample"] is not None
+
+
+def test_maps_by_effect_compares_each_effects_scans_with_the_population_map(tmp_path):
+    import csv
+
+    from icam.data.synth_export import write_brain_synth
+
+    seed = tmp_path / "seed0"
+    write_brain_synth(seed / "cohort", dims=2, n=20, seed=3, shape=(32, 32), fractions=(0.5, 0.0, 0.5))
+    table = list(csv.DictReader((seed / "cohort" / "cohort.csv").open()))
+    test = [r for r in table if r["split"] == "test"]
+    scores = seed / "maps" / "default-icam-reg" / "per_subject_maps.csv"
+    scores.parent.mkdir(parents=True)
+    # a stand-in variant whose map scores 1 on scans with lesions and 0 elsewhere
+    with scores.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "label", "ncc"])
+        for r in test:
+            writer.writerow([Path(r["image"]).name.split(".nii")[0], r["label"], float(float(r["lesions_weight"]) > 0)])
+    line = run_benchmark("maps_by_effect.py", "--out", str(tmp_path))
+    for direction, label in (("minus", "1"), ("plus", "0")):
+        scans = [r for r in test if r["label"] == label]
+        figures = line["directions"][direction]
+        assert figures["all"]["scans"] == len(scans)
+        with_lesions = figures["lesions"]["with"]
+        assert with_lesions["scans"] == sum(float(r["lesions_weight"]) > 0 for r in scans)
+        assert with_lesions["map"] in (1.0, None) and figures["lesions"]["without"]["map"] in (0.0, None)
+        assert figures["all"]["population"] is not None and -1 <= figures["all"]["population"] <= 1
+    assert set(line["directions"]["minus"]) == {"ventricles", "cortex", "lesions", "all"}
+    assert "| class 1 → 0 | lesions |" in (tmp_path / "maps_by_effect.md").read_text()
