@@ -11,6 +11,7 @@ own effects (which lesions, which parcels) are what changed. Prints one JSON lin
 maps_by_effect.md into --out.
 
   python benchmarks/maps_by_effect.py --out q-brain --variant default
+  python benchmarks/maps_by_effect.py --out q-brain --variant width-16 --seeds 2   # where only seed 2 ran it
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="the ablation bench's folder (its seed<N> folders)")
     p.add_argument("--variant", default="default")
+    p.add_argument("--seeds", type=int, nargs="+", help="these seeds' folders only (default: every seed<N> folder)")
     args = p.parse_args()
-    folders = sorted(Path(args.out).glob("seed*"))
+    folders = (sorted(Path(args.out).glob("seed*")) if args.seeds is None
+               else [Path(args.out) / f"seed{seed}" for seed in args.seeds])
     if not folders:
         raise SystemExit(f"{args.out} holds no seed<N> folders: point --out at benchmarks/quality.py's --out")
     effects, rows = [], []
