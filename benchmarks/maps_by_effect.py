@@ -25,7 +25,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from icam.metrics import map_metrics
+from icam.metrics import map_metrics, population_map
 
 WEIGHT = "_weight"
 
@@ -46,8 +46,8 @@ def seed_scores(folder: Path, variant: str) -> tuple[list[str], list[dict]]:
         return np.asarray(nib.load(cohort / path).dataobj, dtype=np.float32)[..., 0]
 
     by_id = {Path(row["image"]).name.split(".nii")[0]: row for row in table}
-    population = {label: np.mean([np.abs(image(r["gt_map"])) for r in table
-                                  if r["split"] == "train" and int(r["label"]) == label], axis=0)
+    population = {label: population_map(image(r["gt_map"]) for r in table
+                                        if r["split"] == "train" and int(r["label"]) == label)
                   for label in (0, 1)}
     rows = []
     for scored in csv.DictReader(scores.open()):

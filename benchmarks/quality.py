@@ -145,13 +145,13 @@ def population_points(bench: BenchmarkRun, run: str) -> dict:
     import numpy as np
 
     from icam.explain import open_run
-    from icam.metrics import map_metrics
+    from icam.metrics import map_metrics, population_map
     from icam.scans import load_inputs
 
     model = open_run(run, "best", bench.device)
     train = load_inputs(model, bench.csv_path, "train")
     train_items = [train[i] for i in range(len(train))]
-    population = {k: np.mean([np.abs(t["gt_map"][0].numpy()) for t in train_items if int(t["label"]) == k], axis=0)
+    population = {k: population_map(t["gt_map"][0].numpy() for t in train_items if int(t["label"]) == k)
                   for k in (0, 1)}
     test = load_inputs(model, bench.csv_path, "test")
     scores: dict[str, list[float]] = {f"population_{d}": [] for d in ("ncc_minus", "ncc_plus")}

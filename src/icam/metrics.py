@@ -84,6 +84,14 @@ def map_metrics(fa: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None,
     return result
 
 
+def population_map(gt_maps) -> np.ndarray:
+    """The reference a subject's map is read against: the mean |ground truth| of a class's
+    training scans (``gt_maps``, arrays of one shape), the same map for every scan of that class.
+    It never looks at the scan: it scores what knowing only where the cohort changes on average
+    would score."""
+    return np.mean([np.abs(g) for g in gt_maps], axis=0)
+
+
 def summarise_maps(per_subject: list[dict]) -> dict:
     """Mean, sd and a 95% interval of each map metric over the subjects where it is defined, with
     the counts: a bootstrap interval over subjects; Wilson's for the pointing game (a proportion)."""
