@@ -25,7 +25,8 @@ def test_every_generator_term_is_finite_and_differentiable():
             continue
         out = model(images, partner, random_attribute)
         terms = losses.generator_terms(out, images, labels, labels[partner], target, random_attribute,
-                                       encoded(out.translated), random(out.randomly_translated),
+                                       encoded(out.translated, labels[partner]),
+                                       random(out.randomly_translated, labels[partner]),
                                        content_d(out.content))
         assert set(terms) == set(LossWeights.model_fields) - {"domain_classification_discriminator"}
         term = terms[name]

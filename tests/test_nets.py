@@ -2,7 +2,9 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from icam.errors import UserError
 from icam.model import ICAM
 from icam.nets import ContentDiscriminator, DomainDiscriminator
 from icam.nets.blocks import UpBlock
@@ -28,7 +30,7 @@ def test_shapes_for_three_classes(shape):
     assert prediction.target.shape == (2,)
 
     domain = DomainDiscriminator(len(shape), shape, 3, width=4)
-    adversarial, classes = domain(x)
+    adversarial, classes = domain(x, torch.tensor([0, 2]))
     assert adversarial.shape == (2,) and classes.shape == (2, 3)
     assert ContentDiscriminator(len(shape), model.content_shape, 16, 3)(content).shape == (2, 3)
 
@@ -65,7 +67,7 @@ def test_a_spectrally_normalised_judge_has_convolutions_of_norm_one(shape):
     torch.manual_seed(0)
     domain = DomainDiscriminator(len(shape), shape, 2, width=4, spectral_norm=True)
     for _ in range(20):
-        domain(torch.randn(2, 1, *shape))
+        domain(torch.randn(2, 1, *shape), torch.tensor([0, 1]))
     convolutions = [m for m in domain.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
     assert len(convolutions) >= 3
     for conv in convolutions:
@@ -251,3 +253,36 @@ def test_the_channel_norm_generator_keeps_a_local_change_local():
     assert changed["instance"] > 0.9 and changed["channel"] < 0.5, changed
     with pytest.raises(ValueError, match="generator norm must be one of"):
         ICAM((32, 32), width=4, generator_norm="batch")
+
+
+def test_a_per_class_judge_learns_what_a_class_never_shows():
+    """Class 1's scans have a blob, class 0's never do; translations to class 0 that keep the
+    blob are fakes. A judge per class learns to call a blob fake as class 0 and real as class 1;
+    a shared judge cannot tell the two claims apart (the same image, real and fake)."""
+    torch.manual_seed(0)
+    shape = (32, 32)
+    blob = torch.zeros(1, 1, *shape)
+    blob[..., 12:20, 12:20] = 1.0
+
+    def scans(n, with_blob):
+        return torch.randn(n, 1, *shape) * 0.3 + (blob if with_blob else 0)
+
+    zeros, ones = torch.zeros(8, dtype=torch.long), torch.ones(8, dtype=torch.long)
+    judges = {kind: DomainDiscriminator(2, shape, 2, width=4, real_fake=kind) for kind in ("per-class", "shared")}
+    for judge in judges.values():
+        optimiser = torch.optim.Adam(judge.parameters(), lr=2e-3)
+        for _ in range(60):
+            real = torch.cat([scans(8, False), scans(8, True)])
+            real_logits = judge(real, torch.cat([zeros, ones]))[0]
+            fake_logits = judge(scans(8, True), zeros)[0]  # the blob kept in a translation to class 0
+            loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    with torch.no_grad():
+        test = scans(8, True)
+        as_class_0, as_class_1 = (judges["per-class"](test, c)[0] for c in (zeros, ones))
+        assert (as_class_1 - as_class_0).min() > 2  # the blob gives a class-0 claim away
+        assert torch.equal(judges["shared"](test, zeros)[0], judges["shared"](test, ones)[0])
+    with pytest.raises(UserError, match="per-class"):
+        DomainDiscriminator(2, shape, 2, real_fake="each")

@@ -121,17 +121,20 @@ def test_init_from_a_model_of_another_shape_is_refused(tiny_config):
     assert caught.value.hint == "add --set model.width=4 to continue from it"
 
 
-def test_init_from_a_run_with_other_discriminators_names_the_setting(tiny_config):
-    """A run from before spectral normalisation became the default holds plain discriminators:
-    continuing from it says which setting to match, and leaves no run folder behind."""
-    plain = train(tiny_config("model.discriminator_spectral_norm=false"), show_progress=False)
+@pytest.mark.parametrize("key, there, here", [("discriminator_spectral_norm", "false", "true"),
+                                               ("discriminator_real_fake", "per-class", "shared")])
+def test_init_from_a_run_with_other_discriminators_names_the_setting(tiny_config, key, there, here):
+    """A run from before spectral normalisation became the default holds plain discriminators,
+    one with a judge per class holds other heads: continuing from it says which setting to
+    match, and leaves no run folder behind."""
+    setting = f"model.{key}={there}"
+    other = train(tiny_config(setting), show_progress=False)
     config = tiny_config()
-    with pytest.raises(UserError, match=r"model\.discriminator_spectral_norm is false there, true here") as caught:
-        train(config, init_from=plain["run_dir"], show_progress=False)
-    assert caught.value.hint == "add --set model.discriminator_spectral_norm=false to continue from it"
-    assert sorted(p.name for p in Path(config.out_dir).iterdir()) == [Path(plain["run_dir"]).name]
-    matched = train(tiny_config("model.discriminator_spectral_norm=false"), init_from=plain["run_dir"],
-                    show_progress=False)
+    with pytest.raises(UserError, match=rf"model\.{key} is {there} there, {here} here") as caught:
+        train(config, init_from=other["run_dir"], show_progress=False)
+    assert caught.value.hint == f"add --set {setting} to continue from it"
+    assert sorted(p.name for p in Path(config.out_dir).iterdir()) == [Path(other["run_dir"]).name]
+    matched = train(tiny_config(setting), init_from=other["run_dir"], show_progress=False)
     assert Path(matched["run_dir"]).is_dir()
 
 

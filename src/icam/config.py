@@ -220,6 +220,13 @@ class ModelConfig(Section):
         True, description="spectral normalisation of every convolution of the two domain discriminators: smoother "
                           "judges that a texture cannot fool, so translations carry the change itself (the paper "
                           "has none)")
+    discriminator_real_fake: Literal["shared", "per-class"] = Field(
+        "shared", description="the domain discriminators' real/fake judge: shared (the paper's: one for every class, "
+                              "blind to the class, so only their class head asks a translation to look like its "
+                              "target class) or per-class (one per class, and a translation is judged against the "
+                              "real scans of its target class, StarGAN v2's multi-task discriminator: what that "
+                              "class never shows gives a translation away, even where the class head does not "
+                              "look)")
     content_discriminator_reads: Literal["pooled", "whole"] = Field(
         "pooled", description="what the content discriminator classifies: its features averaged over space (the "
                               "paper's: what z_c holds anywhere) or the whole feature map (also where)")
@@ -260,7 +267,8 @@ class ModelConfig(Section):
 
 
 # model keys that shape the discriminators (whose weights a checkpoint holds beside the model's)
-DISCRIMINATOR_KEYS = ("discriminator_spectral_norm", "content_discriminator_norm", "content_discriminator_reads")
+DISCRIMINATOR_KEYS = ("discriminator_spectral_norm", "discriminator_real_fake", "content_discriminator_norm",
+                      "content_discriminator_reads")
 
 
 class LossWeights(Section):

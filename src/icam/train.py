@@ -152,7 +152,8 @@ class Trainer:
     def _discriminators(self, model: ICAM) -> tuple[DomainDiscriminators, ContentDiscriminator]:
         m = self.config.model
         domain = DomainDiscriminators(model.spatial_dims, model.image_shape, model.num_classes,
-                                      self.train_set.in_channels, m.width, spectral_norm=m.discriminator_spectral_norm)
+                                      self.train_set.in_channels, m.width, spectral_norm=m.discriminator_spectral_norm,
+                                      real_fake=m.discriminator_real_fake)
         content = ContentDiscriminator(model.spatial_dims, model.content_shape,
                                        model.content_encoder.out_channels, model.num_classes,
                                        norm=m.content_discriminator_norm, reads=m.content_discriminator_reads)
@@ -248,7 +249,7 @@ class Trainer:
                                                      **drawn_like)
             out = self.model(images, partner, sample.attribute)
             real_enc, fake_enc, real_rand, fake_rand = self.domain_discriminators(
-                images, out.translated.detach(), out.randomly_translated.detach())
+                images, labels, out.translated.detach(), out.randomly_translated.detach(), translated_labels)
             encoded_terms = losses.domain_discriminator_terms(real_enc, fake_enc, labels)
             random_terms = losses.domain_discriminator_terms(real_rand, fake_rand, labels)
             d_terms = {name: encoded_terms[name] + random_terms[name] for name in encoded_terms}
@@ -262,7 +263,8 @@ class Trainer:
                 g_terms = losses.generator_terms(
                     out, images, labels, translated_labels,
                     self.raw_model.standardise_target(batch["target"]) if self.regressing else None,
-                    sample.attribute, domain.encoded(out.translated), domain.random(out.randomly_translated),
+                    sample.attribute, domain.encoded(out.translated, translated_labels),
+                    domain.random(out.randomly_translated, translated_labels),
                     self.content_discriminator.module(out.content))
                 total = losses.weighted_sum(g_terms, self.config.loss)
             self.generator_optimizer.zero_grad(set_to_none=True)

@@ -20,16 +20,21 @@ def _halvings(shape: tuple[int, ...], smallest: int, most: int) -> int:
 
 
 class DomainDiscriminator(nn.Module):
-    """Image → (real/fake logit (B,), class logits (B, K)).
+    """(image, class it is said to be) → (real/fake logit (B,), class logits (B, K)).
 
     Up to six stride-2 3×3 convs (w, 2w, … capped at 16w), fewer for small inputs, then two
-    1×1 heads averaged over space (PatchGAN-style).
+    1×1 heads averaged over space (PatchGAN-style). ``real_fake="shared"`` (the paper's): one
+    real/fake judge for every class, which ignores the class; ``"per-class"``: one judge per
+    class, and an image is judged by its class's (StarGAN v2's multi-task discriminator).
     """
 
     def __init__(self, spatial_dims: int, image_shape: tuple[int, ...], num_classes: int,
                  in_channels: int = 1, width: int = 16, layers: int = 6, norm: bool = False,
-                 spectral_norm: bool = False):
+                 spectral_norm: bool = False, real_fake: str = "shared"):
         super().__init__()
+        if real_fake not in REAL_FAKE_JUDGES:
+            raise UserError(f"the domain discriminators' real/fake judge is one of {REAL_FAKE_JUDGES}, "
+                            f"got {real_fake!r}")
         blocks, channels = [], in_channels
         # InstanceNorm needs more than one element per channel, so stop at side 2 with it.
         for i in range(_halvings(image_shape, smallest=4 if norm else 2, most=layers)):
@@ -37,17 +42,23 @@ class DomainDiscriminator(nn.Module):
             blocks.append(ConvNormAct(spatial_dims, channels, out, 3, stride=2, padding=1, norm=norm))
             channels = out
         self.features = Blocks(*blocks)
-        self.adversarial_head = conv(spatial_dims, channels, 1, 1, bias=False)
+        self.adversarial_head = conv(spatial_dims, channels, num_classes if real_fake == "per-class" else 1, 1,
+                                     bias=False)
         self.class_head = conv(spatial_dims, channels, num_classes, 1, bias=False)
         if spectral_norm:  # every convolution 1-Lipschitz: a smoother judge, harder to fool with texture
             for module in list(self.modules()):
                 if isinstance(module, nn.modules.conv._ConvNd):
                     nn.utils.parametrizations.spectral_norm(module)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.features(image)
-        return (self.adversarial_head(features).flatten(1).mean(1),
+        judges = self.adversarial_head(features).flatten(2).mean(2)  # (B, 1) or (B, K)
+        judge = classes if judges.shape[1] > 1 else torch.zeros_like(classes)
+        return (judges.gather(1, judge[:, None])[:, 0],
                 self.class_head(features).flatten(2).mean(2))
+
+
+REAL_FAKE_JUDGES = ("shared", "per-class")
 
 
 class ContentDiscriminator(nn.Module):
@@ -87,17 +98,19 @@ class DomainDiscriminators(nn.Module):
     encoded attributes, the other translations made with randomly sampled attributes."""
 
     def __init__(self, spatial_dims: int, image_shape, num_classes: int, in_channels: int, width: int,
-                 spectral_norm: bool = False):
+                 spectral_norm: bool = False, real_fake: str = "shared"):
         super().__init__()
         self.encoded = DomainDiscriminator(spatial_dims, image_shape, num_classes, in_channels, width,
-                                           spectral_norm=spectral_norm)
+                                           spectral_norm=spectral_norm, real_fake=real_fake)
         self.random = DomainDiscriminator(spatial_dims, image_shape, num_classes, in_channels, width,
-                                          spectral_norm=spectral_norm)
+                                          spectral_norm=spectral_norm, real_fake=real_fake)
 
-    def forward(self, real: torch.Tensor, translated: torch.Tensor, randomly_translated: torch.Tensor):
-        """(adversarial, class) logits on [real; fake] for each discriminator, in one call each."""
-        n = len(real)
-        encoded_adv, encoded_cls = self.encoded(torch.cat([real, translated]))
-        random_adv, random_cls = self.random(torch.cat([real, randomly_translated]))
+    def forward(self, real: torch.Tensor, labels: torch.Tensor, translated: torch.Tensor,
+                randomly_translated: torch.Tensor, translated_labels: torch.Tensor):
+        """(adversarial, class) logits on [real; fake] for each discriminator, in one call each;
+        real images are judged as their own class, translations as their target class."""
+        n, classes = len(real), torch.cat([labels, translated_labels])
+        encoded_adv, encoded_cls = self.encoded(torch.cat([real, translated]), classes)
+        random_adv, random_cls = self.random(torch.cat([real, randomly_translated]), classes)
         return ((encoded_adv[:n], encoded_cls[:n]), encoded_adv[n:],
                 (random_adv[:n], random_cls[:n]), random_adv[n:])
