@@ -64,6 +64,7 @@ VARIANTS = {
     "attribute-stride-8": ["icam_set=[model.attribute_stride=8]"],
     "per-class-judge": ["icam_set=[model.discriminator_real_fake=per-class]"],
     "per-class-judge+prior": ["icam_set=[model.discriminator_real_fake=per-class]", "sampling=prior"],
+    "per-class-judge+centred": ["icam_set=[model.discriminator_real_fake=per-class,model.discriminator_centred=true]"],
     "no-cycle": ["icam_set=[loss.cycle_l1=0,loss.cycle_l2=0]"],
     "per-class-judge+no-cycle": ["icam_set=[model.discriminator_real_fake=per-class,loss.cycle_l1=0,loss.cycle_l2=0]"],
     "rejection-64": ["icam_set=[train.rejection_candidates=64]"],

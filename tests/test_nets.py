@@ -286,3 +286,17 @@ def test_a_per_class_judge_learns_what_a_class_never_shows():
         assert torch.equal(judges["shared"](test, zeros)[0], judges["shared"](test, ones)[0])
     with pytest.raises(UserError, match="per-class"):
         DomainDiscriminator(2, shape, 2, real_fake="each")
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (16, 16, 16)])
+def test_a_centred_judge_is_blind_to_overall_brightness(shape):
+    """A translation that only shifts the whole image's intensity changes nothing a centred
+    judge sees; an uncentred one sees the shift."""
+    torch.manual_seed(0)
+    x, classes = torch.randn(2, 1, *shape), torch.tensor([0, 1])
+    centred = DomainDiscriminator(len(shape), shape, 2, width=4, real_fake="per-class", centred=True)
+    for a, b in zip(centred(x, classes), centred(x + 0.3, classes)):
+        assert torch.allclose(a, b, atol=1e-5)
+    plain = DomainDiscriminator(len(shape), shape, 2, width=4, real_fake="per-class")
+    plain.load_state_dict(centred.state_dict())
+    assert not torch.allclose(plain(x, classes)[0], plain(x + 0.3, classes)[0], atol=1e-5)

@@ -227,6 +227,10 @@ class ModelConfig(Section):
                               "real scans of its target class, StarGAN v2's multi-task discriminator: what that "
                               "class never shows gives a translation away, even where the class head does not "
                               "look)")
+    discriminator_centred: bool = Field(
+        False, description="the domain discriminators see each image less its mean over space: blind to overall "
+                           "brightness, which a judge per class can otherwise tell the classes apart by (the paper's "
+                           "see the image as it is)")
     content_discriminator_reads: Literal["pooled", "whole"] = Field(
         "pooled", description="what the content discriminator classifies: its features averaged over space (the "
                               "paper's: what z_c holds anywhere) or the whole feature map (also where)")

@@ -153,7 +153,7 @@ class Trainer:
         m = self.config.model
         domain = DomainDiscriminators(model.spatial_dims, model.image_shape, model.num_classes,
                                       self.train_set.in_channels, m.width, spectral_norm=m.discriminator_spectral_norm,
-                                      real_fake=m.discriminator_real_fake)
+                                      real_fake=m.discriminator_real_fake, centred=m.discriminator_centred)
         content = ContentDiscriminator(model.spatial_dims, model.content_shape,
                                        model.content_encoder.out_channels, model.num_classes,
                                        norm=m.content_discriminator_norm, reads=m.content_discriminator_reads)

@@ -30,8 +30,9 @@ class DomainDiscriminator(nn.Module):
 
     def __init__(self, spatial_dims: int, image_shape: tuple[int, ...], num_classes: int,
                  in_channels: int = 1, width: int = 16, layers: int = 6, norm: bool = False,
-                 spectral_norm: bool = False, real_fake: str = "shared"):
+                 spectral_norm: bool = False, real_fake: str = "shared", centred: bool = False):
         super().__init__()
+        self.centred = centred
         if real_fake not in REAL_FAKE_JUDGES:
             raise UserError(f"the domain discriminators' real/fake judge is one of {REAL_FAKE_JUDGES}, "
                             f"got {real_fake!r}")
@@ -51,6 +52,8 @@ class DomainDiscriminator(nn.Module):
                     nn.utils.parametrizations.spectral_norm(module)
 
     def forward(self, image: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.centred:  # blind to each image's overall brightness, so a translation gains nothing by shifting it
+            image = image - image.mean(dim=tuple(range(2, image.ndim)), keepdim=True)
         features = self.features(image)
         judges = self.adversarial_head(features).flatten(2).mean(2)  # (B, 1) or (B, K)
         judge = classes if judges.shape[1] > 1 else torch.zeros_like(classes)
@@ -98,12 +101,12 @@ class DomainDiscriminators(nn.Module):
     encoded attributes, the other translations made with randomly sampled attributes."""
 
     def __init__(self, spatial_dims: int, image_shape, num_classes: int, in_channels: int, width: int,
-                 spectral_norm: bool = False, real_fake: str = "shared"):
+                 spectral_norm: bool = False, real_fake: str = "shared", centred: bool = False):
         super().__init__()
-        self.encoded = DomainDiscriminator(spatial_dims, image_shape, num_classes, in_channels, width,
-                                           spectral_norm=spectral_norm, real_fake=real_fake)
-        self.random = DomainDiscriminator(spatial_dims, image_shape, num_classes, in_channels, width,
-                                          spectral_norm=spectral_norm, real_fake=real_fake)
+        self.encoded, self.random = (
+            DomainDiscriminator(spatial_dims, image_shape, num_classes, in_channels, width,
+                                spectral_norm=spectral_norm, real_fake=real_fake, centred=centred)
+            for _ in range(2))
 
     def forward(self, real: torch.Tensor, labels: torch.Tensor, translated: torch.Tensor,
                 randomly_translated: torch.Tensor, translated_labels: torch.Tensor):
