@@ -62,11 +62,18 @@ VARIANTS = {
     "prediction-x5": ["icam_set=[loss.classification=50,loss.regression=50]"],
     "latent-regression-x10": ["icam_set=[loss.latent_regression=10]"],
     "attribute-stride-8": ["icam_set=[model.attribute_stride=8]"],
-    "per-class-judge": ["icam_set=[model.discriminator_real_fake=per-class]"],
-    "per-class-judge+prior": ["icam_set=[model.discriminator_real_fake=per-class]", "sampling=prior"],
+    # the domain discriminators' real/fake judge; each variant names both keys, so it means the
+    # same before and after per-class + centred became the default
+    "shared-judge": ["icam_set=[model.discriminator_real_fake=shared,model.discriminator_centred=false]"],
+    "per-class-judge": ["icam_set=[model.discriminator_real_fake=per-class,model.discriminator_centred=false]"],
+    "per-class-judge+prior": ["icam_set=[model.discriminator_real_fake=per-class,model.discriminator_centred=false]",
+                              "sampling=prior"],
     "per-class-judge+centred": ["icam_set=[model.discriminator_real_fake=per-class,model.discriminator_centred=true]"],
-    "no-cycle": ["icam_set=[loss.cycle_l1=0,loss.cycle_l2=0]"],
-    "per-class-judge+no-cycle": ["icam_set=[model.discriminator_real_fake=per-class,loss.cycle_l1=0,loss.cycle_l2=0]"],
+    "shared-judge+centred": ["icam_set=[model.discriminator_real_fake=shared,model.discriminator_centred=true]"],
+    "no-cycle": ["icam_set=[model.discriminator_real_fake=shared,model.discriminator_centred=false,"
+                 "loss.cycle_l1=0,loss.cycle_l2=0]"],
+    "per-class-judge+no-cycle": ["icam_set=[model.discriminator_real_fake=per-class,model.discriminator_centred=false,"
+                                 "loss.cycle_l1=0,loss.cycle_l2=0]"],
     "rejection-64": ["icam_set=[train.rejection_candidates=64]"],
     "width-16": ["width=16"],
     # a width-16 iteration costs 1.8x a width-8 one at 64^2 on CPU (benchmarks/train_step.py): the

@@ -5,7 +5,7 @@ import yaml
 from typer.testing import CliRunner
 
 from icam.cli import app
-from icam.config import Config, ConfigError, load_config
+from icam.config import Config, ConfigError, as_saved, load_config
 
 runner = CliRunner()
 
@@ -96,14 +96,29 @@ def test_cli_config_error_is_one_line_and_a_hint():
     assert "Traceback" not in result.output and "hint:" in result.stderr
 
 
+def test_a_saved_config_keeps_the_model_it_was_made_with():
+    """A run's config from before model.preset is the paper's model; one from before a later key
+    holds what that key was then, not today's default."""
+    before_presets = as_saved({"model": {"width": 8}})["model"]
+    assert (before_presets["translation"], before_presets["discriminator_real_fake"]) == ("image", "shared")
+    before_judges = as_saved({"model": {"preset": "icam", "translation": "residual"}})["model"]
+    assert (before_judges["translation"], before_judges["discriminator_real_fake"],
+            before_judges["discriminator_centred"]) == ("residual", "shared", False)
+    today = load_config(None, []).model.model_dump(mode="json")
+    assert as_saved({"model": today})["model"] == today
+
+
 def test_the_papers_model_is_one_setting_and_keys_beside_it_win():
     paper = load_config(None, ["model.preset=paper"]).model
     assert (paper.translation, paper.generator_norm, paper.attribute_channels, paper.attribute_injection,
-            paper.attribute_sampling, paper.discriminator_spectral_norm, paper.upsampling) == (
-        "image", "instance", 1, "input", "prior", False, "transposed")
+            paper.attribute_sampling, paper.discriminator_spectral_norm, paper.discriminator_real_fake,
+            paper.discriminator_centred, paper.upsampling) == (
+        "image", "instance", 1, "input", "prior", False, "shared", False, "transposed")
     icam_model = load_config(None, []).model
-    # icam's judges are spectrally normalised, and its generator up-samples without a checkerboard
+    # icam's judges are spectrally normalised, one per class and blind to brightness, and its
+    # generator up-samples without a checkerboard
     assert icam_model.discriminator_spectral_norm and icam_model.upsampling == "resize"
+    assert (icam_model.discriminator_real_fake, icam_model.discriminator_centred) == ("per-class", True)
     assert load_config(None, ["model.preset=paper", "model.translation=residual"]).model.translation == "residual"
     with pytest.raises(ConfigError, match=r"'model.preset'.*'icam' or 'paper'"):
         load_config(None, ["model.preset=authors"])

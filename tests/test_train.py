@@ -122,11 +122,12 @@ def test_init_from_a_model_of_another_shape_is_refused(tiny_config):
 
 
 @pytest.mark.parametrize("key, there, here", [("discriminator_spectral_norm", "false", "true"),
-                                               ("discriminator_real_fake", "per-class", "shared")])
+                                               ("discriminator_real_fake", "shared", "per-class"),
+                                               ("discriminator_centred", "false", "true")])
 def test_init_from_a_run_with_other_discriminators_names_the_setting(tiny_config, key, there, here):
     """A run from before spectral normalisation became the default holds plain discriminators,
-    one with a judge per class holds other heads: continuing from it says which setting to
-    match, and leaves no run folder behind."""
+    one with a shared judge other heads, one whose judges saw brightness judges that learnt it:
+    continuing from it says which setting to match, and leaves no run folder behind."""
     setting = f"model.{key}={there}"
     other = train(tiny_config(setting), show_progress=False)
     config = tiny_config()

@@ -195,14 +195,17 @@ class BidsData(FileData):
 # model.preset=paper: the paper's and the authors' network and explanations, where icam's defaults differ
 PAPER_MODEL = {"translation": "image", "generator_norm": "instance", "attribute_channels": 1,
                "attribute_injection": "input", "attribute_sampling": "prior", "discriminator_spectral_norm": False,
-               "upsampling": "transposed"}
+               "discriminator_real_fake": "shared", "discriminator_centred": False, "upsampling": "transposed"}
+# model keys that came after model.preset, with the value every run saved before them had
+LATER_MODEL_KEYS = {"discriminator_real_fake": "shared", "discriminator_centred": False}
 
 
 class ModelConfig(Section):
     preset: Literal["icam", "paper"] = Field(
         "icam", description="icam: icam's defaults; paper: the paper's model where they differ (an image translation, "
-                            "instance norms, a one-channel attribute joining at S/4, prior sampling, no spectral "
-                            "norm, transposed-convolution up-sampling); keys given beside it still win")
+                            "instance norms, a one-channel attribute joining at S/4, prior sampling, a shared "
+                            "real/fake judge that sees brightness, no spectral norm, transposed-convolution "
+                            "up-sampling); keys given beside it still win")
     width: int = Field(16, ge=4, description="base channel width (the paper's 16: ~3 M parameters in 2D)")
     num_classes: int | None = Field(None, ge=2, description="inferred from the data when null")
     init: Literal["kaiming", "normal"] = Field(
@@ -221,16 +224,16 @@ class ModelConfig(Section):
                           "judges that a texture cannot fool, so translations carry the change itself (the paper "
                           "has none)")
     discriminator_real_fake: Literal["shared", "per-class"] = Field(
-        "shared", description="the domain discriminators' real/fake judge: shared (the paper's: one for every class, "
-                              "blind to the class, so only their class head asks a translation to look like its "
-                              "target class) or per-class (one per class, and a translation is judged against the "
-                              "real scans of its target class, StarGAN v2's multi-task discriminator: what that "
-                              "class never shows gives a translation away, even where the class head does not "
-                              "look)")
+        "per-class", description="the domain discriminators' real/fake judge: per-class (one per class, and a "
+                                 "translation is judged against the real scans of its target class, StarGAN v2's "
+                                 "multi-task discriminator: what that class never shows gives a translation away, "
+                                 "even where the class head does not look) or shared (the paper's: one for every "
+                                 "class, blind to the class, so only their class head asks a translation to look "
+                                 "like its target class)")
     discriminator_centred: bool = Field(
-        False, description="the domain discriminators see each image less its mean over space: blind to overall "
-                           "brightness, which a judge per class can otherwise tell the classes apart by (the paper's "
-                           "see the image as it is)")
+        True, description="the domain discriminators see each image less its mean over space: blind to overall "
+                          "brightness, which a judge per class can otherwise tell the classes apart by, so a "
+                          "translation gains nothing by shifting it (the paper's see the image as it is)")
     content_discriminator_reads: Literal["pooled", "whole"] = Field(
         "pooled", description="what the content discriminator classifies: its features averaged over space (the "
                               "paper's: what z_c holds anywhere) or the whole feature map (also where)")
@@ -271,8 +274,8 @@ class ModelConfig(Section):
 
 
 # model keys that shape the discriminators (whose weights a checkpoint holds beside the model's)
-DISCRIMINATOR_KEYS = ("discriminator_spectral_norm", "discriminator_real_fake", "content_discriminator_norm",
-                      "content_discriminator_reads")
+DISCRIMINATOR_KEYS = ("discriminator_spectral_norm", "discriminator_real_fake", "discriminator_centred",
+                      "content_discriminator_norm", "content_discriminator_reads")
 
 
 class LossWeights(Section):
@@ -521,11 +524,12 @@ def build_config(tree: dict, source: str = "config") -> Config:
 def as_saved(tree: dict) -> dict:
     """A run's saved config (its config.yaml, a checkpoint's) as the run was made: one saved
     before ``model.preset`` existed holds no key that came with it, and its run was the paper's
-    model where icam's defaults have changed since (an image translation, prior sampling)."""
+    model where icam's defaults have changed since (an image translation, prior sampling); one
+    saved before a later key holds that key's value from then."""
     model = tree.get("model")
-    if isinstance(model, dict) and "preset" not in model:
-        return {**tree, "model": {**PAPER_MODEL, **model}}
-    return tree
+    if not isinstance(model, dict):
+        return tree
+    return {**tree, "model": {**(LATER_MODEL_KEYS if "preset" in model else PAPER_MODEL), **model}}
 
 
 # a config's keys that name files or folders
