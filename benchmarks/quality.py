@@ -74,6 +74,7 @@ VARIANTS = {
                  "loss.cycle_l1=0,loss.cycle_l2=0]"],
     "per-class-judge+no-cycle": ["icam_set=[model.discriminator_real_fake=per-class,model.discriminator_centred=false,"
                                  "loss.cycle_l1=0,loss.cycle_l2=0]"],
+    "r1": ["icam_set=[loss.domain_gradient_penalty=1]"],
     "rejection-64": ["icam_set=[train.rejection_candidates=64]"],
     "width-16": ["width=16"],
     # a width-16 iteration costs 1.8x a width-8 one at 64^2 on CPU (benchmarks/train_step.py): the

@@ -58,6 +58,23 @@ def test_discriminator_terms_are_the_gan_and_class_losses_computed_by_hand():
     assert abs(float(right) - softplus(-10.0)) < 1e-6 and math.isclose(float(wrong), softplus(10.0), rel_tol=1e-5)
 
 
+def test_the_gradient_penalty_is_the_judges_squared_gradient_at_real_images():
+    """R1 of a linear judge w·x is ½‖w‖² at every image, and its gradient trains the judge (d/dw = w)."""
+    weight = torch.randn(1, 1, 6, 6, requires_grad=True)
+    real = torch.randn(3, 1, 6, 6).requires_grad_(True)
+    penalty = losses.gradient_penalty((real * weight).flatten(1).sum(1), real)
+    assert torch.allclose(penalty, 0.5 * weight.pow(2).sum())
+    penalty.backward()
+    assert torch.allclose(weight.grad, weight.detach())
+    # through a real judge (a judge per class, centred, spectrally normalised): finite, and it reaches the weights
+    judge = DomainDiscriminator(2, (16, 16), 2, width=4, spectral_norm=True, real_fake="per-class", centred=True)
+    real = torch.randn(4, 1, 16, 16).requires_grad_(True)
+    penalty = losses.gradient_penalty(judge(real, torch.tensor([0, 1, 0, 1]))[0], real)
+    penalty.backward()
+    assert float(penalty) > 0 and all(p.grad is not None and torch.isfinite(p.grad).all()
+                                      for p in judge.features.parameters())
+
+
 def test_content_adversarial_is_zero_only_without_class_information():
     assert abs(losses.kl_from_uniform(torch.zeros(4, 3))) < 1e-6
     assert losses.kl_from_uniform(torch.tensor([[4.0, 0.0, 0.0]])) > 0.5

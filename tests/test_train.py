@@ -1,6 +1,7 @@
 """Training end to end: learning, run folders, checkpoints, resume, fine-tuning."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,14 @@ def test_run_folder_holds_what_reproduces_and_explains_the_run(tiny_config):
     assert list((run / "tensorboard").iterdir())
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.pt", "best.pt"}  # no temporary files
     assert json.loads((run / "summary.json").read_text())["step"] == 4
+
+
+def test_a_gradient_penalty_on_the_judges_is_trained_and_logged_only_when_asked(tiny_config):
+    penalised = read_metrics(train(tiny_config("loss.domain_gradient_penalty=1"), show_progress=False)["run_dir"])
+    values = [r["discriminator/domain_gradient_penalty"] for r in penalised if r["split"] == "train"]
+    assert values and all(math.isfinite(v) and v > 0 for v in values)
+    plain = read_metrics(train(tiny_config(), show_progress=False)["run_dir"])
+    assert not any("discriminator/domain_gradient_penalty" in r for r in plain)
 
 
 def test_the_learning_rate_schedule_steps(tiny_config):

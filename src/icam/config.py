@@ -285,6 +285,10 @@ class LossWeights(Section):
     domain_adversarial: float = Field(1.0, ge=0, description="λD: real/fake GAN loss, both discriminators")
     domain_classification_discriminator: float = Field(
         1.0, ge=0, description="λD_BCE in D's update: D classifies real images")
+    domain_gradient_penalty: float = Field(
+        0.0, ge=0, description="γ of R1 in D's update (Mescheder et al. 2018; StarGAN v2's 1): the squared "
+                               "gradient of each real/fake judge at real images, so it cannot judge by a small "
+                               "texture; 0 (the paper's) leaves it out and costs nothing")
     domain_classification: float = Field(
         5.0, ge=0, description="λD_BCE in G's update: D must see translations as their target class")
     classification: float = Field(10.0, ge=0, description="λBCE: cross-entropy of fC1 on the attribute mean")

@@ -64,6 +64,14 @@ def domain_discriminator_terms(real: tuple[torch.Tensor, torch.Tensor], fake: to
     }
 
 
+def gradient_penalty(real_adversarial: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """R1: half the squared norm of the judge's gradient at each real image, averaged over images.
+    ``real`` must require grad and ``real_adversarial`` depend on it; the graph is kept, so the
+    penalty trains the judge."""
+    (gradient,) = torch.autograd.grad(real_adversarial.float().sum(), real, create_graph=True)
+    return 0.5 * gradient.float().pow(2).flatten(1).sum(1).mean()
+
+
 def generator_terms(out: TrainingOutputs, images: torch.Tensor, labels: torch.Tensor,
                     translated_labels: torch.Tensor, standardised_target: torch.Tensor | None,
                     random_attribute: torch.Tensor,

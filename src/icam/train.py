@@ -248,11 +248,16 @@ class Trainer:
                                                      candidates_per_row=self.config.train.rejection_candidates,
                                                      **drawn_like)
             out = self.model(images, partner, sample.attribute)
+            penalised = self.config.loss.domain_gradient_penalty > 0
+            real = images.detach().requires_grad_(penalised)
             real_enc, fake_enc, real_rand, fake_rand = self.domain_discriminators(
-                images, labels, out.translated.detach(), out.randomly_translated.detach(), translated_labels)
+                real, labels, out.translated.detach(), out.randomly_translated.detach(), translated_labels)
             encoded_terms = losses.domain_discriminator_terms(real_enc, fake_enc, labels)
             random_terms = losses.domain_discriminator_terms(real_rand, fake_rand, labels)
             d_terms = {name: encoded_terms[name] + random_terms[name] for name in encoded_terms}
+            if penalised:
+                d_terms["domain_gradient_penalty"] = (losses.gradient_penalty(real_enc[0], real)
+                                                      + losses.gradient_penalty(real_rand[0], real))
         self.domain_optimizer.zero_grad(set_to_none=True)
         self.fabric.backward(losses.weighted_sum(d_terms, self.config.loss))
         self.domain_optimizer.step()
