@@ -75,6 +75,9 @@ VARIANTS = {
     "per-class-judge+no-cycle": ["icam_set=[model.discriminator_real_fake=per-class,model.discriminator_centred=false,"
                                  "loss.cycle_l1=0,loss.cycle_l2=0]"],
     "r1": ["icam_set=[loss.domain_gradient_penalty=1]"],
+    # the real/fake judges' weight against the cycle's and reconstruction's (100 + 100 each): how
+    # hard a translation is asked to look like a real scan of its target class
+    "adversarial-x5": ["icam_set=[loss.domain_adversarial=5]"],
     "rejection-64": ["icam_set=[train.rejection_candidates=64]"],
     "width-16": ["width=16"],
     # a width-16 iteration costs 1.8x a width-8 one at 64^2 on CPU (benchmarks/train_step.py): the
