@@ -77,6 +77,7 @@ VARIANTS = {
     "r1": ["icam_set=[loss.domain_gradient_penalty=1]"],
     # the real/fake judges' weight against the cycle's and reconstruction's (100 + 100 each): how
     # hard a translation is asked to look like a real scan of its target class
+    "adversarial-x2": ["icam_set=[loss.domain_adversarial=2]"],
     "adversarial-x5": ["icam_set=[loss.domain_adversarial=5]"],
     "rejection-64": ["icam_set=[train.rejection_candidates=64]"],
     "width-16": ["width=16"],
