@@ -282,7 +282,9 @@ class LossWeights(Section):
     """λ of every term (paper eq. 5 and its appendix). Names match ``icam.losses``' terms."""
 
     content_adversarial: float = Field(1.0, ge=0, description="λDc: content discriminator vs content encoder")
-    domain_adversarial: float = Field(1.0, ge=0, description="λD: real/fake GAN loss, both discriminators")
+    domain_adversarial: float = Field(
+        1.0, ge=0, description="λD: real/fake GAN loss, both discriminators (×5: sharper brain maps of class 1 → 0, "
+                               "re-drawn texture on squares; README Results)")
     domain_classification_discriminator: float = Field(
         1.0, ge=0, description="λD_BCE in D's update: D classifies real images")
     domain_gradient_penalty: float = Field(
