@@ -57,6 +57,20 @@ def test_every_string_from_the_folders_is_escaped_in_the_page():
     assert page.count("<img ") == 1 and "<script" not in page
 
 
+def test_a_benchmark_table_keeps_a_cell_that_holds_a_pipe(tmp_path):
+    """The map-parts table names the decoder's error |G(z_c, mu) − x|: in the markdown the
+    benchmark writes and in the report that reads it back, it stays one cell of its row."""
+    from icam.comparison import _write_table
+    from icam.report.html import _markdown_table
+
+    header, rows = ["map", "NCC(−)", "NCC(+)"], [["the decoder's error |G(z_c, mu) − x|", "0.325", "0.176"],
+                                                 ["ICAM-reg map", "0.438 ± 0.144", "0.317 ± 0.215"]]
+    text = _write_table(tmp_path, "parts", header, rows, "A note.")
+    assert all(line.count(" | ") == 2 for line in text.splitlines() if line.startswith("| "))
+    table = _markdown_table(text)
+    assert (table.header, table.rows, table.note) == (header, rows, "A note.")
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs Debian's chromium)")
 def test_report_renders_in_chromium_without_errors(report, tmp_path):
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -404,8 +404,9 @@ def _fmt(metric: dict | None) -> str:
 def _write_table(out: Path, name: str, header: list[str], rows: list[list], note: str) -> str:
     with (out / f"{name}.csv").open("w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    def cells(row: list) -> str:  # a | inside a cell (|G(z_c, mu) − x|) is escaped, or it splits the cell
+        return "| " + " | ".join(str(c).replace("|", r"\|") for c in row) + " |"
+    lines = [cells(header), "|" + "---|" * len(header), *map(cells, rows)]
     text = "\n".join(lines) + f"\n\n{note}\n"
     (out / f"{name}.md").write_text(text)
     return text

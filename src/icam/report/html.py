@@ -15,6 +15,7 @@ import base64
 import csv
 import io
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -90,7 +91,8 @@ def _markdown_table(text: str) -> Table:
     lines = text.strip().splitlines()
     table = [line for line in lines if line.startswith("|")]
     note = " ".join(line for line in lines if line and not line.startswith("|"))
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table if not set(line) <= set("|-")]
+    cells = [[c.strip().replace(r"\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+             for line in table if not set(line) <= set("|-")]
     return Table(cells[0], cells[1:], note)
 
 
