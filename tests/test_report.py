@@ -71,6 +71,32 @@ def test_a_benchmark_table_keeps_a_cell_that_holds_a_pipe(tmp_path):
     assert (table.header, table.rows, table.note) == (header, rows, "A note.")
 
 
+def test_a_method_that_translates_one_way_shows_no_ncc_plus(tmp_path):
+    """VA-GAN translates class 1 → 0 only: the report, like the benchmark's Table II, gives it no
+    NCC(+) in the headline, the scores table or the differences, whatever evaluation.json holds."""
+    import json
+
+    from icam.metrics import Direction
+    from icam.report.html import Report, Table, scores_section
+
+    def folder(name: str, method: str, ncc: float) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        score = {"mean": ncc, "sd": 0.1, "ci": [ncc - 0.05, ncc + 0.05], "n": 30}
+        maps = {key: {m: score for m in ("ncc", "auroc", "ap", "dice_topk", "pointing")}
+                for key in (Direction.MINUS.value, Direction.PLUS.value, "all")}
+        (path / "evaluation.json").write_text(json.dumps({"maps": maps}))
+        (path / "summary.json").write_text(json.dumps({"method": method}))
+        return path
+
+    report = Report("t")
+    facts = scores_section(report, {"ICAM-reg": folder("icam-reg", "icam", 0.4),
+                                    "VA-GAN": folder("vagan", "vagan", 0.15)}, None)
+    assert facts == {"ICAM-reg": (0.4, 0.4), "VA-GAN": (0.15, None)}
+    scores = next(b for _, blocks in report.sections for b in blocks if isinstance(b, Table))
+    assert [row[2] for row in scores.rows] == ["0.400 [0.350, 0.450], n 30", "–"]
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs Debian's chromium)")
 def test_report_renders_in_chromium_without_errors(report, tmp_path):
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

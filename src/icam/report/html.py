@@ -27,6 +27,7 @@ import yaml
 from ..evaluate import prediction_metrics
 from ..files import write_atomically
 from ..intervals import describe, paired_difference
+from ..methods import ONE_WAY
 from ..metrics import Direction, confusion_matrix
 from ..outputs import ExplanationFolder
 from ..predictions import read_predictions
@@ -379,7 +380,7 @@ def images_section(report: Report, heading: str, paths: list[Path], caption: str
 
 def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | None,
                    class_names: Sequence[str] = ("0", "1")) -> dict:
-    rows, facts = [], {}
+    rows, facts, one_way_seen = [], {}, False
     for name, folder in methods.items():
         path = ExplanationFolder.at(folder).evaluation
         if not path.is_file():
@@ -390,10 +391,13 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
 
         def fmt(m):
             return describe(m["mean"], tuple(m["ci"]) if m.get("ci") else None, m["n"])
+        one_way = ExplanationFolder.at(folder).read_summary().get("method") in ONE_WAY
+        one_way_seen |= one_way
         minus, plus = maps[Direction.MINUS]["ncc"], maps[Direction.PLUS]["ncc"]
-        facts[name] = (minus["mean"], plus["mean"])
-        rows.append([name, fmt(minus), fmt(plus)] + [fmt(maps["all"][m]) for m in ("auroc", "ap", "dice_topk",
-                                                                                      "pointing")])
+        scope = maps[Direction.MINUS] if one_way else maps["all"]
+        facts[name] = (minus["mean"], None if one_way else plus["mean"])
+        rows.append([name, fmt(minus), "–" if one_way else fmt(plus)] +
+                    [fmt(scope[m]) for m in ("auroc", "ap", "dice_topk", "pointing")])
     body: list[Block] = []
     made = [f"{name}: {recipe}" for name, folder in methods.items()
             if (recipe := map_recipe(ExplanationFolder.at(folder).read_summary()))]
@@ -407,7 +411,9 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
                           f"{class_names[1]}; AUROC and average precision of |map| "
                           "for the changed voxels; Dice of the top-k voxels; the pointing game (the share of "
                           "subjects whose largest |map| is in a changed voxel, with Wilson's interval). Higher is "
-                          "better everywhere."))
+                          "better everywhere." + (" A method that translates one way only (VA-GAN: class 1 → 0) "
+                                                  "has no NCC(+), and its other scores are over its class-1 "
+                                                  "subjects." if one_way_seen else "")))
         body += _differences(methods)
     if benchmark is not None:
         titles = {"table2_maps": "Benchmark: maps against ground truth (paper Table II)",
@@ -455,7 +461,11 @@ def _differences(methods: dict[str, Path]) -> list:
     for name in names[1:]:
         other = per_subject(methods[name])
         cells = [f"{names[0]} − {name}"]
+        one_way = ExplanationFolder.at(methods[name]).read_summary().get("method") in ONE_WAY
         for label in ("1", "0"):  # NCC(−): class-1 subjects; NCC(+): class 0
+            if one_way and label == "0":
+                cells.append("–")
+                continue
             pairs = [(float(first[i]["ncc"]), float(other[i]["ncc"])) for i in first if i in other
                      and first[i]["label"] == label and first[i]["ncc"] not in ("", "None")
                      and other[i]["ncc"] not in ("", "None")]
