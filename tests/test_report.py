@@ -83,7 +83,7 @@ def test_a_method_that_translates_one_way_shows_no_ncc_plus(tmp_path):
         path = tmp_path / name
         path.mkdir()
         score = {"mean": ncc, "sd": 0.1, "ci": [ncc - 0.05, ncc + 0.05], "n": 30}
-        maps = {key: {m: score for m in ("ncc", "auroc", "ap", "dice_topk", "pointing")}
+        maps = {key: dict.fromkeys(("ncc", "auroc", "ap", "dice_topk", "pointing"), score)
                 for key in (Direction.MINUS.value, Direction.PLUS.value, "all")}
         (path / "evaluation.json").write_text(json.dumps({"maps": maps}))
         (path / "summary.json").write_text(json.dumps({"method": method}))
