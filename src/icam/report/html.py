@@ -378,6 +378,11 @@ def images_section(report: Report, heading: str, paths: list[Path], caption: str
         report.add(heading, [Note(caption), *(Figure(_file_png(p), "", p.stem) for p in paths)])
 
 
+def _translates_one_way(folder: Path) -> bool:
+    """Whether the method that made this folder's maps translates class 1 → 0 only (no NCC(+))."""
+    return ExplanationFolder.at(folder).read_summary().get("method") in ONE_WAY
+
+
 def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | None,
                    class_names: Sequence[str] = ("0", "1")) -> dict:
     rows, facts, one_way_seen = [], {}, False
@@ -391,7 +396,7 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
 
         def fmt(m):
             return describe(m["mean"], tuple(m["ci"]) if m.get("ci") else None, m["n"])
-        one_way = ExplanationFolder.at(folder).read_summary().get("method") in ONE_WAY
+        one_way = _translates_one_way(folder)
         one_way_seen |= one_way
         minus, plus = maps[Direction.MINUS]["ncc"], maps[Direction.PLUS]["ncc"]
         scope = maps[Direction.MINUS] if one_way else maps["all"]
@@ -461,7 +466,7 @@ def _differences(methods: dict[str, Path]) -> list:
     for name in names[1:]:
         other = per_subject(methods[name])
         cells = [f"{names[0]} − {name}"]
-        one_way = ExplanationFolder.at(methods[name]).read_summary().get("method") in ONE_WAY
+        one_way = _translates_one_way(methods[name])
         for label in ("1", "0"):  # NCC(−): class-1 subjects; NCC(+): class 0
             if one_way and label == "0":
                 cells.append("–")
