@@ -82,5 +82,15 @@ def test_evaluate_scores_explain_outputs_against_own_maps(run_dir, squares, tmp_
     assert minus["n"] == 3 and math.isfinite(minus["mean"])
     assert evaluation["classification"]["n"] == 6
     assert len(list(csv.DictReader((out / "per_subject_maps.csv").open()))) == 6
+    # a method that translates class 1 → 0 only (VA-GAN): its class-0 maps are counted, not scored
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "method": "vagan"}))
+    one_way = runner.invoke(app, ["evaluate", str(out), "--csv", str(tmp_path / "c.csv")])
+    assert one_way.exit_code == 0, one_way.output
+    assert "NCC(+) not scored" in one_way.stdout and "3 class-0 rows are not scored" in one_way.stdout
+    maps = json.loads((out / "evaluation.json").read_text())["maps"]
+    assert maps["plus (class 0 → 1)"] is None and maps["not_translated"] == 3 and maps["scored"] == 3
+    assert maps["all"]["ncc"]["n"] == maps["minus (class 1 → 0)"]["ncc"]["n"] == 3
+    assert {r["label"] for r in csv.DictReader((out / "per_subject_maps.csv").open())} == {"1"}
     missing = runner.invoke(app, ["evaluate", str(tmp_path / "nothing"), "--csv", str(tmp_path / "c.csv")])
     assert missing.exit_code == 2 and "no maps to score" in missing.stderr

@@ -72,29 +72,34 @@ def test_a_benchmark_table_keeps_a_cell_that_holds_a_pipe(tmp_path):
 
 
 def test_a_method_that_translates_one_way_shows_no_ncc_plus(tmp_path):
-    """VA-GAN translates class 1 → 0 only: the report, like the benchmark's Table II, gives it no
-    NCC(+) in the headline, the scores table or the differences, whatever evaluation.json holds."""
+    """VA-GAN translates class 1 → 0 only, so icam evaluate scores no plus direction for it: the
+    report, like the benchmark's Table II, gives it no NCC(+) in the headline or the scores table."""
     import json
 
     from icam.metrics import Direction
     from icam.report.html import Report, Table, scores_section
 
-    def folder(name: str, method: str, ncc: float) -> Path:
+    def folder(name: str, ncc: float, one_way: bool) -> Path:
         path = tmp_path / name
         path.mkdir()
         score = {"mean": ncc, "sd": 0.1, "ci": [ncc - 0.05, ncc + 0.05], "n": 30}
         maps = {key: dict.fromkeys(("ncc", "auroc", "ap", "dice_topk", "pointing"), score)
                 for key in (Direction.MINUS.value, Direction.PLUS.value, "all")}
+        if one_way:
+            maps[Direction.PLUS.value] = None
         (path / "evaluation.json").write_text(json.dumps({"maps": maps}))
-        (path / "summary.json").write_text(json.dumps({"method": method}))
+        scored = [("s1", 1)] if one_way else [("s1", 1), ("s0", 0)]  # icam evaluate's per-subject rows
+        (path / "per_subject_maps.csv").write_text("id,label,ncc\n" + "".join(f"{i},{k},{ncc}\n" for i, k in scored))
         return path
 
     report = Report("t")
-    facts = scores_section(report, {"ICAM-reg": folder("icam-reg", "icam", 0.4),
-                                    "VA-GAN": folder("vagan", "vagan", 0.15)}, None)
+    facts = scores_section(report, {"ICAM-reg": folder("icam-reg", 0.4, one_way=False),
+                                    "VA-GAN": folder("vagan", 0.15, one_way=True)}, None)
     assert facts == {"ICAM-reg": (0.4, 0.4), "VA-GAN": (0.15, None)}
-    scores = next(b for _, blocks in report.sections for b in blocks if isinstance(b, Table))
+    scores, differences = (b for _, blocks in report.sections for b in blocks if isinstance(b, Table))
     assert [row[2] for row in scores.rows] == ["0.400 [0.350, 0.450], n 30", "–"]
+    assert differences.rows[0][0] == "ICAM-reg − VA-GAN" and differences.rows[0][1].startswith("0.250")
+    assert differences.rows[0][2] == "–"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs Debian's chromium)")

@@ -462,9 +462,13 @@ def evaluate_command(
     if maps is None:
         typer.echo("maps: not scored (the table has no ground-truth maps, gt_map column)")
     else:
-        typer.echo(f"NCC(+) {fmt(maps[Direction.PLUS]['ncc'])}; NCC(−) {fmt(maps[Direction.MINUS]['ncc'])}")
+        plus = maps[Direction.PLUS]  # None: the method translates class 1 → 0 only
+        plus_text = "not scored (the method translates class 1 → 0 only)" if plus is None else fmt(plus["ncc"])
+        typer.echo(f"NCC(+) {plus_text}; NCC(−) {fmt(maps[Direction.MINUS]['ncc'])}")
         typer.echo("all: " + ", ".join(f"{k} {fmt(maps['all'][k])}" for k in ("auroc", "ap", "dice_topk",
                                                                               "pointing")))
+        if maps.get("not_translated"):
+            typer.echo(f"{maps['not_translated']} class-0 rows are not scored: the method does not translate them")
         if maps["missing"]:
             typer.echo(f"{maps['missing']} rows have no map in {outputs / 'maps'}")
     for key in ("classification", "regression"):

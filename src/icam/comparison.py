@@ -45,7 +45,7 @@ from .evaluate import evaluate_outputs, prediction_metrics
 from .explain import Explainer, Refinement
 from .inference import FigureChoice, explain_cohort, predict_or_attribute
 from .intervals import mean_sd
-from .methods import METHOD_LABELS, ONE_WAY, POSTHOC_LABELS
+from .methods import METHOD_LABELS, POSTHOC_LABELS
 from .metrics import Direction
 from .model import next_class
 from .outputs import ExplanationFolder
@@ -419,12 +419,12 @@ def _write_tables(out: Path, evaluations: dict, predictions: dict, translation: 
     rows = []
     for key, evaluation in evaluations.items():
         maps = evaluation["maps"]
-        plus = "–" if key in ONE_WAY else _fmt(maps[Direction.PLUS]["ncc"])
-        scope = maps[Direction.MINUS] if key in ONE_WAY else maps["all"]
+        plus = maps[Direction.PLUS]  # None: a method that translates one way (scored by icam evaluate)
+        plus_ncc = None if plus is None else plus["ncc"]
         accuracy = (evaluation.get("classification", {}).get("accuracy") if key.startswith("icam") else
                     resnet_accuracy if key in POSTHOC_LABELS else None)
-        rows.append([METHOD_LABELS[key], _fmt(maps[Direction.MINUS]["ncc"]), plus] +
-                    [_fmt(scope[m]) for m in ("auroc", "ap", "dice_topk", "pointing")] +
+        rows.append([METHOD_LABELS[key], _fmt(maps[Direction.MINUS]["ncc"]), _fmt(plus_ncc)] +
+                    [_fmt(maps["all"][m]) for m in ("auroc", "ap", "dice_topk", "pointing")] +
                     ["–" if accuracy is None else f"{accuracy:.3f}"])
     tables = {"table2_maps": _write_table(
         out, "table2_maps", ["method", "NCC(−)", "NCC(+)", "AUROC", "AP", "Dice top-k", "pointing",

@@ -11,6 +11,7 @@ from .data.nifti import load_array
 from .data.table import require_split
 from .errors import UserError
 from .files import write_json
+from .methods import ONE_WAY
 from .metrics import Direction, classification_metrics, map_metrics, regression_metrics, summarise_maps
 from .outputs import ExplanationFolder, map_stamp, write_csv
 from .predictions import read_predictions
@@ -44,17 +45,24 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
     ``outputs/summary.json``).
     Maps are compared in each input's own space, where both were written, within the brain mask
     written with them. Directions: NCC(+) over subjects of class 0 (translated 0 → 1, effects
-    added), NCC(−) over class 1 (1 → 0, effects removed). Without ground-truth maps, only the
-    predictions are scored."""
+    added), NCC(−) over class 1 (1 → 0, effects removed). A method that translates one way
+    (VA-GAN: 1 → 0) is scored in that direction only: its plus direction is None, and its maps
+    of class-0 subjects are counted as ``not_translated``, never scored. Without ground-truth
+    maps, only the predictions are scored."""
     folder, csv_path = ExplanationFolder.at(Path(outputs)), Path(csv_path)
     folder.require_complete()
     table = read_run_table(run_dir or folder.run_dir(), csv_path)
     rows = table.rows if split is None else require_split(table, split, csv_path)
-    per_subject, missing = [], []
+    directions = [Direction.MINUS] if folder.read_summary().get("method") in ONE_WAY else list(Direction)
+    untranslated = {direction.source for direction in Direction if direction not in directions}
+    per_subject, missing, not_translated = [], [], 0
     stamps: dict[str, list[str]] = {}
     for r in rows:
         path = folder.map(r.id, map_suffix)
         if r.gt_map is None:
+            continue
+        if r.label in untranslated:
+            not_translated += 1
             continue
         if not path.is_file():
             missing.append(path.name)
@@ -77,8 +85,8 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
                          f"in {csv_path}" + (f" and split {split}" if split else ""))
     maps = {"all": summarise_maps(per_subject),
             **{direction.value: summarise_maps([m for m in per_subject if m["label"] == direction.source])
-               for direction in Direction},
-            "scored": len(per_subject), "missing": len(missing)} if has_gt else None
+               if direction in directions else None for direction in Direction},
+            "scored": len(per_subject), "missing": len(missing), "not_translated": not_translated} if has_gt else None
     result = {"maps": maps, "producer": folder.producer(), **prediction_metrics(folder.predictions)}
     if has_gt:
         write_csv(folder.per_subject, per_subject)

@@ -17,6 +17,6 @@ POSTHOC = tuple(POSTHOC_LABELS)
 # every map-making method by its folder name under maps/ (or explained/), as tables and reports name it;
 # in the order reports show them (ICAM-reg first: its run and predictions lead a report)
 METHOD_LABELS = {"icam-reg": "ICAM-reg", "icam": "ICAM", **POSTHOC_LABELS, "vagan": "VA-GAN"}
-# methods that translate one way only (class 1 → 0): their maps of class-0 scans are not
-# scored, so tables and reports show no NCC(+) for them
+# methods that translate one way only (class 1 → 0): icam evaluate does not score their maps of
+# class-0 scans, so evaluation.json, tables and reports hold no NCC(+) for them
 ONE_WAY = frozenset({"vagan"})

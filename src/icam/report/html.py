@@ -27,7 +27,6 @@ import yaml
 from ..evaluate import prediction_metrics
 from ..files import write_atomically
 from ..intervals import describe, paired_difference
-from ..methods import ONE_WAY
 from ..metrics import Direction, confusion_matrix
 from ..outputs import ExplanationFolder
 from ..predictions import read_predictions
@@ -378,11 +377,6 @@ def images_section(report: Report, heading: str, paths: list[Path], caption: str
         report.add(heading, [Note(caption), *(Figure(_file_png(p), "", p.stem) for p in paths)])
 
 
-def _translates_one_way(folder: Path) -> bool:
-    """Whether the method that made this folder's maps translates class 1 → 0 only (no NCC(+))."""
-    return ExplanationFolder.at(folder).read_summary().get("method") in ONE_WAY
-
-
 def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | None,
                    class_names: Sequence[str] = ("0", "1")) -> dict:
     rows, facts, one_way_seen = [], {}, False
@@ -396,13 +390,11 @@ def scores_section(report: Report, methods: dict[str, Path], benchmark: Path | N
 
         def fmt(m):
             return describe(m["mean"], tuple(m["ci"]) if m.get("ci") else None, m["n"])
-        one_way = _translates_one_way(folder)
-        one_way_seen |= one_way
-        minus, plus = maps[Direction.MINUS]["ncc"], maps[Direction.PLUS]["ncc"]
-        scope = maps[Direction.MINUS] if one_way else maps["all"]
-        facts[name] = (minus["mean"], None if one_way else plus["mean"])
-        rows.append([name, fmt(minus), "–" if one_way else fmt(plus)] +
-                    [fmt(scope[m]) for m in ("auroc", "ap", "dice_topk", "pointing")])
+        minus, plus = maps[Direction.MINUS]["ncc"], maps[Direction.PLUS]  # plus None: translated one way
+        one_way_seen |= plus is None
+        facts[name] = (minus["mean"], None if plus is None else plus["ncc"]["mean"])
+        rows.append([name, fmt(minus), "–" if plus is None else fmt(plus["ncc"])] +
+                    [fmt(maps["all"][m]) for m in ("auroc", "ap", "dice_topk", "pointing")])
     body: list[Block] = []
     made = [f"{name}: {recipe}" for name, folder in methods.items()
             if (recipe := map_recipe(ExplanationFolder.at(folder).read_summary()))]
@@ -466,16 +458,13 @@ def _differences(methods: dict[str, Path]) -> list:
     for name in names[1:]:
         other = per_subject(methods[name])
         cells = [f"{names[0]} − {name}"]
-        one_way = _translates_one_way(methods[name])
         for label in ("1", "0"):  # NCC(−): class-1 subjects; NCC(+): class 0
-            if one_way and label == "0":
-                cells.append("–")
-                continue
             pairs = [(float(first[i]["ncc"]), float(other[i]["ncc"])) for i in first if i in other
                      and first[i]["label"] == label and first[i]["ncc"] not in ("", "None")
                      and other[i]["ncc"] not in ("", "None")]
             d = paired_difference([a for a, _ in pairs], [b for _, b in pairs])
-            cells.append(describe(d["mean"], d["ci"], d["n"]))
+            # no pairs: the other method scored no subject of this class (VA-GAN: class 0)
+            cells.append(describe(d["mean"], d["ci"], d["n"]) if pairs else "–")
         rows.append(cells)
     if not rows:
         return []
