@@ -236,6 +236,23 @@ def test_more_attribute_channels_and_the_attribute_at_every_scale(shape):
         ICAM(shape, width=4, attribute_injection="film")
 
 
+@pytest.mark.parametrize("shape", [(32, 48), (16, 32, 16)])
+def test_a_content_bottleneck_narrows_z_c_and_still_decodes_and_rebuilds(shape):
+    """content_channels=C: z_c has C channels (a 1×1 convolution after the trunk), the generator and
+    the content discriminator take it, and the model rebuilds from its hparams around its weights."""
+    model = ICAM(shape, width=4, content_channels=3, translation="residual").eval()
+    x = torch.rand(2, 1, *shape) * 2 - 1
+    content = model.encode_content(x)
+    assert content.shape == (2, 3, *(s // 4 for s in shape))
+    assert model.translate(x, target_class=1).shape == x.shape
+    judge = ContentDiscriminator(len(shape), model.content_shape, model.content_encoder.out_channels, 2)
+    assert judge(content).shape == (2, 2)
+    rebuilt = ICAM(**model.hparams).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    assert torch.equal(rebuilt.encode_content(x), content)
+    assert ICAM(shape, width=4).encode_content(x).shape[1] == 16  # 4 × width, the paper's, by default
+
+
 def test_the_channel_norm_generator_keeps_a_local_change_local():
     """generator_norm=channel normalises each voxel over its channels: a change of the content code
     in one corner moves only the voxels within the generator's reach of it, where the paper's

@@ -216,6 +216,10 @@ class ModelConfig(Section):
     content_noise: float = Field(1.0, ge=0, description="sd of the Gaussian noise added to the content latent in "
                                                        "training (the authors' 1), which pushes class information "
                                                        "into the attribute")
+    content_channels: int | None = Field(
+        None, ge=1, description="channels of the content code z_c (null: 4 × width, the paper's); fewer make a "
+                                "bottleneck (a 1×1 convolution) that leaves z_c less room for the class, so the "
+                                "attribute has to carry it")
     content_discriminator_norm: bool = Field(
         True, description="InstanceNorm in the content discriminator's layers (the authors' code asks for it "
                           "but never applies it)")

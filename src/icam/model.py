@@ -139,7 +139,8 @@ class ICAM(nn.Module):
     def __init__(self, image_shape: tuple[int, ...] | list[int], num_classes: int = 2,
                  in_channels: int = 1, width: int = 16, init: str = "kaiming", upsampling: str = "transposed",
                  attribute_stride: int = 16, content_noise: float = 1.0, translation: str = "image",
-                 attribute_channels: int = 1, attribute_injection: str = "input", generator_norm: str = "instance"):
+                 attribute_channels: int = 1, attribute_injection: str = "input", generator_norm: str = "instance",
+                 content_channels: int | None = None):
         super().__init__()
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) not in (2, 3):
@@ -156,7 +157,8 @@ class ICAM(nn.Module):
                             attribute_stride=attribute_stride, content_noise=content_noise,
                             translation=translation, attribute_channels=attribute_channels,
                             attribute_injection=attribute_injection,
-                            generator_norm=generator_norm)  # what rebuilds it around a state dict
+                            generator_norm=generator_norm,
+                            content_channels=content_channels)  # what rebuilds it around a state dict
         self.translation = translation
         self.image_shape = image_shape
         self.spatial_dims = len(image_shape)
@@ -165,7 +167,8 @@ class ICAM(nn.Module):
         self.attribute_channels = attribute_channels
         self.latent_size = attribute_channels * math.prod(self.latent_shape)
 
-        self.content_encoder = ContentEncoder(self.spatial_dims, in_channels, width, noise=content_noise)
+        self.content_encoder = ContentEncoder(self.spatial_dims, in_channels, width, noise=content_noise,
+                                              channels=content_channels)
         self.attribute_encoder = AttributeEncoder(self.spatial_dims, in_channels, width, attribute_stride,
                                                   attribute_channels)
         self.classifier = nn.Linear(self.latent_size, num_classes)  # fC1
@@ -410,4 +413,5 @@ def build_model(m: ModelConfig, image_shape: tuple[int, ...] | list[int], num_cl
                 in_channels: int = 1) -> ICAM:
     """The network ``model.*`` asks for, for images of this shape and this many classes."""
     return ICAM(image_shape, num_classes, in_channels, m.width, m.init, m.upsampling, m.attribute_stride,
-                m.content_noise, m.translation, m.attribute_channels, m.attribute_injection, m.generator_norm)
+                m.content_noise, m.translation, m.attribute_channels, m.attribute_injection, m.generator_norm,
+                m.content_channels)

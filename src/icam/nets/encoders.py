@@ -1,7 +1,8 @@
 """The two encoders: content (class-irrelevant, spatial, wide) and attribute (class-relevant).
 
 Shapes for an input of side S (every side must divide by 16), base width w:
-- content: w → 2w → 4w channels, S → S/2 → S/4; four residual blocks; z_c is 4w × S/4.
+- content: w → 2w → 4w channels, S → S/2 → S/4; four residual blocks; z_c is 4w × S/4 (or
+  ``channels`` × S/4 through a 1×1 convolution: a bottleneck).
 - attribute: w → 2w → 3w channels, S/2 → S/4 → S/8; two heads give mu and logvar, each
   1 × S/16 (8×8 for 128², 8×10×8 for 128×160×128; more channels if asked), returned
   flattened (S/8 with stride 8).
@@ -18,15 +19,18 @@ from .blocks import Blocks, ConvNormAct, DownResBlock, GaussianNoise, ResBlock, 
 
 class ContentEncoder(nn.Module):
     def __init__(self, spatial_dims: int, in_channels: int = 1, width: int = 16, res_blocks: int = 4,
-                 noise: float = 1.0):
+                 noise: float = 1.0, channels: int | None = None):
         super().__init__()
-        self.out_channels = 4 * width
+        self.out_channels = channels or 4 * width
+        # fewer channels than the trunk's: a bottleneck that leaves z_c less room for the class
+        bottleneck = [conv(spatial_dims, 4 * width, self.out_channels, 1)] if self.out_channels != 4 * width else []
         self.layers = Blocks(
             ConvNormAct(spatial_dims, in_channels, width, 3, padding=1),
             ConvNormAct(spatial_dims, width, 2 * width, 3, stride=2, padding=1, norm=True, negative_slope=0),
             ConvNormAct(spatial_dims, 2 * width, 4 * width, 3, stride=2, padding=1, norm=True,
                         negative_slope=0),
             *[ResBlock(spatial_dims, 4 * width) for _ in range(res_blocks)],
+            *bottleneck,
             # Noise on z_c during training keeps G from reading fine detail off the content
             # code alone, so the attribute has to carry what differs between classes.
             GaussianNoise(noise),
