@@ -55,8 +55,6 @@ VARIANTS = {
     "dc-whole": ["icam_set=[model.content_discriminator_reads=whole]"],
     "dc-no-norm": ["icam_set=[model.content_discriminator_norm=false]"],
     "dc-x10": ["icam_set=[loss.content_adversarial=10]"],
-    # a content discriminator that learns as fast as the rest (the paper's Dc learns at 0.4× their rate)
-    "dc-lr-x10": ["icam_set=[train.content_discriminator_lr=4e-4]"],
     # z_c through a bottleneck: 8 channels, a quarter of the 4 × width = 32 the bench's width 8 gives
     "content-channels-8": ["icam_set=[model.content_channels=8]"],
     "paper-upsampling": ["icam_set=[model.upsampling=transposed-avgpool]"],
