@@ -462,7 +462,7 @@ def evaluate_command(
     if maps is None:
         typer.echo("maps: not scored (the table has no ground-truth maps, gt_map column)")
     else:
-        plus = maps[Direction.PLUS]  # None: the method translates class 1 → 0 only
+        plus = maps[Direction.PLUS]
         plus_text = "not scored (the method translates class 1 → 0 only)" if plus is None else fmt(plus["ncc"])
         typer.echo(f"NCC(+) {plus_text}; NCC(−) {fmt(maps[Direction.MINUS]['ncc'])}")
         typer.echo("all: " + ", ".join(f"{k} {fmt(maps['all'][k])}" for k in ("auroc", "ap", "dice_topk",

@@ -53,8 +53,8 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
     folder.require_complete()
     table = read_run_table(run_dir or folder.run_dir(), csv_path)
     rows = table.rows if split is None else require_split(table, split, csv_path)
-    directions = [Direction.MINUS] if folder.read_summary().get("method") in ONE_WAY else list(Direction)
-    untranslated = {direction.source for direction in Direction if direction not in directions}
+    # the classes whose scans the method never translates: class 0 for a one-way method (1 → 0)
+    untranslated = {Direction.PLUS.source} if folder.read_summary().get("method") in ONE_WAY else set()
     per_subject, missing, not_translated = [], [], 0
     stamps: dict[str, list[str]] = {}
     for r in rows:
@@ -85,7 +85,7 @@ def evaluate_outputs(outputs: str | Path, csv_path: str | Path, split: str | Non
                          f"in {csv_path}" + (f" and split {split}" if split else ""))
     maps = {"all": summarise_maps(per_subject),
             **{direction.value: summarise_maps([m for m in per_subject if m["label"] == direction.source])
-               if direction in directions else None for direction in Direction},
+               if direction.source not in untranslated else None for direction in Direction},
             "scored": len(per_subject), "missing": len(missing), "not_translated": not_translated} if has_gt else None
     result = {"maps": maps, "producer": folder.producer(), **prediction_metrics(folder.predictions)}
     if has_gt:
