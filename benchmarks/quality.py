@@ -41,6 +41,7 @@ VARIANTS = {
     "gated": ["icam_set=[model.translation=gated]"],
     "channels-4": ["icam_set=[model.attribute_channels=4]"],
     "every-scale": ["icam_set=[model.attribute_injection=every-scale]"],
+    "style": ["icam_set=[model.attribute_injection=style]"],
     "channel-norm": ["icam_set=[model.generator_norm=channel]"],
     "map-l1-x5": ["icam_set=[loss.fa_map_l1=50]"],
     "no-domain-class": ["icam_set=[loss.domain_classification=0]"],

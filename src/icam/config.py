@@ -244,10 +244,12 @@ class ModelConfig(Section):
     attribute_channels: int = Field(1, ge=1, description="channels of the attribute map (the paper's 1: 16 numbers "
                                                          "at 64², 64 at 128²); more lets it say more of where a scan "
                                                          "differs")
-    attribute_injection: Literal["input", "every-scale"] = Field(
+    attribute_injection: Literal["input", "every-scale", "style"] = Field(
         "input", description="input: the attribute map joins the content code at S/4 (the paper); every-scale: it also "
                              "modulates the generator's features at S/2 and S (SPADE-style), so it can change fine "
-                             "structure directly")
+                             "structure directly; style: the attribute, read as one vector, scales and shifts the "
+                             "features' channels after every block (FiLM, as MUNIT and StarGAN v2), so the scan's "
+                             "own features say where a change goes")
     attribute_sampling: Sampling = Field(
         "counterfactual", description="how the attributes of this model's maps (validation, icam explain, Table I) "
                                       "are drawn: prior (every element from N(0, I), the paper) or counterfactual "

@@ -176,7 +176,7 @@ class ICAM(nn.Module):
         self.generator = Generator(self.spatial_dims, self.content_encoder.out_channels, in_channels, width,
                                    upsampling=upsampling, attribute_channels=attribute_channels,
                                    attribute_injection=attribute_injection, norm=generator_norm,
-                                   gate=translation == "gated")
+                                   gate=translation == "gated", attribute_size=self.latent_size)
         self.in_channels = in_channels
         # The regressor learns standardised targets; these map its output back to original units.
         self.register_buffer("target_mean", torch.tensor(0.0))

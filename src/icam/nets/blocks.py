@@ -191,6 +191,23 @@ class AttributeModulation(nn.Module):
         return features * (1 + scale) + shift
 
 
+class StyleModulation(nn.Module):
+    """Feature-wise modulation by a style code (FiLM; MUNIT and StarGAN v2 inject style so):
+    features × (1 + γ) + β with one γ and β per channel, the same at every voxel, so where the
+    features change is left to the features themselves. It starts as the identity."""
+
+    def __init__(self, style_size: int, features: int):
+        super().__init__()
+        self.scale_and_shift = nn.Linear(style_size, 2 * features)
+        nn.init.zeros_(self.scale_and_shift.weight)
+        nn.init.zeros_(self.scale_and_shift.bias)
+
+    def forward(self, features: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        per_channel = self.scale_and_shift(style).view(*style.shape[:1], -1, *[1] * (features.dim() - 2))
+        scale, shift = per_channel.to(features.dtype).chunk(2, dim=1)
+        return features * (1 + scale) + shift
+
+
 class DownResBlock(nn.Module):
     """Residual down-sampling block of the attribute encoder (BicycleGAN's encoder block).
 
