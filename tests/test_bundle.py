@@ -9,6 +9,7 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import torch
 from typer.testing import CliRunner
 
 from icam.bundle import REQUIRED_METADATA, REQUIRED_TENSOR
@@ -45,12 +46,14 @@ def test_a_bundle_runs_with_monai_and_gives_icams_predictions_and_maps(run_dir, 
          "--meta_file", str(bundle / "configs" / "metadata.json"), "--bundle_root", str(bundle),
          "--images", json.dumps([str(i) for i in images]), "--output_dir", str(out), "--n_samples", "4",
          "--min_probability", "0.5"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        capture_output=True, text=True, timeout=300,
+        # as many threads as this process (one per xdist worker): convolutions sum in the same order
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(torch.get_num_threads())})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ours, theirs = (list(csv.DictReader((folder / "predictions.csv").open())) for folder in (reference, out))
     keys = [k for k in ours[0] if k.startswith("p_") or k in ("id", "predicted_class")]
     assert [{k: r[k] for k in keys} for r in ours] == [{k: r[k] for k in keys} for r in theirs]
-    # the same numbers to float32 precision (another process may sum with another number of threads)
+    # the same numbers to float32 precision
     assert np.allclose([float(r["mean_abs_fa"]) for r in ours], [float(r["mean_abs_fa"]) for r in theirs], rtol=1e-5)
     names = sorted(p.name for p in (reference / "maps").glob("*.nii.gz"))
     assert len(names) == 6 and names == sorted(p.name for p in (out / "maps").glob("*.nii.gz"))
