@@ -23,10 +23,11 @@ def test_every_generator_term_is_finite_and_differentiable():
     discriminators_only = {"domain_classification_discriminator", "domain_gradient_penalty"}
     for name in sorted(set(LossWeights.model_fields) - discriminators_only):
         out = model(images, partner, random_attribute)
+        validity = model.classifier(model.encode_attribute(torch.cat([out.translated, out.randomly_translated]))[0])
         terms = losses.generator_terms(out, images, labels, labels[partner], target, random_attribute,
                                        encoded(out.translated, labels[partner]),
                                        random(out.randomly_translated, labels[partner]),
-                                       content_d(out.content))
+                                       content_d(out.content), validity)
         assert set(terms) == set(LossWeights.model_fields) - discriminators_only
         term = terms[name]
         assert torch.isfinite(term), name
@@ -114,9 +115,9 @@ def test_each_generator_term_has_the_form_of_the_objective():
                           random_attribute_estimate=r(n, nz))
     labels, translated_labels = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2, 0, 1])
     random_attribute, target = r(n, nz), torch.tensor([0.3, float("nan"), -2.0, 1.0])
-    encoded, random, content_logits = (r(n), r(n, k)), (r(n), r(n, k)), r(n, k)
+    encoded, random, content_logits, validity = (r(n), r(n, k)), (r(n), r(n, k)), r(n, k), r(2 * n, k)
     terms = losses.generator_terms(out, images, labels, translated_labels, target, random_attribute,
-                                   encoded, random, content_logits)
+                                   encoded, random, content_logits, validity)
 
     def bce_real(logits):  # −log σ(logit), the non-saturating generator loss
         return -torch.log(torch.sigmoid(logits)).mean()
@@ -141,6 +142,7 @@ def test_each_generator_term_has_the_form_of_the_objective():
         "cycle_l1": (out.cycle_reconstructed - images).abs().mean(),
         "cycle_l2": ((out.cycle_reconstructed - images) ** 2).mean(),
         "regression": torch.where(error < 1, 0.5 * error ** 2, error - 0.5).mean(),
+        "translation_validity": cross_entropy(validity, torch.cat([translated_labels, translated_labels])),
     }
     assert set(terms) == set(expected)
     for name, value in expected.items():

@@ -293,6 +293,30 @@ def test_an_iteration_updates_dc_twice_then_d_then_encoders_and_generator_which_
     assert any(not torch.equal(a, b) for a, b in zip(generator_before, trainer.raw_model.parameters()))
 
 
+def test_the_validity_term_teaches_the_generator_and_not_the_classifier_it_asks():
+    """loss.translation_validity: the model's own classifier must read each translation as its
+    target class. Only what makes the translations learns from it: the classifier gets the same
+    gradients as without the term, the generator other ones."""
+    gradients, logged = {}, {}
+    for weight in (0, 1):
+        torch.manual_seed(0)
+        trainer = _tiny_trainer([f"loss.translation_validity={weight}"])
+        model, step = trainer.raw_model, trainer.generator_optimizer.step
+
+        def keep(*args, weight=weight, model=model, step=step, **kwargs):
+            gradients[weight] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+            return step(*args, **kwargs)
+        trainer.generator_optimizer.step = keep
+        torch.manual_seed(1)
+        logged[weight] = trainer.train_step(next(trainer.batches()))
+    assert "generator/translation_validity" not in logged[0]
+    assert float(logged[1]["generator/translation_validity"]) > 0
+    asked = [n for n in gradients[0] if n.startswith("classifier.")]
+    assert asked and all(torch.allclose(gradients[0][n], gradients[1][n], atol=1e-6) for n in asked)
+    assert any(not torch.allclose(gradients[0][n], gradients[1][n], atol=1e-6)
+               for n in gradients[0] if n.startswith("generator."))
+
+
 @pytest.mark.filterwarnings("ignore:this CPU .*has no bf16 instructions")
 def test_under_bf16_every_forward_pass_sees_the_weights_of_the_latest_step():
     """Autocast keeps its bf16 copy of a weight until its context ends: Dc's second update of an

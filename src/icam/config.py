@@ -306,6 +306,10 @@ class LossWeights(Section):
     content_l2: float = Field(0.01, ge=0, description="L2 on z_c (DRIT's / the authors' code)")
     fa_map_l1: float = Field(10.0, ge=0, description="λM on ‖translated − input‖₁")
     latent_regression: float = Field(1.0, ge=0, description="λza on ‖Ea(G(z_c, z_rand)) − z_rand‖₁")
+    translation_validity: float = Field(
+        0.0, ge=0, description="cross-entropy of the model's own classifier, frozen (fC1 on Ea's mean), on both "
+                               "translations against their target class: G must change what the classifier it "
+                               "explains reads; 0 (the paper's) leaves it out and costs nothing")
     reconstruction_l1: float = Field(100.0, ge=0)
     reconstruction_l2: float = Field(100.0, ge=0)
     cycle_l1: float = Field(100.0, ge=0)

@@ -77,13 +77,15 @@ def generator_terms(out: TrainingOutputs, images: torch.Tensor, labels: torch.Te
                     random_attribute: torch.Tensor,
                     encoded_judgement: tuple[torch.Tensor, torch.Tensor],
                     random_judgement: tuple[torch.Tensor, torch.Tensor],
-                    content_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+                    content_logits: torch.Tensor,
+                    validity_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The encoders' and generator's objective.
 
     ``encoded_judgement`` / ``random_judgement``: (adversarial, class) logits of the two
     domain discriminators on the translations made with encoded / random attributes, whose
     class is ``translated_labels``. ``content_logits``: the content discriminator on z_c.
-    ``standardised_target`` is None when the model does not regress.
+    ``standardised_target`` is None when the model does not regress. ``validity_logits``: the
+    model's own classifier, frozen, on both translations (encoded, then random), when weighed.
     """
     images = images.float()
     translated, reconstructed = out.translated.float(), out.reconstructed.float()
@@ -105,6 +107,8 @@ def generator_terms(out: TrainingOutputs, images: torch.Tensor, labels: torch.Te
     }
     if standardised_target is not None:
         terms["regression"] = masked_smooth_l1(out.regression, standardised_target)
+    if validity_logits is not None:
+        terms["translation_validity"] = F.cross_entropy(validity_logits.float(), translated_labels.repeat(2))
     return terms
 
 

@@ -265,12 +265,18 @@ class Trainer:
         domain = self.domain_discriminators.module
         with frozen(domain, self.content_discriminator.module):
             with self.fabric.autocast():
+                validity = None
+                if self.config.loss.translation_validity:
+                    # the classifier judges the translations but learns nothing from them
+                    with frozen(self.raw_model.attribute_encoder, self.raw_model.classifier):
+                        validity = self.raw_model.classifier(self.raw_model.encode_attribute(
+                            torch.cat([out.translated, out.randomly_translated]))[0])
                 g_terms = losses.generator_terms(
                     out, images, labels, translated_labels,
                     self.raw_model.standardise_target(batch["target"]) if self.regressing else None,
                     sample.attribute, domain.encoded(out.translated, translated_labels),
                     domain.random(out.randomly_translated, translated_labels),
-                    self.content_discriminator.module(out.content))
+                    self.content_discriminator.module(out.content), validity)
                 total = losses.weighted_sum(g_terms, self.config.loss)
             self.generator_optimizer.zero_grad(set_to_none=True)
             self.fabric.backward(total)
