@@ -43,6 +43,7 @@ VARIANTS = {
     "every-scale": ["icam_set=[model.attribute_injection=every-scale]"],
     "style": ["icam_set=[model.attribute_injection=style]"],
     "validity-5": ["icam_set=[loss.translation_validity=5]"],
+    "content-reversal": ["icam_set=[loss.content_adversarial=0,loss.content_reversal=1]"],
     "channel-norm": ["icam_set=[model.generator_norm=channel]"],
     "map-l1-x5": ["icam_set=[loss.fa_map_l1=50]"],
     "no-domain-class": ["icam_set=[loss.domain_classification=0]"],

@@ -129,6 +129,7 @@ def test_each_generator_term_has_the_form_of_the_objective():
     error = (out.regression - target)[known].abs()
     expected = {
         "content_adversarial": (-torch.log_softmax(content_logits, 1).mean(1) - math.log(k)).mean(),
+        "content_reversal": -cross_entropy(content_logits, labels),
         "domain_adversarial": bce_real(encoded[0]) + bce_real(random[0]),
         "domain_classification": cross_entropy(encoded[1], translated_labels) + cross_entropy(random[1],
                                                                                               translated_labels),

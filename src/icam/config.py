@@ -288,6 +288,10 @@ class LossWeights(Section):
     """λ of every term (paper eq. 5 and its appendix). Names match ``icam.losses``' terms."""
 
     content_adversarial: float = Field(1.0, ge=0, description="λDc: content discriminator vs content encoder")
+    content_reversal: float = Field(
+        0.0, ge=0, description="gradient reversal (Ganin & Lempitsky 2015): the content encoder maximises the "
+                               "content discriminator's cross-entropy, so it makes Dc wrong where "
+                               "content_adversarial (DRIT's) makes it unsure; 0 leaves it out")
     domain_adversarial: float = Field(
         1.0, ge=0, description="λD: real/fake GAN loss, both discriminators (×5: sharper brain maps of class 1 → 0, "
                                "re-drawn texture on squares; README Results)")

@@ -92,6 +92,7 @@ def generator_terms(out: TrainingOutputs, images: torch.Tensor, labels: torch.Te
     cycled = out.cycle_reconstructed.float()
     terms = {
         "content_adversarial": kl_from_uniform(content_logits),
+        "content_reversal": -F.cross_entropy(content_logits.float(), labels),
         "domain_adversarial": adversarial(encoded_judgement[0], True) + adversarial(random_judgement[0], True),
         "domain_classification": (F.cross_entropy(encoded_judgement[1].float(), translated_labels)
                                   + F.cross_entropy(random_judgement[1].float(), translated_labels)),
