@@ -291,7 +291,8 @@ class LossWeights(Section):
     content_reversal: float = Field(
         0.0, ge=0, description="gradient reversal (Ganin & Lempitsky 2015): the content encoder maximises the "
                                "content discriminator's cross-entropy, so it makes Dc wrong where "
-                               "content_adversarial (DRIT's) makes it unsure; 0 leaves it out")
+                               "content_adversarial (DRIT's) makes it unsure; 0 leaves it out (on the "
+                               "brain cohorts Dc gave up within 100 steps, README Results)")
     domain_adversarial: float = Field(
         1.0, ge=0, description="λD: real/fake GAN loss, both discriminators (×5: sharper brain maps of class 1 → 0, "
                                "re-drawn texture on squares; README Results)")
