@@ -293,6 +293,7 @@ def test_an_iteration_updates_dc_twice_then_d_then_encoders_and_generator_which_
     assert any(not torch.equal(a, b) for a, b in zip(generator_before, trainer.raw_model.parameters()))
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_the_validity_term_teaches_the_generator_and_not_the_classifier_it_asks():
     """loss.translation_validity: the model's own classifier must read each translation as its
     target class. Only what makes the translations learns from it: the classifier gets the same
