@@ -60,6 +60,8 @@ VARIANTS = {
     "dc-x10": ["icam_set=[loss.content_adversarial=10]"],
     # z_c through a bottleneck: 8 channels, a quarter of the 4 × width = 32 the bench's width 8 gives
     "content-channels-8": ["icam_set=[model.content_channels=8]"],
+    # z_c at S/2 (32×32 at 64²): G up-samples it once, so it can keep and change finer structure
+    "content-stride-2": ["icam_set=[model.content_stride=2]"],
     "paper-upsampling": ["icam_set=[model.upsampling=transposed-avgpool]"],
     "no-ema": ["icam_set=[train.ema_decay=null]"],
     "lr-decay": ["icam_set=[train.lr_schedule=linear]"],

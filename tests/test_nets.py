@@ -237,20 +237,26 @@ def test_more_attribute_channels_and_the_attribute_at_every_scale(shape):
 
 
 @pytest.mark.parametrize("shape", [(32, 48), (16, 32, 16)])
-def test_a_content_bottleneck_narrows_z_c_and_still_decodes_and_rebuilds(shape):
-    """content_channels=C: z_c has C channels (a 1×1 convolution after the trunk), the generator and
-    the content discriminator take it, and the model rebuilds from its hparams around its weights."""
-    model = ICAM(shape, width=4, content_channels=3, translation="residual").eval()
+@pytest.mark.parametrize("channels, stride", [(3, 4), (None, 2)])
+def test_a_narrower_or_finer_content_code_still_decodes_and_rebuilds(shape, channels, stride):
+    """content_channels=C: z_c has C channels (a 1×1 convolution after the trunk); content_stride=2:
+    z_c keeps S/2 and G up-samples it once. The generator and the content discriminator take it,
+    and the model rebuilds from its hparams around its weights."""
+    model = ICAM(shape, width=4, content_channels=channels, content_stride=stride, translation="residual").eval()
     x = torch.rand(2, 1, *shape) * 2 - 1
     content = model.encode_content(x)
-    assert content.shape == (2, 3, *(s // 4 for s in shape))
+    assert content.shape == (2, channels or 16, *(s // stride for s in shape))
+    assert model.content_shape == content.shape[2:]
+    assert len(model.generator.upsample) == {4: 2, 2: 1}[stride]
     assert model.translate(x, target_class=1).shape == x.shape
     judge = ContentDiscriminator(len(shape), model.content_shape, model.content_encoder.out_channels, 2)
     assert judge(content).shape == (2, 2)
     rebuilt = ICAM(**model.hparams).eval()
     rebuilt.load_state_dict(model.state_dict())
     assert torch.equal(rebuilt.encode_content(x), content)
-    assert ICAM(shape, width=4).encode_content(x).shape[1] == 16  # 4 × width, the paper's, by default
+    assert ICAM(shape, width=4).encode_content(x).shape[1:] == (16, *(s // 4 for s in shape))  # the paper's
+    with pytest.raises(ValueError, match="stride must be one of"):
+        ICAM(shape, width=4, content_stride=8)
 
 
 @pytest.mark.parametrize("shape", [(32, 48), (16, 32, 16)])

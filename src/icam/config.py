@@ -220,6 +220,10 @@ class ModelConfig(Section):
         None, ge=1, description="channels of the content code z_c (null: 4 × width, the paper's); fewer make a "
                                 "bottleneck (a 1×1 convolution) that leaves z_c less room for the class, so the "
                                 "attribute has to carry it")
+    content_stride: Literal[2, 4] = Field(
+        4, description="the content code z_c's side is the input's / this (4: the paper's S/4); 2 keeps S/2, so G "
+                       "can keep and change finer structure (4× the content code, and the generator's body, to "
+                       "compute)")
     content_discriminator_norm: bool = Field(
         True, description="InstanceNorm in the content discriminator's layers (the authors' code asks for it "
                           "but never applies it)")

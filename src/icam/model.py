@@ -140,7 +140,7 @@ class ICAM(nn.Module):
                  in_channels: int = 1, width: int = 16, init: str = "kaiming", upsampling: str = "transposed",
                  attribute_stride: int = 16, content_noise: float = 1.0, translation: str = "image",
                  attribute_channels: int = 1, attribute_injection: str = "input", generator_norm: str = "instance",
-                 content_channels: int | None = None):
+                 content_channels: int | None = None, content_stride: int = 4):
         super().__init__()
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) not in (2, 3):
@@ -158,7 +158,8 @@ class ICAM(nn.Module):
                             translation=translation, attribute_channels=attribute_channels,
                             attribute_injection=attribute_injection,
                             generator_norm=generator_norm,
-                            content_channels=content_channels)  # what rebuilds it around a state dict
+                            content_channels=content_channels,
+                            content_stride=content_stride)  # what rebuilds it around a state dict
         self.translation = translation
         self.image_shape = image_shape
         self.spatial_dims = len(image_shape)
@@ -167,8 +168,9 @@ class ICAM(nn.Module):
         self.attribute_channels = attribute_channels
         self.latent_size = attribute_channels * math.prod(self.latent_shape)
 
+        self.content_stride = content_stride
         self.content_encoder = ContentEncoder(self.spatial_dims, in_channels, width, noise=content_noise,
-                                              channels=content_channels)
+                                              channels=content_channels, stride=content_stride)
         self.attribute_encoder = AttributeEncoder(self.spatial_dims, in_channels, width, attribute_stride,
                                                   attribute_channels)
         self.classifier = nn.Linear(self.latent_size, num_classes)  # fC1
@@ -176,7 +178,8 @@ class ICAM(nn.Module):
         self.generator = Generator(self.spatial_dims, self.content_encoder.out_channels, in_channels, width,
                                    upsampling=upsampling, attribute_channels=attribute_channels,
                                    attribute_injection=attribute_injection, norm=generator_norm,
-                                   gate=translation == "gated", attribute_size=self.latent_size)
+                                   gate=translation == "gated", attribute_size=self.latent_size,
+                                   content_stride=content_stride)
         self.in_channels = in_channels
         # The regressor learns standardised targets; these map its output back to original units.
         self.register_buffer("target_mean", torch.tensor(0.0))
@@ -192,7 +195,7 @@ class ICAM(nn.Module):
 
     @property
     def content_shape(self) -> tuple[int, ...]:
-        return tuple(s // 4 for s in self.image_shape)
+        return tuple(s // self.content_stride for s in self.image_shape)
 
     # -- the parts ---------------------------------------------------------------------------
 
@@ -414,4 +417,4 @@ def build_model(m: ModelConfig, image_shape: tuple[int, ...] | list[int], num_cl
     """The network ``model.*`` asks for, for images of this shape and this many classes."""
     return ICAM(image_shape, num_classes, in_channels, m.width, m.init, m.upsampling, m.attribute_stride,
                 m.content_noise, m.translation, m.attribute_channels, m.attribute_injection, m.generator_norm,
-                m.content_channels)
+                m.content_channels, m.content_stride)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +18,8 @@ ATTRIBUTE_INJECTIONS = ("input", "every-scale", "style")
 class Generator(Checkpointable):
     """z_a (``attribute_channels`` × S/16) is up-sampled ×4 (nearest) to z_c's size, lifted to
     ``width`` channels by a residual block, concatenated with z_c (4w channels), refined by three
-    residual blocks at 5w, and up-sampled twice (5w → 5w/2 → 5w/4) to a tanh image.
+    residual blocks at 5w, and up-sampled twice (5w → 5w/2 → 5w/4) to a tanh image; a content code
+    at S/2 (``content_stride`` 2) is up-sampled once (5w → 5w/2).
     ``attribute_injection="every-scale"`` also modulates the output of each up-sampling block by
     the attribute map (``AttributeModulation``), so the attribute reaches S/2 and S directly.
     ``"style"`` reads the attribute as one vector, not as a map: an MLP turns it into a style
@@ -29,7 +33,7 @@ class Generator(Checkpointable):
     def __init__(self, spatial_dims: int, content_channels: int, out_channels: int = 1,
                  width: int = 16, res_blocks: int = 3, upsampling: str = "transposed",
                  attribute_channels: int = 1, attribute_injection: str = "input", norm: str = "instance",
-                 gate: bool = False, attribute_size: int | None = None):
+                 gate: bool = False, attribute_size: int | None = None, content_stride: int = 4):
         super().__init__()
         if attribute_injection not in ATTRIBUTE_INJECTIONS:
             raise UserError(f"attribute_injection must be one of {ATTRIBUTE_INJECTIONS}, got {attribute_injection!r}")
@@ -45,21 +49,21 @@ class Generator(Checkpointable):
         self.attribute_stem = (nn.Linear(style_size, width) if styled
                                else ResBlock(spatial_dims, attribute_channels, width, norm))
         self.body = nn.Sequential(*[ResBlock(spatial_dims, mixed, norm=norm) for _ in range(res_blocks)])
-        self.upsample = nn.ModuleList([
-            UpBlock(spatial_dims, mixed, mixed // 2, upsampling, norm),
-            UpBlock(spatial_dims, mixed // 2, mixed // 4, upsampling, norm),
-        ])
+        # the channels after the body and after each up-sampling block (halved by each)
+        widths = [mixed // 2**i for i in range(int(math.log2(content_stride)) + 1)]
+        self.upsample = nn.ModuleList([UpBlock(spatial_dims, c_in, c_out, upsampling, norm)
+                                       for c_in, c_out in itertools.pairwise(widths)])
         # what modulates the output of each residual block, then of each up-sampling block
         self.body_modulations = nn.ModuleList([StyleModulation(style_size, mixed) for _ in range(res_blocks)]
                                               if styled else [])
         self.modulations = nn.ModuleList(
             [StyleModulation(style_size, channels) if styled
              else AttributeModulation(spatial_dims, attribute_channels, channels, width)
-             for channels in (mixed // 2, mixed // 4)]
+             for channels in widths[1:]]
             if attribute_injection != "input" else [])
-        self.to_image = nn.Sequential(conv(spatial_dims, mixed // 4, out_channels, 1), nn.Tanh())
+        self.to_image = nn.Sequential(conv(spatial_dims, widths[-1], out_channels, 1), nn.Tanh())
         # a gated generator also says where its output applies (a sigmoid map, after the image channels)
-        self.to_gate = nn.Sequential(conv(spatial_dims, mixed // 4, 1, 1), nn.Sigmoid()) if gate else None
+        self.to_gate = nn.Sequential(conv(spatial_dims, widths[-1], 1, 1), nn.Sigmoid()) if gate else None
 
     def forward(self, content: torch.Tensor, attribute_map: torch.Tensor) -> torch.Tensor:
         if self.checkpointing and torch.is_grad_enabled() and len(content) > 1:
