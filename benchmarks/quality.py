@@ -62,6 +62,8 @@ VARIANTS = {
     "content-channels-8": ["icam_set=[model.content_channels=8]"],
     # z_c at S/2 (32×32 at 64²): G up-samples it once, so it can keep and change finer structure
     "content-stride-2": ["icam_set=[model.content_stride=2]"],
+    # 1 − SSIM of the reconstruction at the weight of its L1: local structure, not only intensity
+    "ssim-100": ["icam_set=[loss.reconstruction_ssim=100]"],
     "paper-upsampling": ["icam_set=[model.upsampling=transposed-avgpool]"],
     "no-ema": ["icam_set=[train.ema_decay=null]"],
     "lr-decay": ["icam_set=[train.lr_schedule=linear]"],

@@ -27,7 +27,7 @@ def test_every_generator_term_is_finite_and_differentiable():
         terms = losses.generator_terms(out, images, labels, labels[partner], target, random_attribute,
                                        encoded(out.translated, labels[partner]),
                                        random(out.randomly_translated, labels[partner]),
-                                       content_d(out.content), validity)
+                                       content_d(out.content), validity, structure=True)
         assert set(terms) == set(LossWeights.model_fields) - discriminators_only
         term = terms[name]
         assert torch.isfinite(term), name
@@ -90,6 +90,21 @@ def test_kl_is_a_per_element_mean():
 def test_regression_ignores_unknown_targets():
     prediction = torch.tensor([0.0, 10.0])
     assert losses.masked_smooth_l1(prediction, torch.tensor([0.0, float("nan")])) == 0
+
+
+def test_the_structural_dissimilarity_is_one_minus_ssim():
+    """0 for an image against itself; for flat images a and b only SSIM's luminance factor is left,
+    (2ab + C1) / (a² + b² + C1) with C1 = (0.01 · 2)² on images in [-1, 1]; inverted structure
+    about the same means costs more than 1. In 2D and 3D."""
+    c1 = (0.01 * 2) ** 2
+    for shape in ((2, 1, 24, 32), (2, 1, 16, 24, 16)):
+        a, b = torch.full(shape, 0.1), torch.full(shape, -0.05)  # dark enough for C1 to count
+        luminance = (2 * 0.1 * -0.05 + c1) / (0.1 ** 2 + 0.05 ** 2 + c1)
+        # float32 leaves a flat window a variance of ~1e-8, a few 1e-5 of the result
+        assert abs(losses.structural_dissimilarity(a, b).item() - (1 - luminance)) < 1e-3
+        texture = torch.rand(shape, generator=torch.Generator().manual_seed(0)) - 0.5
+        assert losses.structural_dissimilarity(0.3 + texture, 0.3 + texture).abs() < 1e-5
+        assert losses.structural_dissimilarity(0.3 - texture, 0.3 + texture) > 1  # same means, inverted
 
 
 def test_weighted_sum_uses_each_terms_weight():

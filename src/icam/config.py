@@ -321,6 +321,11 @@ class LossWeights(Section):
                                "explains reads; 0 (the paper's) leaves it out and costs nothing")
     reconstruction_l1: float = Field(100.0, ge=0)
     reconstruction_l2: float = Field(100.0, ge=0)
+    reconstruction_ssim: float = Field(
+        0.0, ge=0, description="1 − SSIM of the reconstruction G(z_c, z_a(x)) against x (MONAI's SSIMLoss, an "
+                               "11-voxel Gaussian window): local contrast and structure, which L1 and L2 average "
+                               "away, so the decoder keeps edges and thin structure; 0 (the paper's) leaves it out "
+                               "and costs nothing")
     cycle_l1: float = Field(100.0, ge=0)
     cycle_l2: float = Field(100.0, ge=0)
 

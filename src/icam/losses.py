@@ -12,10 +12,12 @@ authors' code, on purpose:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
+from monai.losses import SSIMLoss
 
 from .model import TrainingOutputs, fa_map
 
@@ -48,6 +50,18 @@ def masked_smooth_l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Te
     return (per_sample * known).sum() / known.sum().clamp(min=1)
 
 
+@functools.cache
+def _ssim_loss(spatial_dims: int) -> SSIMLoss:
+    # images lie in [-1, 1] (G ends in tanh), so a data range of 2; MONAI's Gaussian 11-voxel window
+    return SSIMLoss(spatial_dims, data_range=2.0)
+
+
+def structural_dissimilarity(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """1 − SSIM (Wang et al. 2004) of ``image`` against ``reference``, over the batch: local
+    means, contrasts and structure, which an L1 or L2 per voxel does not compare."""
+    return _ssim_loss(image.dim() - 2)(image.float(), reference.float())
+
+
 def content_discriminator_terms(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """Dc's own update: predict each image's class from its content latent."""
     return {"content_adversarial": F.cross_entropy(logits.float(), labels)}
@@ -78,7 +92,8 @@ def generator_terms(out: TrainingOutputs, images: torch.Tensor, labels: torch.Te
                     encoded_judgement: tuple[torch.Tensor, torch.Tensor],
                     random_judgement: tuple[torch.Tensor, torch.Tensor],
                     content_logits: torch.Tensor,
-                    validity_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                    validity_logits: torch.Tensor | None = None,
+                    structure: bool = False) -> dict[str, torch.Tensor]:
     """The encoders' and generator's objective.
 
     ``encoded_judgement`` / ``random_judgement``: (adversarial, class) logits of the two
@@ -86,6 +101,7 @@ def generator_terms(out: TrainingOutputs, images: torch.Tensor, labels: torch.Te
     class is ``translated_labels``. ``content_logits``: the content discriminator on z_c.
     ``standardised_target`` is None when the model does not regress. ``validity_logits``: the
     model's own classifier, frozen, on both translations (encoded, then random), when weighed.
+    ``structure``: add the reconstruction's structural dissimilarity (computed only when weighed).
     """
     images = images.float()
     translated, reconstructed = out.translated.float(), out.reconstructed.float()
@@ -108,6 +124,8 @@ def generator_terms(out: TrainingOutputs, images: torch.Tensor, labels: torch.Te
     }
     if standardised_target is not None:
         terms["regression"] = masked_smooth_l1(out.regression, standardised_target)
+    if structure:
+        terms["reconstruction_ssim"] = structural_dissimilarity(reconstructed, images)
     if validity_logits is not None:
         terms["translation_validity"] = F.cross_entropy(validity_logits.float(), translated_labels.repeat(2))
     return terms

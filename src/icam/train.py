@@ -276,7 +276,8 @@ class Trainer:
                     self.raw_model.standardise_target(batch["target"]) if self.regressing else None,
                     sample.attribute, domain.encoded(out.translated, translated_labels),
                     domain.random(out.randomly_translated, translated_labels),
-                    self.content_discriminator.module(out.content), validity)
+                    self.content_discriminator.module(out.content), validity,
+                    structure=self.config.loss.reconstruction_ssim > 0)
                 total = losses.weighted_sum(g_terms, self.config.loss)
             self.generator_optimizer.zero_grad(set_to_none=True)
             self.fabric.backward(total)
