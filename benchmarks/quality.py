@@ -62,6 +62,9 @@ VARIANTS = {
     "content-channels-8": ["icam_set=[model.content_channels=8]"],
     # z_c at S/2 (32×32 at 64²): G up-samples it once, so it can keep and change finer structure
     "content-stride-2": ["icam_set=[model.content_stride=2]"],
+    # ... which costs 2.2x an iteration at width 8, 64^2, on CPU (benchmarks/train_step.py --set
+    # model.content_stride=2): these steps take as long as the quick preset's 1,200 + 600
+    "content-stride-2-equal-time": ["icam_set=[model.content_stride=2]", "icam_steps=550", "icam_reg_steps=275"],
     # 1 − SSIM of the reconstruction at the weight of its L1: local structure, not only intensity
     "ssim-100": ["icam_set=[loss.reconstruction_ssim=100]"],
     "paper-upsampling": ["icam_set=[model.upsampling=transposed-avgpool]"],
