@@ -16,7 +16,7 @@ ATTRIBUTE_INJECTIONS = ("input", "every-scale", "style")
 
 
 class Generator(Checkpointable):
-    """z_a (``attribute_channels`` × S/16) is up-sampled ×4 (nearest) to z_c's size, lifted to
+    """z_a (``attribute_channels`` × S/16) is up-sampled (nearest) to z_c's size, lifted to
     ``width`` channels by a residual block, concatenated with z_c (4w channels), refined by three
     residual blocks at 5w, and up-sampled twice (5w → 5w/2 → 5w/4) to a tanh image; a content code
     at S/2 (``content_stride`` 2) is up-sampled once (5w → 5w/2).
